@@ -1,0 +1,50 @@
+"""`guppy-data`: generate a persona's chats, train the tokenizer, print statistics and samples.
+
+    guppy-data --persona fish --samples 5
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+
+from guppy.cli import ArgumentParser, positive_int, run_main
+from guppy.data import DataConfig, load_dataset
+
+
+def build_parser() -> ArgumentParser:
+    d = DataConfig()
+    p = ArgumentParser(prog="guppy-data", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    p.add_argument("--persona", default=d.persona, help="shipped persona name (fish, fern) or path to a persona .toml file")
+    p.add_argument("--chats", type=positive_int, default=d.n_chats, help="total chats, split equally over topics (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="generation seed (default %(default)s)")
+    p.add_argument("--vocab-size", type=positive_int, default=d.vocab_size, help="BPE target vocabulary size (default %(default)s)")
+    p.add_argument("--samples", type=int, default=5, help="how many eval chats to print (default %(default)s)")
+    p.add_argument("--cache-dir", default=None, help="where token arrays are cached (default $GUPPY_CACHE_DIR or ~/.cache/guppy)")
+    p.add_argument("--no-cache", action="store_true", help="regenerate everything and write no cache")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body():
+        cfg = DataConfig(persona=args.persona, n_chats=args.chats, seed=args.seed, vocab_size=args.vocab_size)
+        t0 = time.perf_counter()
+        ds = load_dataset(cfg, cache_dir=args.cache_dir, use_cache=not args.no_cache)
+        elapsed = time.perf_counter() - t0
+        where = f"cache {ds.cache_dir}" if ds.cache_dir else "not cached"
+        print(f"dataset ready in {elapsed:.2f}s ({where})")
+        width = max(map(len, ds.stats))
+        for key, value in ds.stats.items():
+            print(f"  {key:<{width}}  {value}")
+        rng = random.Random(args.seed)
+        for chat in rng.sample(ds.chats.eval, min(args.samples, len(ds.chats.eval))):
+            print(f"\n[{chat.topic}]\n  user: {chat.prompt}\n  {ds.persona.name}: {chat.reply}")
+
+    return run_main("guppy-data", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

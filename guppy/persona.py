@@ -1,0 +1,205 @@
+"""Persona files: who the model is, as data.
+
+A persona is a TOML file (see `guppy/personas/fish.toml`) with word pools and, per topic,
+the prompts a person might say, the keywords a good reply shows, and the reply as a
+sequence of parts, each a list of alternatives. `{pool}` slots expand from the pools.
+Swapping the character means pointing at another file; nothing here knows about fish.
+
+`load_persona` validates strictly: any mistake ends in one `PersonaError` line naming the
+file, the place (`topics.food.reply[2][0]`) and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PERSONA_DIR = Path(__file__).parent / "personas"
+SLOT = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+class PersonaError(ValueError):
+    """A persona file is missing, malformed or inconsistent; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    keywords: tuple[str, ...]
+    prompts: tuple[str, ...]
+    reply: tuple[tuple[str, ...], ...]  # parts, each a tuple of alternatives ("" = skip)
+
+
+@dataclass(frozen=True)
+class Persona:
+    name: str
+    description: str
+    pools: dict[str, tuple[str, ...]]
+    topics: dict[str, Topic]
+    source: str
+    digest: str  # sha256 of the file's bytes: names caches built from this persona
+
+    def expand(self, template: str, rng: random.Random) -> str:
+        """Fill every `{pool}` slot (recursively) with a random entry of that pool."""
+        return SLOT.sub(lambda m: self.expand(rng.choice(self.pools[m.group(1)]), rng), template)
+
+    def sample_reply(self, topic: str, rng: random.Random) -> str:
+        parts = (self.expand(rng.choice(alts), rng) for alts in self.topics[topic].reply)
+        return " ".join(" ".join(p for p in parts if p).split())
+
+    def count(self, template: str) -> int:
+        """How many distinct fillings a template has (an upper bound on distinct strings)."""
+        return math.prod(sum(self.count(e) for e in self.pools[s]) for s in SLOT.findall(template))
+
+    def reply_space(self, topic: str) -> int:
+        """How many replies the topic's parts can compose."""
+        return math.prod(sum(self.count(a) for a in alts) for alts in self.topics[topic].reply)
+
+
+def persona_path(name_or_path: str | Path) -> Path:
+    """A shipped persona by name (`fish`) or any `.toml` file by path."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        return p
+    shipped = PERSONA_DIR / f"{name_or_path}.toml"
+    if shipped.exists():
+        return shipped
+    names = ", ".join(sorted(f.stem for f in PERSONA_DIR.glob("*.toml")))
+    raise PersonaError(f"{name_or_path}: no such persona; expected a .toml path or one of: {names}")
+
+
+def list_personas() -> list[str]:
+    return sorted(f.stem for f in PERSONA_DIR.glob("*.toml"))
+
+
+def load_persona(name_or_path: str | Path) -> Persona:
+    path = persona_path(name_or_path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise PersonaError(f"{path}: cannot read persona file ({e.strerror})") from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise PersonaError(f"{path}: bad TOML syntax: {e}") from None
+    return _Validator(str(path)).persona(doc, hashlib.sha256(raw).hexdigest())
+
+
+class _Validator:
+    """Turns a parsed TOML document into a Persona, or fails naming the place."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, place: str, expected: str):
+        raise PersonaError(f"{self.source}: {place}: {expected}")
+
+    def table(self, doc: dict, key: str, place: str = "") -> dict:
+        where = f"{place}.{key}" if place else key
+        if key not in doc:
+            self.fail(where, "missing; expected a table" if not place else "missing key")
+        if not isinstance(doc[key], dict):
+            self.fail(where, "expected a table")
+        return doc[key]
+
+    def text(self, value, place: str, allow_empty: bool = False) -> str:
+        if not isinstance(value, str):
+            self.fail(place, f"expected a string, got {type(value).__name__}")
+        if not value.strip() and not allow_empty:
+            self.fail(place, "expected non-empty text")
+        if value != value.lower():
+            self.fail(place, f"expected lowercase text, got {value!r}")
+        return value
+
+    def strings(self, value, place: str, allow_empty: bool = False) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value:
+            self.fail(place, "expected a non-empty list of strings")
+        return tuple(self.text(v, f"{place}[{i}]", allow_empty) for i, v in enumerate(value))
+
+    def template(self, value: str, place: str, pools) -> None:
+        for name in SLOT.findall(value):
+            if name not in pools:
+                known = ", ".join(sorted(pools)) or "none defined"
+                self.fail(place, f"unknown pool {{{name}}}; expected one of: {known}")
+        if "{" in SLOT.sub("", value) or "}" in SLOT.sub("", value):
+            self.fail(place, f"bad template syntax in {value!r}; expected only {{pool_name}} slots")
+
+    def persona(self, doc: dict, digest: str) -> Persona:
+        head = self.table(doc, "persona")
+        for key in ("name", "description"):
+            if key not in head:
+                self.fail(f"persona.{key}", "missing key")
+        name = self.text(head["name"], "persona.name")
+        description = self.text(head["description"], "persona.description")
+
+        raw_pools = doc.get("pools", {})
+        if not isinstance(raw_pools, dict):
+            self.fail("pools", "expected a table of lists")
+        pools = {}
+        for pool, entries in raw_pools.items():
+            if not _NAME.match(pool):
+                self.fail(f"pools.{pool}", "expected a pool name of lowercase letters, digits, _")
+            pools[pool] = self.strings(entries, f"pools.{pool}")
+        for pool, entries in pools.items():
+            for i, entry in enumerate(entries):
+                self.template(entry, f"pools.{pool}[{i}]", pools)
+        self.no_cycles(pools)
+
+        raw_topics = self.table(doc, "topics")
+        if not raw_topics:
+            self.fail("topics", "expected at least one [topics.<name>] table")
+        topics = {}
+        for tname, t in raw_topics.items():
+            place = f"topics.{tname}"
+            if not isinstance(t, dict):
+                self.fail(place, "expected a table with keywords, prompts and reply")
+            for key in ("keywords", "prompts", "reply"):
+                if key not in t:
+                    self.fail(f"{place}.{key}", "missing key")
+            extra = set(t) - {"keywords", "prompts", "reply"}
+            if extra:
+                self.fail(f"{place}.{sorted(extra)[0]}", "unknown key; expected keywords, prompts, reply")
+            keywords = self.strings(t["keywords"], f"{place}.keywords")
+            prompts = self.strings(t["prompts"], f"{place}.prompts")
+            for i, p in enumerate(prompts):
+                self.template(p, f"{place}.prompts[{i}]", pools)
+            if not isinstance(t["reply"], list) or not t["reply"]:
+                self.fail(f"{place}.reply", "expected a non-empty list of parts (lists of alternatives)")
+            parts = []
+            for j, alts in enumerate(t["reply"]):
+                part = self.strings(alts, f"{place}.reply[{j}]", allow_empty=True)
+                for i, a in enumerate(part):
+                    self.template(a, f"{place}.reply[{j}][{i}]", pools)
+                parts.append(part)
+            if all(not a.strip() for part in parts for a in part):
+                self.fail(f"{place}.reply", "expected at least one non-empty alternative")
+            topics[tname] = Topic(tname, keywords, prompts, tuple(parts))
+        return Persona(name, description, pools, topics, self.source, digest)
+
+    def no_cycles(self, pools: dict[str, tuple[str, ...]]) -> None:
+        state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+
+        def visit(pool: str, path: list[str]):
+            if state.get(pool) == 2:
+                return
+            if state.get(pool) == 1:
+                self.fail(f"pools.{pool}", "pool refers to itself through " + " -> ".join(path + [pool]))
+            state[pool] = 1
+            for entry in pools[pool]:
+                for ref in SLOT.findall(entry):
+                    visit(ref, path + [pool])
+            state[pool] = 2
+
+        for pool in pools:
+            visit(pool, [])
