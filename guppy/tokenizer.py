@@ -43,6 +43,7 @@ class ChatTokenizer:
         self.pad_id, self.start_id, self.end_id = ids
         tok.encode_special_tokens = True  # text is text: specials come only from the template
         self._newline, self._assistant = self.encode("\n"), self.encode("assistant\n")
+        self._user = self.encode("user\n")
 
     @property
     def vocab_size(self) -> int:
@@ -54,9 +55,19 @@ class ChatTokenizer:
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special)
 
-    def encode_prompt(self, prompt: str) -> list[int]:
-        """Token ids of the chat prefix for `prompt`, ending where the reply begins."""
-        return self._prefix(self.encode(f"user\n{prompt}"))
+    def encode_prompt(self, prompt: str, max_len: int | None = None) -> list[int]:
+        """Token ids of the chat prefix for `prompt`, ending where the reply begins.
+
+        With `max_len`, a prompt too long to fit loses its first tokens, never the template.
+        """
+        ids = self._prefix(self.encode(f"user\n{prompt}"))
+        overflow = len(ids) - max_len if max_len else 0
+        if overflow > 0:
+            head = 1 + len(self._user)  # <|im_start|> user \n
+            if len(ids) - overflow < head + len(self._prefix([])) - 1:
+                raise ValueError(f"max_len {max_len} leaves no room for the chat template")
+            ids = ids[:head] + ids[head + overflow:]
+        return ids
 
     def _prefix(self, user_ids: list[int]) -> list[int]:
         return [self.start_id, *user_ids, self.end_id, *self._newline, self.start_id, *self._assistant]

@@ -61,3 +61,13 @@ def test_save_load(tok, tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad.json: not a guppy tokenizer file"):
         ChatTokenizer.load(tmp_path / "bad.json")
+
+
+def test_long_prompt_keeps_template_and_message_end(tok):
+    text = "hello guppy " * 100 + "the end"
+    ids = tok.encode_prompt(text, max_len=40)
+    assert len(ids) == 40
+    full = tok.encode_prompt(text)
+    assert ids[:3] == full[:3] and ids[-12:] == full[-12:]  # template head, message end and tail kept
+    assert tok.decode(ids, skip_special=False).endswith("the end<|im_end|>\n<|im_start|>assistant\n")
+    assert tok.encode_prompt("hi", max_len=40) == tok.encode_prompt("hi")

@@ -1,0 +1,337 @@
+"""The training loop and `guppy-train`.
+
+    guppy-train --preset demo --epochs 1            # a new run under runs/
+    guppy-train --resume runs/demo-20261124-1512    # continue a stopped run where it stopped
+
+A run folder holds run.json (config, versions, status), tokenizer.json, metrics.csv (one row
+per logged step) and checkpoints/ (safetensors). The loop knows nothing about recording:
+observers plug in through `Callback`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from guppy import runfiles
+from guppy.checkpoint import checkpoint_path, list_checkpoints, load_state, read_weights, save_state, save_weights, state_path
+from guppy.config import TrainConfig, model_preset
+from guppy.data import DataConfig, Dataset, bucket_batches, collate, load_dataset
+from guppy.model import GuppyLM
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+class Callback:
+    """Observes training. Each method gets the Trainer; all are optional."""
+
+    def on_train_start(self, trainer: "Trainer") -> None: ...
+    def on_after_backward(self, trainer: "Trainer") -> None: ...  # p.grad holds this step's gradients (unclipped)
+    def on_step_end(self, trainer: "Trainer") -> None: ...
+    def on_eval(self, trainer: "Trainer", metrics: dict) -> None: ...
+    def on_train_end(self, trainer: "Trainer", status: str) -> None: ...
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} asked for, but no CUDA device is available")
+    return dev
+
+
+def pick_precision(name: str, device: torch.device) -> torch.dtype:
+    """bf16 autocast where the hardware runs it fast, fp16 on older GPUs, else fp32."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        fast_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+            getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        return torch.bfloat16 if fast_bf16 else torch.float32
+    if name == "fp16" and device.type != "cuda":
+        raise ValueError("precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on weight matrices only (not norms, biases, position embeddings)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "pos" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=False)
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr, then cosine decay to cfg.min_lr at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def masked_loss(model: torch.nn.Module, inputs, targets, mask, reduction: str = "sum") -> torch.Tensor:
+    """Cross entropy of the masked positions (fp32)."""
+    logits = model(inputs)  # (B, T, V)
+    return F.cross_entropy(logits[mask].float(), targets[mask], reduction=reduction)
+
+
+class Trainer:
+    """Runs one TrainConfig into one run folder; `fit()` returns the final status."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, dataset: Dataset, callbacks=(), show_progress: bool = True):
+        self.cfg, self.run_dir, self.data = cfg, Path(run_dir), dataset
+        self.callbacks = list(callbacks)
+        self.show_progress = show_progress
+        self.device = pick_device(cfg.device)
+        self.dtype = pick_precision(cfg.precision, self.device)
+        mcfg = model_preset(cfg.preset)
+        if cfg.dropout >= 0:
+            mcfg = mcfg.replace(dropout=cfg.dropout)
+        if dataset.tokenizer.vocab_size > mcfg.d_vocab:
+            raise ValueError(f"tokenizer has {dataset.tokenizer.vocab_size} tokens but preset {cfg.preset} "
+                             f"has d_vocab {mcfg.d_vocab}; pass a smaller --vocab-size")
+        torch.manual_seed(cfg.seed)
+        self.model = GuppyLM(mcfg).to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.batches_per_epoch = len(self._epoch_batches(0))
+        self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.batches_per_epoch / cfg.grad_accum)
+        # loop position: everything needed to continue exactly where a stop left off
+        self.step, self.epoch, self.batch_index, self.tokens, self.elapsed = 0, 0, 0, 0, 0.0
+        self.metrics = runfiles.MetricsWriter(self.run_dir / "metrics.csv")
+        self.last_checkpoint: Path | None = None
+
+    # ---- data order --------------------------------------------------------------------------
+
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.cfg.seed, epoch])
+        return bucket_batches(self.data.train.lengths, self.cfg.batch_size, rng)
+
+    def _micro_batches(self):
+        """Yield micro-batches from the current position on, crossing epochs."""
+        while True:
+            batches = self._epoch_batches(self.epoch)
+            while self.batch_index < len(batches):
+                self.batch_index += 1
+                yield batches[self.batch_index - 1]
+            self.epoch, self.batch_index = self.epoch + 1, 0
+
+    # ---- resume ------------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Load the newest checkpoint that has its training state."""
+        usable = [p for p in list_checkpoints(self.run_dir).values() if state_path(p).exists()]
+        if not usable:
+            raise ValueError(f"{self.run_dir}: no checkpoint with training state to resume from")
+        _, tensors, _ = read_weights(usable[-1])
+        self.model.load_state_dict(tensors)
+        loop = load_state(state_path(usable[-1]), self.optimizer, self.scaler)
+        self.step, self.epoch, self.batch_index = loop["step"], loop["epoch"], loop["batch_index"]
+        self.tokens, self.elapsed = loop["tokens"], loop["elapsed"]
+        self.last_checkpoint = usable[-1]
+        self.metrics.truncate_after(self.step)
+
+    def save_checkpoint(self) -> Path:
+        path = checkpoint_path(self.run_dir, self.step)
+        save_weights(self.model, path, self.step, {"epoch": str(self.epoch), "tokens": str(self.tokens)})
+        loop = {"step": self.step, "epoch": self.epoch, "batch_index": self.batch_index,
+                "tokens": self.tokens, "elapsed": self.elapsed}
+        save_state(state_path(path), self.optimizer, loop, self.scaler)
+        for old in list_checkpoints(self.run_dir).values():  # keep one training state: it is large
+            if old != path:
+                state_path(old).unlink(missing_ok=True)
+        self.last_checkpoint = path
+        runfiles.update_run_json(self.run_dir, step=self.step, last_checkpoint=path.name)
+        return path
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def fit(self) -> str:
+        cfg, model = self.cfg, self.model
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        runfiles.update_run_json(self.run_dir, status="running", total_steps=self.total_steps,
+                                 device=str(self.device), precision=str(self.dtype).replace("torch.", ""))
+        stream = self._micro_batches()
+        bar = runfiles.progress(self.total_steps, self.step, self.show_progress)
+        window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+        status, position = "finished", None
+        try:
+            while self.step < self.total_steps:
+                t0 = time.perf_counter()
+                position = (self.epoch, self.batch_index)  # restored if this step is interrupted
+                model.train()
+                micro = [collate(self.data.train, next(stream), self.data.tokenizer.pad_id,
+                                 model.cfg.n_ctx, cfg.loss_on == "reply") for _ in range(cfg.grad_accum)]
+                n_targets = sum(int(m.sum()) for _, _, m in micro)
+                lr = lr_at(self.step, self.total_steps, cfg)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
+                loss_sum = 0.0
+                for inputs, targets, mask in micro:
+                    x, y, m = (torch.from_numpy(a).to(self.device) for a in (inputs, targets, mask))
+                    with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                        loss = masked_loss(model, x, y, m) / n_targets
+                    self.scaler.scale(loss).backward()
+                    loss_sum += loss.item()
+                if not math.isfinite(loss_sum):
+                    raise Diverged(f"loss became {loss_sum} at step {self.step}")
+                self.scaler.unscale_(self.optimizer)
+                for cb in self.callbacks:
+                    cb.on_after_backward(self)
+                clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                position = None
+                n_tokens = sum(int((x != self.data.tokenizer.pad_id).sum()) for x, _, _ in micro)
+                self.tokens += n_tokens
+                self.elapsed += time.perf_counter() - t0
+                window_loss += loss_sum
+                window_tokens += n_tokens
+                for cb in self.callbacks:
+                    cb.on_step_end(self)
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    n = (self.step - 1) % cfg.log_every + 1
+                    tps = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                    row = {"step": self.step, "epoch": self.epoch_progress, "tokens": self.tokens, "lr": lr,
+                           "loss": window_loss / n, "grad_norm": grad_norm, "tokens_per_s": tps,
+                           "elapsed_s": self.elapsed}
+                    self.metrics.write(row)
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.1e}", tok_s=f"{tps:,.0f}")
+                    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+                bar.update(1)
+                epoch_end = self.batch_index == self.batches_per_epoch
+                at_eval = (cfg.eval_every and self.step % cfg.eval_every == 0) or epoch_end \
+                    or self.step == self.total_steps
+                if at_eval:
+                    self.evaluate()
+                    self.save_checkpoint()
+        except Diverged as e:
+            status = "diverged"
+            where = self.last_checkpoint or "none (diverged before the first checkpoint)"
+            self.message = f"{e}; last good checkpoint: {where}"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            self.optimizer.zero_grad(set_to_none=True)  # drop a half-done step and its batches
+            if position is not None:
+                self.epoch, self.batch_index = position
+            self.save_checkpoint()
+            self.message = f"interrupted at step {self.step}; continue with: guppy-train --resume {self.run_dir}"
+        else:
+            self.message = f"finished {self.step} steps in {self.elapsed:.0f}s of training"
+        finally:
+            bar.close()
+            self.metrics.close()
+        runfiles.update_run_json(self.run_dir, status=status, step=self.step, message=self.message)
+        for cb in self.callbacks:
+            cb.on_train_end(self, status)
+        return status
+
+    @property
+    def epoch_progress(self) -> float:
+        return round(self.epoch + self.batch_index / self.batches_per_epoch, 4)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Held-out loss and perplexity, and the persona eval; logged as a metrics row."""
+        from guppy.evaluate import persona_eval
+
+        model, cfg = self.model, self.cfg
+        model.eval()
+        split = self.data.eval
+        idx = np.arange(min(cfg.eval_chats, len(split)))
+        total, count = 0.0, 0
+        for s in range(0, len(idx), 64):
+            inputs, targets, mask = collate(split, idx[s:s + 64], self.data.tokenizer.pad_id, model.cfg.n_ctx,
+                                            cfg.loss_on == "reply")
+            x, y, m = (torch.from_numpy(a).to(self.device) for a in (inputs, targets, mask))
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                total += float(masked_loss(model, x, y, m))
+            count += int(mask.sum())
+        metrics = {"step": self.step, "epoch": self.epoch_progress, "tokens": self.tokens,
+                   "eval_loss": total / count, "eval_ppl": math.exp(min(total / count, 50))}
+        if cfg.eval_prompts:
+            result = persona_eval(model, self.data.tokenizer, self.data.persona, self.data.chats.eval,
+                                  per_topic=cfg.eval_prompts)
+            metrics["persona_pass"] = result.pass_rate
+        self.metrics.write(metrics)
+        for cb in self.callbacks:
+            cb.on_eval(self, metrics)
+        return metrics
+
+
+def data_config(cfg: TrainConfig, vocab_size: int = 4096) -> DataConfig:
+    return DataConfig(persona=cfg.persona, n_chats=cfg.n_chats, seed=cfg.data_seed, vocab_size=vocab_size)
+
+
+def start_run(cfg: TrainConfig, callbacks=(), show_progress: bool = True, resume_dir: str | Path | None = None,
+              cache_dir=None) -> Trainer:
+    """Create (or reopen, with `resume_dir`) a run folder and a Trainer for it."""
+    if resume_dir is not None:
+        run_dir = Path(resume_dir)
+        cfg = runfiles.read_train_config(run_dir)
+    else:
+        run_dir = runfiles.new_run_dir(cfg)
+    data = load_dataset(data_config(cfg), cache_dir=cache_dir)
+    trainer = Trainer(cfg, run_dir, data, callbacks, show_progress)
+    if resume_dir is not None:
+        trainer.resume()
+    else:
+        runfiles.write_new_run(run_dir, cfg, trainer.model.cfg, data)
+    return trainer
+
+
+def build_parser():
+    """One flag per TrainConfig field, with its help; plus --resume and --quiet."""
+    from dataclasses import MISSING, fields
+
+    from guppy.cli import ArgumentParser
+
+    p = ArgumentParser(prog="guppy-train", description="Train a guppy model on a persona's chats.")
+    for f in fields(TrainConfig):
+        kind = type(f.default) if f.default is not MISSING else str
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None,
+                       choices=f.metadata.get("choices"), help=f"{f.metadata['help']} (default: {f.default})")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the stopped run in RUN_DIR with its own config")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    from guppy.cli import run_main
+
+    args = build_parser().parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "quiet")}
+
+    def body():
+        if args.resume and given:
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in given)
+            raise ValueError(f"--resume continues a run with its own config; drop {flags}")
+        cfg = TrainConfig(**given)
+        trainer = start_run(cfg, show_progress=not args.quiet, resume_dir=args.resume)
+        n_params = sum(p.numel() for p in trainer.model.parameters())
+        print(f"run: {trainer.run_dir}  ({n_params:,} parameters, {trainer.device}, "
+              f"{str(trainer.dtype).replace('torch.', '')}, {trainer.total_steps} steps)", file=sys.stderr)
+        status = trainer.fit()
+        print(f"{status}: {trainer.message}", file=sys.stderr if status != "finished" else sys.stdout)
+        return {"finished": 0, "interrupted": 130, "diverged": 3}[status]
+
+    return run_main("guppy-train", body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
