@@ -1,29 +1,55 @@
-"""Reading a run folder: the one way tools (chat, eval, probes, dashboard) load a run."""
+"""Reading a run: `guppy.open_run(path)`, the one way tools load a run.
+
+    run = guppy.open_run("runs/demo")
+    run.metrics                                        # pandas, one row per logged step
+    run.snapshots                                      # pandas, one row per snapshot
+    run.acts("blocks.0.attn.hook_pattern", snapshot=64)        # numpy (probes, H, T, T)
+    run.acts("blocks.*.hook_resid_pre", snapshot="latest")     # {hook name: numpy}
+    run.head_metrics()                                 # long frame: step, layer, head, metric, value
+    run.model(64)                                      # a hooked GuppyLM with that snapshot's weights
+
+Opening is lazy: nothing is read from a snapshot until asked, and each snapshot file is opened
+only for the moment it is read, so a run still training can be read at the same time.
+Every failure names the file and what is wrong, as a `RunError`.
+"""
 
 from __future__ import annotations
 
+import fnmatch
+import io
+from functools import cached_property
 from pathlib import Path
 
-from guppy.checkpoint import list_checkpoints, load_model
+import h5py
+import numpy as np
+import pandas as pd
+
+from guppy.checkpoint import checkpoint_path, list_checkpoints, load_model
 from guppy.runfiles import read_run_json, read_train_config
 from guppy.tokenizer import ChatTokenizer
+
+READS_SCHEMA = 1
+
+
+class RunError(ValueError):
+    """A run folder or one of its files cannot be read; the message names the file."""
 
 
 def resolve_checkpoint(run_dir: str | Path, which: str | int = "latest") -> Path:
     """The weights file of checkpoint `which` (a step number, or 'latest')."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise ValueError(f"{run_dir}: no such run folder")
+        raise RunError(f"{run_dir}: no such run folder")
     found = list_checkpoints(run_dir)
     if not found:
-        raise ValueError(f"{run_dir}: the run has no checkpoint yet")
+        raise RunError(f"{run_dir}: the run has no checkpoint yet")
     if which == "latest":
         return found[max(found)]
     try:
         return found[int(which)]
     except (ValueError, KeyError):
         steps = ", ".join(map(str, found))
-        raise ValueError(f"{run_dir}: no checkpoint {which!r}; expected 'latest' or one of steps {steps}") from None
+        raise RunError(f"{run_dir}: no checkpoint {which!r}; expected 'latest' or one of steps {steps}") from None
 
 
 def load_for_inference(run_dir: str | Path, which: str | int = "latest", device: str = "cpu"):
@@ -41,3 +67,210 @@ def load_eval_data(run_dir: str | Path):
 
     data = load_dataset(data_config(read_train_config(Path(run_dir))))
     return data.persona, data.chats.eval
+
+
+def open_run(path: str | Path) -> "Run":
+    return Run(path)
+
+
+class Run:
+    """A read-only view of one run folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise RunError(f"{self.path}: no such run folder")
+        try:
+            self.meta = read_run_json(self.path)
+        except ValueError as e:
+            raise RunError(f"{e} (a run folder is complete once guppy-train has written run.json)") from None
+        version = self.meta.get("schema_version")
+        if version != READS_SCHEMA:
+            raise RunError(f"{self.path / 'run.json'}: schema_version {version}, this guppy reads {READS_SCHEMA}")
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, status={self.status!r}, snapshots={len(self.snapshot_files)})"
+
+    # ---- metadata ------------------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        return read_run_json(self.path).get("status", "unknown")  # re-read: a live run changes it
+
+    @cached_property
+    def config(self):
+        return read_train_config(self.path)
+
+    @cached_property
+    def model_config(self):
+        from guppy.config import ModelConfig
+
+        return ModelConfig.from_dict(self.meta["model_config"])
+
+    @cached_property
+    def tokenizer(self) -> ChatTokenizer:
+        return ChatTokenizer.load(self.path / "tokenizer.json")
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        """One row per logged step (training rows have `loss`, eval rows `eval_loss`)."""
+        path = self.path / "metrics.csv"
+        if not path.exists():
+            return pd.DataFrame()
+        text = path.read_text()
+        if not text.endswith("\n"):  # a row being written right now: not whole yet
+            text = text[: text.rfind("\n") + 1]
+        try:
+            return pd.read_csv(io.StringIO(text))
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise RunError(f"{path}: unreadable metrics table ({e})") from None
+
+    # ---- snapshots -----------------------------------------------------------------------------
+
+    @property
+    def snapshot_files(self) -> dict[int, Path]:
+        """Complete snapshot files by step (files being written have a temporary name)."""
+        found = {}
+        for f in (self.path / "snapshots").glob("step-*.h5"):
+            try:
+                found[int(f.stem.split("-")[1])] = f
+            except ValueError:
+                continue
+        return dict(sorted(found.items()))
+
+    @property
+    def snapshots(self) -> pd.DataFrame:
+        """One row per snapshot: step, epoch, tokens, time (s of training), file."""
+        rows = []
+        for step, f in self.snapshot_files.items():
+            with self._open(f) as h:
+                rows.append({"step": step, **{k: h.attrs[k] for k in ("epoch", "tokens", "time")}, "file": f.name})
+        return pd.DataFrame(rows, columns=["step", "epoch", "tokens", "time", "file"]).set_index("step", drop=False)
+
+    def _step(self, snapshot: int | str) -> int:
+        files = self.snapshot_files
+        if not files:
+            raise RunError(f"{self.path}: no snapshots (was the run recorded with --record?)")
+        if snapshot in ("latest", -1):
+            return max(files)
+        if snapshot == "first":
+            return min(files)
+        try:
+            step = int(snapshot)
+        except (TypeError, ValueError):
+            step = None
+        if step not in files:
+            raise RunError(f"{self.path}: no snapshot {snapshot!r}; have steps {', '.join(map(str, files))}")
+        return step
+
+    def _open(self, path: Path) -> h5py.File:
+        try:
+            f = h5py.File(path, "r")
+        except OSError as e:
+            raise RunError(f"{path}: not a readable HDF5 snapshot ({e})") from None
+        version = f.attrs.get("schema_version")
+        if version != READS_SCHEMA:
+            f.close()
+            raise RunError(f"{path}: snapshot schema_version {version}, this guppy reads {READS_SCHEMA}")
+        return f
+
+    def read(self, name: str, snapshot: int | str = "latest") -> np.ndarray:
+        """Any dataset of a snapshot by its path, e.g. 'loss/by_topic' or 'heads/induction'."""
+        path = self.snapshot_files[self._step(snapshot)]
+        with self._open(path) as f:
+            if name not in f:
+                raise RunError(f"{path}: no dataset {name!r}")
+            value = f[name][()]
+        if isinstance(value, np.ndarray) and value.dtype.kind == "O":
+            return np.array([v.decode() if isinstance(v, bytes) else v for v in value])
+        return value
+
+    def hook_names(self, snapshot: int | str = "latest") -> list[str]:
+        """Hook points stored with full tensors (a resid_post stored as the next resid_pre counts)."""
+        from guppy.record import resid_alias
+
+        with self._open(self.snapshot_files[self._step(snapshot)]) as f:
+            stored = list(f["acts"].keys()) if "acts" in f else []
+        L = self.model_config.n_layers
+        aliases = [f"blocks.{i}.hook_resid_post" for i in range(L - 1) if resid_alias(f"blocks.{i}.hook_resid_post") in stored]
+        return stored + [a for a in aliases if a not in stored]
+
+    def _read_act(self, name: str, snapshot) -> np.ndarray:
+        from guppy.record import resid_alias
+
+        path = self.snapshot_files[self._step(snapshot)]
+        with self._open(path) as f:
+            stored = f"acts/{name}" in f
+        return self.read(f"acts/{name}" if stored else f"acts/{resid_alias(name)}", snapshot)
+
+    def acts(self, name: str, snapshot: int | str = "latest"):
+        """Stored activations of the probe subset (`probe_subset`): numpy for one hook name,
+        {name: numpy} for a glob; snapshot='all' stacks every snapshot on a new first axis."""
+        names = self.hook_names(snapshot if snapshot != "all" else "latest")
+        matches = [n for n in names if fnmatch.fnmatchcase(n, name)]
+        if not matches:
+            raise RunError(f"{self.path}: no stored hook matches {name!r}; stored: {', '.join(names) or 'none'}")
+        if snapshot == "all":
+            got = {n: np.stack([self._read_act(n, s) for s in self.snapshot_files]) for n in matches}
+        else:
+            got = {n: self._read_act(n, snapshot) for n in matches}
+        return got[name] if name in got and len(got) == 1 else got
+
+    def head_metrics(self, metrics: tuple[str, ...] | None = None) -> pd.DataFrame:
+        """Long frame: step, layer, head, metric, value, over every snapshot."""
+        frames = []
+        for step, path in self.snapshot_files.items():
+            with self._open(path) as f:
+                for metric in metrics or [k for k in f["heads"].keys()]:
+                    v = f["heads"][metric][()]
+                    L, H = v.shape
+                    frames.append(pd.DataFrame({"step": step, "layer": np.repeat(np.arange(L), H),
+                                                "head": np.tile(np.arange(H), L), "metric": metric,
+                                                "value": v.ravel()}))
+        if not frames:
+            return pd.DataFrame(columns=["step", "layer", "head", "metric", "value"])
+        return pd.concat(frames, ignore_index=True)
+
+    def model(self, snapshot: int | str = "latest", device: str = "cpu"):
+        """A hooked GuppyLM with the weights saved at that snapshot, in eval mode."""
+        step = self._step(snapshot)
+        path = checkpoint_path(self.path, step)
+        if not path.exists():
+            raise RunError(f"{path}: missing; every snapshot keeps its weights, so the run folder is incomplete")
+        try:
+            return load_model(path, device)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+
+    # ---- the probe set -------------------------------------------------------------------------
+
+    @cached_property
+    def probes(self):
+        from guppy.record import ProbeSet
+
+        path = self.path / "probes.h5"
+        if not path.exists():
+            raise RunError(f"{path}: missing (was the run recorded with --record?)")
+        try:
+            return ProbeSet.load(path)
+        except (OSError, KeyError) as e:
+            raise RunError(f"{path}: unreadable probe set ({e})") from None
+
+    @property
+    def probe_tokens(self) -> np.ndarray:
+        return self.probes.tokens
+
+    @property
+    def probe_text(self) -> list[str]:
+        return self.probes.text
+
+    @property
+    def probe_subset(self) -> np.ndarray:
+        """Indices of the probes whose full tensors `acts` returns, in that order."""
+        return self.probes.subset
+
+    @property
+    def probe_table(self) -> pd.DataFrame:
+        p = self.probes
+        return pd.DataFrame({"kind": p.kind, "topic": p.topic, "length": p.lengths, "period": p.period,
+                             "text": p.text, "stored": np.isin(np.arange(len(p.kind)), p.subset)})

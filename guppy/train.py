@@ -107,6 +107,7 @@ class Trainer:
         self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.batches_per_epoch / cfg.grad_accum)
         # loop position: everything needed to continue exactly where a stop left off
         self.step, self.epoch, self.batch_index, self.tokens, self.elapsed = 0, 0, 0, 0, 0.0
+        self.window_loss, self.window_steps = 0.0, 0  # training loss summed since the last metrics row
         self.metrics = runfiles.MetricsWriter(self.run_dir / "metrics.csv")
         self.last_checkpoint: Path | None = None
 
@@ -137,6 +138,7 @@ class Trainer:
         loop = load_state(state_path(usable[-1]), self.optimizer, self.scaler)
         self.step, self.epoch, self.batch_index = loop["step"], loop["epoch"], loop["batch_index"]
         self.tokens, self.elapsed = loop["tokens"], loop["elapsed"]
+        self.window_loss, self.window_steps = loop["window_loss"], loop["window_steps"]
         self.last_checkpoint = usable[-1]
         self.metrics.truncate_after(self.step)
 
@@ -144,7 +146,8 @@ class Trainer:
         path = checkpoint_path(self.run_dir, self.step)
         save_weights(self.model, path, self.step, {"epoch": str(self.epoch), "tokens": str(self.tokens)})
         loop = {"step": self.step, "epoch": self.epoch, "batch_index": self.batch_index,
-                "tokens": self.tokens, "elapsed": self.elapsed}
+                "tokens": self.tokens, "elapsed": self.elapsed,
+                "window_loss": self.window_loss, "window_steps": self.window_steps}
         save_state(state_path(path), self.optimizer, loop, self.scaler)
         for old in list_checkpoints(self.run_dir).values():  # keep one training state: it is large
             if old != path:
@@ -157,15 +160,15 @@ class Trainer:
 
     def fit(self) -> str:
         cfg, model = self.cfg, self.model
-        for cb in self.callbacks:
-            cb.on_train_start(self)
         runfiles.update_run_json(self.run_dir, status="running", total_steps=self.total_steps,
                                  device=str(self.device), precision=str(self.dtype).replace("torch.", ""))
         stream = self._micro_batches()
         bar = runfiles.progress(self.total_steps, self.step, self.show_progress)
-        window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+        window_tokens, window_start = 0, time.perf_counter()
         status, position = "finished", None
         try:
+            for cb in self.callbacks:
+                cb.on_train_start(self)
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
                 position = (self.epoch, self.batch_index)  # restored if this step is interrupted
@@ -184,7 +187,7 @@ class Trainer:
                     self.scaler.scale(loss).backward()
                     loss_sum += loss.item()
                 if not math.isfinite(loss_sum):
-                    raise Diverged(f"loss became {loss_sum} at step {self.step}")
+                    raise Diverged(f"loss became {loss_sum} at step {self.step + 1}")
                 self.scaler.unscale_(self.optimizer)
                 for cb in self.callbacks:
                     cb.on_after_backward(self)
@@ -198,19 +201,20 @@ class Trainer:
                 n_tokens = sum(int((x != self.data.tokenizer.pad_id).sum()) for x, _, _ in micro)
                 self.tokens += n_tokens
                 self.elapsed += time.perf_counter() - t0
-                window_loss += loss_sum
+                self.window_loss += loss_sum
+                self.window_steps += 1
                 window_tokens += n_tokens
                 for cb in self.callbacks:
                     cb.on_step_end(self)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                    n = (self.step - 1) % cfg.log_every + 1
                     tps = window_tokens / max(time.perf_counter() - window_start, 1e-9)
                     row = {"step": self.step, "epoch": self.epoch_progress, "tokens": self.tokens, "lr": lr,
-                           "loss": window_loss / n, "grad_norm": grad_norm, "tokens_per_s": tps,
-                           "elapsed_s": self.elapsed}
+                           "loss": self.window_loss / self.window_steps, "grad_norm": grad_norm,
+                           "tokens_per_s": tps, "elapsed_s": self.elapsed}
                     self.metrics.write(row)
                     bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.1e}", tok_s=f"{tps:,.0f}")
-                    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+                    self.window_loss, self.window_steps = 0.0, 0
+                    window_tokens, window_start = 0, time.perf_counter()
                 bar.update(1)
                 epoch_end = self.batch_index == self.batches_per_epoch
                 at_eval = (cfg.eval_every and self.step % cfg.eval_every == 0) or epoch_end \
@@ -229,6 +233,9 @@ class Trainer:
                 self.epoch, self.batch_index = position
             self.save_checkpoint()
             self.message = f"interrupted at step {self.step}; continue with: guppy-train --resume {self.run_dir}"
+        except BaseException as e:  # a bug or a full disk: say so in run.json, then let it surface
+            runfiles.update_run_json(self.run_dir, status="failed", step=self.step, message=f"{type(e).__name__}: {e}")
+            raise
         else:
             self.message = f"finished {self.step} steps in {self.elapsed:.0f}s of training"
         finally:
@@ -272,8 +279,8 @@ class Trainer:
         return metrics
 
 
-def data_config(cfg: TrainConfig, vocab_size: int = 4096) -> DataConfig:
-    return DataConfig(persona=cfg.persona, n_chats=cfg.n_chats, seed=cfg.data_seed, vocab_size=vocab_size)
+def data_config(cfg: TrainConfig) -> DataConfig:
+    return DataConfig(persona=cfg.persona, n_chats=cfg.n_chats, seed=cfg.data_seed, vocab_size=cfg.vocab_size)
 
 
 def start_run(cfg: TrainConfig, callbacks=(), show_progress: bool = True, resume_dir: str | Path | None = None,
@@ -285,6 +292,10 @@ def start_run(cfg: TrainConfig, callbacks=(), show_progress: bool = True, resume
     else:
         run_dir = runfiles.new_run_dir(cfg)
     data = load_dataset(data_config(cfg), cache_dir=cache_dir)
+    if cfg.record:
+        from guppy.record import Recorder
+
+        callbacks = [*callbacks, Recorder(cfg.record_every, cfg.record_hooks, cfg.record_probes, cfg.record_log_spaced)]
     trainer = Trainer(cfg, run_dir, data, callbacks, show_progress)
     if resume_dir is not None:
         trainer.resume()
@@ -295,15 +306,18 @@ def start_run(cfg: TrainConfig, callbacks=(), show_progress: bool = True, resume
 
 def build_parser():
     """One flag per TrainConfig field, with its help; plus --resume and --quiet."""
-    from dataclasses import MISSING, fields
+    import argparse
+    from dataclasses import fields
 
     from guppy.cli import ArgumentParser
 
     p = ArgumentParser(prog="guppy-train", description="Train a guppy model on a persona's chats.")
     for f in fields(TrainConfig):
-        kind = type(f.default) if f.default is not MISSING else str
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None,
-                       choices=f.metadata.get("choices"), help=f"{f.metadata['help']} (default: {f.default})")
+        flag, help = f"--{f.name.replace('_', '-')}", f"{f.metadata['help']} (default: {f.default})"
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
+        else:
+            p.add_argument(flag, type=type(f.default), default=None, choices=f.metadata.get("choices"), help=help)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the stopped run in RUN_DIR with its own config")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p

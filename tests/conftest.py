@@ -1,0 +1,56 @@
+"""Shared fixtures."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from guppy.config import TrainConfig
+from guppy.train import start_run
+
+
+# ---- runs: tiny trained and recorded runs shared by the training, chat and recording tests ----
+
+MINI = Path(__file__).parent / "data" / "mini.toml"
+
+
+def pytest_configure(config):
+    # tests never touch ~/.cache: one fresh data cache per test session (subprocesses inherit it)
+    os.environ.setdefault("GUPPY_CACHE_DIR", tempfile.mkdtemp(prefix="guppy-test-cache-"))
+
+
+def tiny_train_config(tmp_path, **overrides) -> TrainConfig:
+    """The debug recipe every training test starts from: tiny model, 3-topic persona, fp32 CPU."""
+    base = dict(preset="tiny", persona=str(MINI), n_chats=600, vocab_size=400, batch_size=16, lr=3e-3,
+                warmup_steps=2, min_lr=3e-4, eval_chats=32, eval_prompts=1, log_every=5, steps=20,
+                runs_dir=str(tmp_path / "runs"), device="cpu", precision="fp32")
+    return TrainConfig(**base | overrides)
+
+
+@pytest.fixture
+def tiny_cli_args():
+    """guppy-train flags for the same recipe, for tests that run the command itself."""
+    def make(tmp_path, steps: int) -> list[str]:
+        cfg = tiny_train_config(tmp_path, steps=steps)
+        return ["--preset", cfg.preset, "--persona", cfg.persona, "--n-chats", str(cfg.n_chats),
+                "--vocab-size", str(cfg.vocab_size), "--steps", str(steps), "--batch-size", str(cfg.batch_size),
+                "--eval-prompts", "0", "--log-every", "5", "--precision", "fp32"]
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tiny_run")
+    trainer = start_run(tiny_train_config(tmp, steps=60, run_name="tiny"), show_progress=False)
+    assert trainer.fit() == "finished"
+    return trainer.run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_recorded_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tiny_recorded_run")
+    cfg = tiny_train_config(tmp, steps=40, run_name="recorded", record=True, record_probes=6, eval_every=20)
+    trainer = start_run(cfg, show_progress=False)
+    assert trainer.fit() == "finished"
+    return trainer.run_dir

@@ -1,0 +1,162 @@
+"""Training: resume equals never stopping, divergence, Ctrl-C, run files, bad flags."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from guppy.checkpoint import list_checkpoints, state_path
+from guppy.train import Callback, TrainConfig, build_optimizer, lr_at, start_run
+from tests.conftest import tiny_train_config
+
+
+class StopAt(Callback):
+    def __init__(self, step, action):
+        self.step, self.action = step, action
+
+    def on_step_end(self, trainer):
+        if trainer.step == self.step:
+            self.action(trainer)
+
+
+def interrupt(trainer):
+    raise KeyboardInterrupt
+
+
+def poison(trainer):
+    with torch.no_grad():
+        next(trainer.model.parameters()).fill_(float("nan"))
+
+
+def rows(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def final_weights(run_dir):
+    return load_file(str(list(list_checkpoints(run_dir).values())[-1]))
+
+
+def test_resume_equals_never_stopping(tmp_path):
+    cfg = tiny_train_config(tmp_path, steps=16, eval_every=5, log_every=2, grad_accum=2, dropout=0.1)
+    whole = start_run(replace(cfg, run_name="whole"), show_progress=False)
+    assert whole.fit() == "finished"
+
+    parted = start_run(replace(cfg, run_name="parted"), callbacks=[StopAt(7, interrupt)], show_progress=False)
+    assert parted.fit() == "interrupted" and parted.step == 7
+    meta = json.loads((parted.run_dir / "run.json").read_text())
+    assert meta["status"] == "interrupted" and "--resume" in meta["message"]
+    again = start_run(cfg, resume_dir=parted.run_dir, show_progress=False)
+    assert again.step == 7
+    assert again.fit() == "finished"
+
+    a, b = final_weights(whole.run_dir), final_weights(parted.run_dir)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "elapsed_s")} for r in rs]
+    assert strip(rows(whole.run_dir)) == strip(rows(parted.run_dir))
+
+
+def test_divergence_stops_naming_step_and_last_good_checkpoint(tmp_path):
+    cfg = tiny_train_config(tmp_path, steps=20, eval_every=4)
+    trainer = start_run(cfg, callbacks=[StopAt(6, poison)], show_progress=False)
+    assert trainer.fit() == "diverged"
+    assert trainer.message.startswith("loss became nan at step 7; last good checkpoint: ")
+    assert trainer.message.endswith("step-000004.safetensors")
+    meta = json.loads((trainer.run_dir / "run.json").read_text())
+    assert meta["status"] == "diverged"
+    assert max(list_checkpoints(trainer.run_dir)) == 4  # nothing written after the NaN
+
+
+def test_run_folder_contents(tmp_path):
+    cfg = tiny_train_config(tmp_path, steps=6, eval_every=3, log_every=1)
+    trainer = start_run(cfg, show_progress=False)
+    trainer.fit()
+    run = trainer.run_dir
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["status"] == "finished" and meta["train_config"] == cfg.to_dict()
+    assert {"torch", "python", "guppy"} <= set(meta["versions"]) and "git_commit" in meta
+    assert (run / "tokenizer.json").exists()
+    assert sorted(list_checkpoints(run)) == [3, 6]
+    assert not state_path(list_checkpoints(run)[3]).exists() and state_path(list_checkpoints(run)[6]).exists()
+    r = rows(run)
+    assert [int(x["step"]) for x in r if x["loss"]] == [1, 2, 3, 4, 5, 6]
+    evals = [x for x in r if x["eval_loss"]]
+    assert [int(x["step"]) for x in evals] == [3, 6] and all(0 <= float(x["persona_pass"]) <= 1 for x in evals)
+
+
+def test_weight_decay_skips_norms_biases_and_positions(tiny_model):
+    opt = build_optimizer(tiny_model, TrainConfig(weight_decay=0.1))
+    names = {id(p): n for n, p in tiny_model.named_parameters()}
+    decayed = {names[id(p)] for p in opt.param_groups[0]["params"]}
+    assert decayed and all(tiny_model.get_parameter(n).ndim == 2 and "pos" not in n for n in decayed)
+    plain = {names[id(p)] for p in opt.param_groups[1]["params"]}
+    assert any("pos" in n for n in plain) and any(tiny_model.get_parameter(n).ndim == 1 for n in plain)
+
+
+def test_schedule_warms_up_then_decays_to_min_lr():
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    lrs = [lr_at(s, 100, cfg) for s in range(100)]
+    assert lrs[9] == pytest.approx(1e-3) and lrs[0] == pytest.approx(1e-4)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lr_at(100, 100, cfg) == pytest.approx(1e-4)
+
+
+def cli(*args, cwd, timeout=120):
+    return subprocess.run([sys.executable, "-m", "guppy.train", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=os.environ | {"PYTHONPATH": os.getcwd()})
+
+
+@pytest.mark.parametrize("args, code, expected", [
+    (["--lr", "abc"], 2, "--lr: invalid float value: 'abc'"),
+    (["--bogus"], 2, "unrecognized arguments: --bogus"),
+    (["--precision", "fp8"], 2, "invalid choice: 'fp8'"),
+    (["--lr", "-1"], 1, "lr: bad value -1.0"),
+    (["--batch-size", "0"], 1, "batch_size: bad value 0"),
+    (["--resume", "runs/nothing-here"], 1, "runs/nothing-here/run.json: no such file"),
+    (["--resume", "runs/x", "--lr", "0.1"], 1, "drop --lr"),
+    (["--preset", "huge"], 2, "invalid choice: 'huge'"),
+    (["--persona", "shark"], 1, "no such persona"),
+])
+def test_bad_flags_one_line(tmp_path, args, code, expected):
+    r = cli(*args, cwd=tmp_path)
+    assert r.returncode == code, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and expected in r.stderr, r.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_help_documents_every_field():
+    r = cli("--help", cwd=os.getcwd())
+    for f in TrainConfig.__dataclass_fields__:
+        assert f"--{f.replace('_', '-')}" in r.stdout
+
+
+def test_ctrl_c_saves_and_resume_finishes(tmp_path, tiny_cli_args):
+    args = tiny_cli_args(tmp_path, steps=400)
+    proc = subprocess.Popen([sys.executable, "-m", "guppy.train", *args, "--run-name", "sig", "--quiet"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=os.environ | {"PYTHONPATH": os.getcwd()})
+    metrics = tmp_path / "runs" / "sig" / "metrics.csv"
+    deadline = time.time() + 90
+    while not (metrics.exists() and metrics.stat().st_size > 200) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "Traceback" not in err
+    meta = json.loads((tmp_path / "runs" / "sig" / "run.json").read_text())
+    assert meta["status"] == "interrupted" and list_checkpoints(tmp_path / "runs" / "sig")
+    r = cli("--resume", "runs/sig", "--quiet", cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "runs" / "sig" / "run.json").read_text())["status"] == "finished"
+    assert max(list_checkpoints(tmp_path / "runs" / "sig")) == 400
+
