@@ -1,0 +1,225 @@
+"""The guppy transformer: vanilla, decoder-only, every activation through a named HookPoint.
+
+token + learned position embeddings -> n_layers x [pre-LN attention, pre-LN ReLU MLP]
+-> final LayerNorm -> unembedding tied to the token embedding. Pure: no I/O, no printing.
+
+Shape legend: B batch, T positions (Tq queries, Tk keys), D d_model, H heads, E d_head,
+M d_mlp, V d_vocab. Hook names and shapes follow TransformerLens (see shared/DESIGN.md).
+
+Unused hooks cost (almost) nothing: attention runs `F.scaled_dot_product_attention` unless a
+hook is attached to its scores or pattern, then the explicit path (same numbers, tested);
+LayerNorm runs fused unless its scale/normalized hooks are in use; the per-head output
+`attn.hook_result` (B, T, H, D) is computed only when hooked.
+"""
+
+from __future__ import annotations
+
+import math
+
+import einops
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from guppy.config import ModelConfig
+from guppy.hooks import HookedMixin, HookPoint, name_hook_points
+
+KV = tuple[torch.Tensor, torch.Tensor]  # cached keys and values, each (B, H, Tk, E)
+
+# hook names in the order the forward pass reaches them (within a block, then overall)
+BLOCK_ORDER = ("hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k",
+               "attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "attn.hook_result",
+               "hook_attn_out", "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized", "mlp.hook_pre",
+               "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.eps = cfg.ln_eps
+        self.w = nn.Parameter(torch.ones(cfg.d_model))
+        self.b = nn.Parameter(torch.zeros(cfg.d_model))
+        self.hook_scale = HookPoint()  # (B, T, 1)
+        self.hook_normalized = HookPoint()  # (B, T, D), before w and b (as TransformerLens)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.hook_scale.active or self.hook_normalized.active):
+            return F.layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)
+        x = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized(x / scale) * self.w + self.b
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        H, E, D = cfg.n_heads, cfg.d_head, cfg.d_model
+        # fused Q, K, V projection: one matmul; W_Q/W_K/W_V below are views in TL layout
+        self.qkv = nn.Linear(D, 3 * H * E)
+        self.out = nn.Linear(H * E, D)
+        self.dropout = cfg.dropout
+        for name in ("hook_q", "hook_k", "hook_v", "hook_z"):  # (B, T, H, E)
+            setattr(self, name, HookPoint())
+        self.hook_attn_scores = HookPoint()  # (B, H, Tq, Tk), masked with -inf
+        self.hook_pattern = HookPoint()  # (B, H, Tq, Tk)
+        self.hook_result = HookPoint()  # (B, T, H, D), per-head output; computed only when hooked
+
+    # TransformerLens-layout views of the weights
+    @property
+    def W_Q(self) -> torch.Tensor:  # (H, D, E)
+        return self._in_weight(0)
+
+    @property
+    def W_K(self) -> torch.Tensor:
+        return self._in_weight(1)
+
+    @property
+    def W_V(self) -> torch.Tensor:
+        return self._in_weight(2)
+
+    def _in_weight(self, i: int) -> torch.Tensor:
+        w = self.qkv.weight.view(3, self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model)[i]  # (H, E, D)
+        return w.transpose(1, 2)
+
+    def in_bias(self, i: int) -> torch.Tensor:  # (H, E)
+        return self.qkv.bias.view(3, self.cfg.n_heads, self.cfg.d_head)[i]
+
+    @property
+    def W_O(self) -> torch.Tensor:  # (H, E, D)
+        return einops.rearrange(self.out.weight, "d (h e) -> h e d", h=self.cfg.n_heads)
+
+    @property
+    def b_O(self) -> torch.Tensor:
+        return self.out.bias
+
+    def forward(self, x: torch.Tensor, past: KV | None = None) -> tuple[torch.Tensor, KV]:
+        qkv = einops.rearrange(self.qkv(x), "b t (three h e) -> three b t h e", three=3, h=self.cfg.n_heads)
+        q, k, v = self.hook_q(qkv[0]), self.hook_k(qkv[1]), self.hook_v(qkv[2])  # (B, T, H, E)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, E)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, Tk, E)
+        Tq, Tk = q.shape[2], k.shape[2]
+        drop = self.dropout if self.training else 0.0
+        if self.hook_attn_scores.active or self.hook_pattern.active:
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.cfg.d_head)  # (B, H, Tq, Tk)
+            future = torch.ones(Tq, Tk, dtype=torch.bool, device=x.device).triu(Tk - Tq + 1)
+            scores = self.hook_attn_scores(scores.masked_fill(future, float("-inf")))
+            pattern = self.hook_pattern(scores.softmax(-1))
+            z = F.dropout(pattern, drop, self.training) @ v  # (B, H, Tq, E)
+        else:
+            if past is None:  # a plain causal forward
+                z = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+            elif Tq == 1:  # one new query after a cache sees every key
+                z = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+            else:  # several new queries after a cache: causal with an offset
+                future = torch.ones(Tq, Tk, dtype=torch.bool, device=x.device).triu(Tk - Tq + 1)
+                z = F.scaled_dot_product_attention(q, k, v, attn_mask=~future, dropout_p=drop)
+        z = self.hook_z(z.transpose(1, 2))  # (B, T, H, E)
+        if self.hook_result.active:
+            result = self.hook_result(torch.einsum("bthe,hed->bthd", z, self.W_O))  # (B, T, H, D)
+            out = result.sum(2) + self.out.bias
+        else:
+            out = self.out(z.flatten(2))  # (B, T, D)
+        return out, (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.W_in = nn.Linear(cfg.d_model, cfg.d_mlp)
+        self.W_out = nn.Linear(cfg.d_mlp, cfg.d_model)
+        self.hook_pre = HookPoint()  # (B, T, M)
+        self.hook_post = HookPoint()  # (B, T, M)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.W_out(self.hook_post(F.relu(self.hook_pre(self.W_in(x)))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1, self.attn = LayerNorm(cfg), Attention(cfg)
+        self.ln2, self.mlp = LayerNorm(cfg), MLP(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+        for name in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
+            setattr(self, name, HookPoint())  # (B, T, D)
+
+    def forward(self, x: torch.Tensor, past: KV | None = None) -> tuple[torch.Tensor, KV]:
+        x = self.hook_resid_pre(x)
+        attn_out, kv = self.attn(self.ln1(x), past)
+        x = self.hook_resid_mid(x + self.dropout(self.hook_attn_out(attn_out)))
+        x = self.hook_resid_post(x + self.dropout(self.hook_mlp_out(self.mlp(self.ln2(x)))))
+        return x, kv
+
+
+class Unembed(nn.Module):
+    """Logits from the final residual, through the token embedding (tied weights)."""
+
+    def __init__(self, embed: nn.Embedding):
+        super().__init__()
+        self._embed = [embed]  # a list, so the tied weight is registered once (under embed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self._embed[0].weight.T  # (B, T, V)
+
+
+class GuppyLM(HookedMixin, nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
+        self.W_pos = nn.Parameter(torch.zeros(cfg.n_ctx, cfg.d_model))
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()  # (B, T, D)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_final = LayerNorm(cfg)
+        self.unembed = Unembed(self.embed)
+        self.hook_logits = HookPoint()  # (B, T, V)
+        self._init_weights()
+        points = name_hook_points(self)
+        order = ["hook_embed", "hook_pos_embed"]
+        order += [f"blocks.{i}.{n}" for i in range(cfg.n_layers) for n in BLOCK_ORDER]
+        order += ["ln_final.hook_scale", "ln_final.hook_normalized", "hook_logits"]
+        assert sorted(order) == sorted(points), "BLOCK_ORDER is out of date with the modules"
+        self.hook_dict = {name: points[name] for name in order}
+
+    def _init_weights(self) -> None:
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if name.endswith(".b") or name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif name.endswith(".w"):
+                nn.init.ones_(p)
+            else:
+                # GPT-2: residual-writing projections scaled down by depth
+                scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("out.weight", "W_out.weight")) else 1
+                nn.init.normal_(p, std=std * scale)
+
+    @property
+    def W_E(self) -> torch.Tensor:  # (V, D)
+        return self.embed.weight
+
+    @property
+    def W_U(self) -> torch.Tensor:  # (D, V)
+        return self.embed.weight.T
+
+    def forward(self, tokens: torch.Tensor, past_kv: list[KV] | None = None, return_kv: bool = False):
+        """tokens (B, T) -> logits (B, T, V). With `past_kv` (from a previous call with
+        return_kv=True) the tokens continue those positions; returns (logits, kv) then."""
+        start = past_kv[0][0].shape[2] if past_kv else 0
+        T = tokens.shape[1]
+        if start + T > self.cfg.n_ctx:
+            raise ValueError(f"{start + T} positions exceed n_ctx={self.cfg.n_ctx}")
+        x = self.hook_embed(self.embed(tokens))  # (B, T, D)
+        pos = self.hook_pos_embed(self.W_pos[start:start + T].expand_as(x))  # (B, T, D)
+        x = self.drop(x + pos)
+        new_kv = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, past_kv[i] if past_kv else None)
+            new_kv.append(kv)
+        logits = self.hook_logits(self.unembed(self.ln_final(x)))
+        return (logits, new_kv) if return_kv else logits
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
