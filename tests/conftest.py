@@ -6,8 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from guppy.config import TrainConfig
+import torch
+
+from guppy.config import TrainConfig, model_preset
+from guppy.model import GuppyLM
 from guppy.train import start_run
+
+
+@pytest.fixture
+def tiny_model() -> GuppyLM:
+    """The tiny preset (2 layers, d_model 32), seeded, in eval mode."""
+    torch.manual_seed(0)
+    return GuppyLM(model_preset("tiny")).eval()
 
 
 # ---- runs: tiny trained and recorded runs shared by the training, chat and recording tests ----
