@@ -1,0 +1,57 @@
+"""Generation: the KV cache changes nothing but speed; sampling knobs; long prompts."""
+
+import warnings
+
+import pytest
+import torch
+
+from guppy.generate import generate, sample_next
+
+
+def test_greedy_is_identical_with_and_without_the_cache(tiny_model):
+    prompt = torch.randint(3, 512, (10,)).tolist()
+    cached = generate(tiny_model, prompt, max_new_tokens=40, temperature=0)
+    plain = generate(tiny_model, prompt, max_new_tokens=40, temperature=0, use_kv_cache=False)
+    assert cached == plain and len(cached) == 40
+
+
+def test_sampling_is_repeatable_with_a_seed(tiny_model):
+    prompt = [5, 6, 7]
+    a = generate(tiny_model, prompt, 20, temperature=1.0, top_k=50, top_p=0.9, seed=3)
+    b = generate(tiny_model, prompt, 20, temperature=1.0, top_k=50, top_p=0.9, seed=3)
+    assert a == b
+
+
+def test_stops_at_the_end_token(tiny_model):
+    prompt = [5, 6, 7]
+    first = generate(tiny_model, prompt, 5, temperature=0)
+    stop = first[2]
+    assert generate(tiny_model, prompt, 5, temperature=0, stop_token=stop) == first[:first.index(stop) + 1]
+
+
+def test_top_k_and_top_p_restrict_the_choice():
+    logits = torch.tensor([5.0, 4.0, 1.0, 0.0])
+    g = torch.Generator().manual_seed(0)
+    assert {sample_next(logits, 1.0, top_k=2, generator=g) for _ in range(200)} == {0, 1}
+    # p(0) ~ 0.72: with top_p 0.5 only the first token is kept
+    assert {sample_next(logits, 1.0, top_p=0.5, generator=g) for _ in range(50)} == {0}
+    assert sample_next(logits, 0.0) == 0
+
+
+def test_hooks_fire_during_generation(tiny_model):
+    seen = []
+    with tiny_model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", lambda x, h: seen.append(x.shape))]):
+        generate(tiny_model, [5, 6, 7], max_new_tokens=3, temperature=0)
+    assert seen[0] == (1, 4, 3, 3) and seen[1] == (1, 4, 1, 4) and len(seen) == 3
+
+
+def test_long_prompt_keeps_its_end_with_a_warning_and_runs_past_the_context(tiny_model):
+    prompt = torch.randint(3, 512, (100,)).tolist()
+    with pytest.warns(UserWarning, match="longer than the context"):
+        out = generate(tiny_model, prompt, max_new_tokens=10, temperature=0)
+    assert len(out) == 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        long = generate(tiny_model, [5], max_new_tokens=100, temperature=0)  # fills 64 positions and slides
+    assert len(long) == 100
+    assert long == generate(tiny_model, [5], max_new_tokens=100, temperature=0, use_kv_cache=False)
