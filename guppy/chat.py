@@ -37,13 +37,6 @@ class Chatter:
         return self.tok.decode(new).strip()
 
 
-def latest_run(runs_dir: Path) -> Path:
-    runs = [d for d in runs_dir.glob("*") if (d / "checkpoints").is_dir() and any((d / "checkpoints").iterdir())]
-    if not runs:
-        raise ValueError(f"{runs_dir}: no trained run found; train one with `make demo` or guppy-train, or pass --run")
-    return max(runs, key=lambda d: (d / "run.json").stat().st_mtime if (d / "run.json").exists() else 0)
-
-
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="guppy-chat", description="Talk to a trained guppy run.")
     p.add_argument("--run", help="run folder (default: the newest run under --runs-dir)")
@@ -62,14 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body():
-        from guppy.runs import load_for_inference
+        from guppy.runfiles import read_run_json
+        from guppy.runs import latest_run, load_for_inference
 
         if args.temperature < 0 or not 0 < args.top_p <= 1:
             raise ValueError("--temperature must be >= 0 and --top-p in (0, 1]")
         run = Path(args.run) if args.run else latest_run(Path(args.runs_dir))
         model, tok, path = load_for_inference(run, args.checkpoint)
         bot = Chatter(model, tok, args.temperature, args.top_k, args.top_p, args.max_tokens, args.seed)
-        name = "guppy"
+        name = read_run_json(run).get("data_stats", {}).get("persona", "guppy")
         if args.prompt:
             for text in args.prompt:
                 print(f"you: {text}\n{name}: {bot.reply(text) if text.strip() else '...'}")
@@ -79,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 text = input("you: ")
             except (EOFError, KeyboardInterrupt):
-                print(f"\n{name}: bye. i will be in the water.")
+                print(f"\n{name}: bye.")
                 return 0
             if not text.strip():
                 continue

@@ -63,7 +63,7 @@ def guppy() -> ModelConfig:
 
 def demo() -> ModelConfig:
     """Small enough to train a talking fish on a 2-core CPU in a few minutes."""
-    return ModelConfig(n_layers=4, d_model=256, n_heads=4, d_head=64, d_mlp=512, dropout=0.0)
+    return ModelConfig(d_vocab=2304, n_layers=4, d_model=256, n_heads=4, d_head=64, d_mlp=512, dropout=0.0)
 
 
 def small() -> ModelConfig:
@@ -100,10 +100,10 @@ class TrainConfig:
     persona: str = _f("fish", "persona: a shipped name (fish, fern) or a path to a .toml file")
     n_chats: int = _f(60_000, "chats to generate, split equally over topics")
     data_seed: int = _f(0, "seed of the generated chats")
-    vocab_size: int = _f(4096, "BPE tokenizer target vocabulary (at most the preset's d_vocab)")
+    vocab_size: int = _f(0, "BPE tokenizer target vocabulary; 0 = the preset's d_vocab")
     epochs: float = _f(1.0, "passes over the train split (ignored when --steps is given)")
     steps: int = _f(0, "optimizer steps to run; 0 = derive from --epochs")
-    batch_size: int = _f(32, "chats per micro-batch")
+    batch_size: int = _f(64, "chats per micro-batch")
     grad_accum: int = _f(1, "micro-batches per optimizer step")
     lr: float = _f(3e-3, "peak learning rate")
     warmup_steps: int = _f(50, "linear warmup steps before the cosine decay")
@@ -131,7 +131,7 @@ class TrainConfig:
 
     def __post_init__(self):
         checks = {
-            "n_chats": self.n_chats >= 1, "vocab_size": self.vocab_size >= 300, "epochs": self.epochs > 0, "steps": self.steps >= 0,
+            "n_chats": self.n_chats >= 1, "vocab_size": self.vocab_size == 0 or self.vocab_size >= 300, "epochs": self.epochs > 0, "steps": self.steps >= 0,
             "batch_size": self.batch_size >= 1, "grad_accum": self.grad_accum >= 1, "lr": self.lr > 0,
             "warmup_steps": self.warmup_steps >= 0, "min_lr": 0 <= self.min_lr <= self.lr,
             "weight_decay": self.weight_decay >= 0, "grad_clip": self.grad_clip >= 0,

@@ -92,7 +92,7 @@ def _topic_chats(persona: Persona, topic: str, n_train: int, n_eval: int, cfg: D
         raise ValueError(f"{persona.source}: topics.{topic}.prompts: expected at least 2 distinct prompts to hold one out")
     held, kept = templates[:n_held], templates[n_held:]
 
-    train = [Chat(topic, persona.expand(rng.choice(kept), rng), persona.sample_reply(topic, rng))
+    train = [Chat(topic, persona.sample_prompt(rng.choice(kept), rng), persona.sample_reply(topic, rng))
              for _ in range(n_train)]
     train_prompts = {c.prompt for c in train}
     train_pairs = {(c.prompt, c.reply) for c in train}
@@ -103,7 +103,7 @@ def _topic_chats(persona: Persona, topic: str, n_train: int, n_eval: int, cfg: D
         if len(evals) == n_eval:
             break
         from_held = len(evals) < n_held_eval
-        prompt = persona.expand(rng.choice(held if from_held else kept), rng)
+        prompt = persona.sample_prompt(rng.choice(held if from_held else kept), rng)
         pair = (prompt, persona.sample_reply(topic, rng))
         if pair in train_pairs or pair in seen or (from_held and prompt in train_prompts):
             continue

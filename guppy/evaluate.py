@@ -76,17 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     from guppy.cli import ArgumentParser, positive_int, run_main
 
     p = ArgumentParser(prog="guppy-eval", description="Persona eval of a trained run: pass rate per topic.")
-    p.add_argument("--run", required=True, help="run folder, e.g. runs/demo")
+    p.add_argument("--run", help="run folder (default: the newest run under --runs-dir)")
+    p.add_argument("--runs-dir", default="runs", help="where to look for the newest run (default runs)")
     p.add_argument("--checkpoint", default="latest", help="checkpoint step number or 'latest' (default)")
     p.add_argument("--prompts", type=positive_int, default=3, help="held-out prompts per topic (default 3)")
     p.add_argument("--show", type=int, default=0, help="print this many failing replies")
     args = p.parse_args(argv)
 
     def body():
-        from guppy.runs import load_eval_data, load_for_inference
+        from guppy.runs import latest_run, load_eval_data, load_for_inference
 
-        model, tokenizer, path = load_for_inference(args.run, args.checkpoint)
-        persona, chats = load_eval_data(args.run)
+        run = args.run or latest_run(args.runs_dir)
+        model, tokenizer, path = load_for_inference(run, args.checkpoint)
+        persona, chats = load_eval_data(run)
         result = persona_eval(model, tokenizer, persona, chats, per_topic=args.prompts)
         print(f"persona eval of {path}: {len(result.rows)} held-out prompts")
         for topic, rate in result.per_topic().items():

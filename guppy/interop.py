@@ -8,6 +8,8 @@ TransformerLens is our correctness oracle: tests check logits and every shared h
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from guppy.model import GuppyLM
@@ -43,7 +45,9 @@ def to_transformer_lens(model: GuppyLM, device: str = "cpu"):
         d_mlp=cfg.d_mlp, d_vocab=cfg.d_vocab, act_fn="relu", normalization_type="LN", eps=cfg.ln_eps,
         positional_embedding_type="standard", default_prepend_bos=False, device=device, seed=None,
     )
-    tl = HookedTransformer(tl_cfg)
+    with warnings.catch_warnings():  # 3.x deprecates the class we target on purpose (4.x removed it)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        tl = HookedTransformer(tl_cfg)
     missing, unexpected = tl.load_state_dict(transformer_lens_state_dict(model), strict=False)
     real_missing = [k for k in missing if not k.endswith(("IGNORE", "mask"))]
     if real_missing or unexpected:

@@ -54,6 +54,9 @@ class Persona:
         """Fill every `{pool}` slot (recursively) with a random entry of that pool."""
         return SLOT.sub(lambda m: self.expand(rng.choice(self.pools[m.group(1)]), rng), template)
 
+    def sample_prompt(self, template: str, rng: random.Random) -> str:
+        return " ".join(self.expand(template, rng).split()).strip(" ,")
+
     def sample_reply(self, topic: str, rng: random.Random) -> str:
         parts = (self.expand(rng.choice(alts), rng) for alts in self.topics[topic].reply)
         return " ".join(" ".join(p for p in parts if p).split())
@@ -150,7 +153,7 @@ class _Validator:
         for pool, entries in raw_pools.items():
             if not _NAME.match(pool):
                 self.fail(f"pools.{pool}", "expected a pool name of lowercase letters, digits, _")
-            pools[pool] = self.strings(entries, f"pools.{pool}")
+            pools[pool] = self.strings(entries, f"pools.{pool}", allow_empty=True)  # "" = optional word
         for pool, entries in pools.items():
             for i, entry in enumerate(entries):
                 self.template(entry, f"pools.{pool}[{i}]", pools)

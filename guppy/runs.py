@@ -52,6 +52,14 @@ def resolve_checkpoint(run_dir: str | Path, which: str | int = "latest") -> Path
         raise RunError(f"{run_dir}: no checkpoint {which!r}; expected 'latest' or one of steps {steps}") from None
 
 
+def latest_run(runs_dir: str | Path = "runs") -> Path:
+    """The run under `runs_dir` with a checkpoint whose run.json changed last."""
+    runs = [d for d in Path(runs_dir).glob("*") if list_checkpoints(d) and (d / "run.json").exists()]
+    if not runs:
+        raise RunError(f"{runs_dir}: no trained run found; train one with `make demo` or guppy-train, or pass --run")
+    return max(runs, key=lambda d: (d / "run.json").stat().st_mtime)
+
+
 def load_for_inference(run_dir: str | Path, which: str | int = "latest", device: str = "cpu"):
     """(model, tokenizer, checkpoint path) of a run, the model in eval mode."""
     path = resolve_checkpoint(run_dir, which)

@@ -41,13 +41,13 @@ def test_very_long_input_is_truncated_not_fatal(bot):
 def test_one_shot_prompts(tiny_run):
     r = chat_cli("--run", str(tiny_run), "-p", "hello pebble", "-p", "", "--seed", "1")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("you: ") == 2 and "guppy: ..." in r.stdout
+    assert r.stdout.count("you: ") == 2 and "pebble: ..." in r.stdout  # the run's persona answers
 
 
 def test_interactive_skips_empty_lines_and_ends_on_eof(tiny_run):
     r = chat_cli("--run", str(tiny_run), "--temperature", "0", input="\n   \nHI THERE\n")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("guppy: ") == 2  # one answer, then the goodbye on EOF
+    assert r.stdout.count("pebble: ") == 2  # one answer, then the goodbye on EOF
     assert "bye" in r.stdout and "Traceback" not in r.stderr
 
 

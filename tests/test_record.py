@@ -61,7 +61,8 @@ def test_recorded_metrics_match_a_fresh_computation(tiny_recorded_run):
     tokens = torch.from_numpy(run.probe_tokens)
     lengths = torch.from_numpy(run.probes.lengths)
     period = torch.from_numpy(run.probes.period)
-    logits, cache = model.run_with_cache(tokens, names="blocks.*.attn.hook_pattern")
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens, names="blocks.*.attn.hook_pattern")
     for layer in range(run.model_config.n_layers):
         fresh = M.head_metrics(cache[f"blocks.{layer}.attn.hook_pattern"], lengths, period)
         for metric in ("entropy", "prev_token", "induction", "first_token"):
