@@ -121,7 +121,7 @@ class TrainConfig:
     eval_prompts: int = _f(1, "held-out prompts per topic for the persona eval during training; 0 = skip")
     log_every: int = _f(10, "write a metrics row every N steps")
     record: bool = _f(False, "snapshot the model's insides to HDF5 (see --record-every, --record-hooks)")
-    record_every: int = _f(0, "snapshot every N steps, besides step 0, powers of two and epoch ends; 0 = total/16")
+    record_every: int = _f(0, "snapshot every N steps, besides step 0, powers of two and epoch ends; 0 = total/10")
     record_log_spaced: bool = _f(True, "also snapshot at steps 1, 2, 4, 8, ... when structure forms")
     record_hooks: str = _f("blocks.*.attn.hook_pattern,blocks.*.hook_resid_pre,blocks.*.hook_resid_post",
                            "comma-separated hook names or globs whose full tensors are stored")

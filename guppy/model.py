@@ -106,9 +106,9 @@ class Attention(nn.Module):
         # torch's CPU flash-attention backward is slower than plain matmuls (measured 1.3x)
         explicit = self.training and x.device.type == "cpu" and torch.is_grad_enabled()
         if explicit or self.hook_attn_scores.active or self.hook_pattern.active:
-            scores = q @ k.transpose(-1, -2) / math.sqrt(self.cfg.d_head)  # (B, H, Tq, Tk)
+            scores = (q / math.sqrt(self.cfg.d_head)) @ k.transpose(-1, -2)  # (B, H, Tq, Tk); scale the smaller side
             future = torch.ones(Tq, Tk, dtype=torch.bool, device=x.device).triu(Tk - Tq + 1)
-            scores = self.hook_attn_scores(scores.masked_fill(future, float("-inf")))
+            scores = self.hook_attn_scores(scores.masked_fill_(future, float("-inf")))  # in place: a fresh tensor
             pattern = self.hook_pattern(scores.softmax(-1))
             z = F.dropout(pattern, drop, self.training) @ v  # (B, H, Tq, E)
         else:
@@ -121,8 +121,10 @@ class Attention(nn.Module):
                 z = F.scaled_dot_product_attention(q, k, v, attn_mask=~future, dropout_p=drop)
         z = self.hook_z(z.transpose(1, 2))  # (B, T, H, E)
         if self.hook_result.active:
-            result = self.hook_result(torch.einsum("bthe,hed->bthd", z, self.W_O))  # (B, T, H, D)
-            out = result.sum(2) + self.out.bias
+            B, T = z.shape[:2]
+            per_head = torch.bmm(einops.rearrange(z, "b t h e -> h (b t) e"), self.W_O)  # (H, B*T, D)
+            result = self.hook_result(einops.rearrange(per_head, "h (b t) d -> b t h d", b=B))  # a view
+            out = einops.rearrange(result, "b t h d -> h (b t) d").sum(0).view(B, T, -1) + self.out.bias
         else:
             out = self.out(z.flatten(2))  # (B, T, D)
         return out, (k, v)

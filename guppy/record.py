@@ -108,13 +108,13 @@ def build_probe_set(data, n_ctx: int, full: int = 12, n_repeat: int = 4, period:
 
 
 def snapshot_schedule(total_steps: int, every: int = 0, log_spaced: bool = True) -> set[int]:
-    """Step 0, powers of two (structure forms early), every `every` steps (default: total/16),
-    and the last step. Epoch ends are added by the recorder as they happen."""
-    steps = {0, total_steps}
+    """Step 0, every `every` steps (default: total/10) and the last step; with `log_spaced`,
+    also powers of two below the first linear step, where structure forms fastest.
+    Epoch ends are added by the recorder as they happen."""
+    every = every or max(1, total_steps // 10)
+    steps = {0, total_steps} | set(range(every, total_steps - every // 2 + 1, every))  # none just before the end
     if log_spaced:
-        steps |= {2**i for i in range(int(math.log2(max(total_steps, 1))) + 1)}
-    every = every or max(1, total_steps // 16)
-    steps |= set(range(every, total_steps + 1, every))
+        steps |= {2**i for i in range(int(math.log2(every)) + 1) if 2**i < every}
     return {s for s in steps if 0 <= s <= total_steps}
 
 
@@ -123,7 +123,7 @@ def snapshot_schedule(total_steps: int, every: int = 0, log_spaced: bool = True)
 
 class Recorder(Callback):
     def __init__(self, every: int = 0, hooks: str = DEFAULT_HOOKS, full_probes: int = 12, log_spaced: bool = True,
-                 n_replies: int = 4, reply_tokens: int = 32):
+                 n_replies: int = 3, reply_tokens: int = 24):
         self.every, self.hook_globs = every, [h.strip() for h in hooks.split(",") if h.strip()]
         self.full_probes, self.log_spaced = full_probes, log_spaced
         self.n_replies, self.reply_tokens = n_replies, reply_tokens
@@ -156,7 +156,7 @@ class Recorder(Callback):
         return step in self.schedule or trainer.batch_index == trainer.batches_per_epoch
 
     def on_after_backward(self, trainer) -> None:
-        grads = [p.grad if p.grad is not None else torch.zeros(()) for p in trainer.model.parameters()]
+        grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for p in trainer.model.parameters()]
         self._grad_sq += torch.stack(torch._foreach_norm(grads)).float().cpu() ** 2
         self._grad_steps += 1
         if self._due(trainer, trainer.step + 1):  # keep the weights to measure this step's update
@@ -253,12 +253,22 @@ class Recorder(Callback):
         bwd = [(n, grad_norm) for n in grad_points]
 
         reply_mask = self._reply_mask(tokens.shape[1]).to(device)  # (B, T-1): targets that are reply tokens
-        with torch.enable_grad():
-            logits = model.run_with_hooks(tokens, fwd_hooks=fwd, bwd_hooks=bwd)
-            losses = M.token_losses(logits, tokens)  # (B, T-1)
-            mean_loss = (losses * reply_mask).sum() / reply_mask.sum()
-            mean_loss.backward()
-        model.zero_grad(set_to_none=True)
+
+        def leaf(x, hook):  # gradients flow from here: activations only, no weight gradients
+            return x.detach().requires_grad_(True)
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            with torch.enable_grad():
+                logits = model.run_with_hooks(tokens, fwd_hooks=[("hook_embed", leaf)] + fwd, bwd_hooks=bwd)
+                losses = M.token_losses(logits, tokens)  # (B, T-1)
+                mean_loss = (losses * reply_mask).sum() / reply_mask.sum()
+                mean_loss.backward()
+        finally:
+            for p in params:
+                p.requires_grad_(True)
 
         with torch.no_grad():
             losses = losses.detach()
@@ -271,14 +281,18 @@ class Recorder(Callback):
                                                           for t in topics)], np.float32)
             out["loss/topics"] = np.array(topics, dtype=h5py.string_dtype())
             out["loss/mean"] = np.float32(mean_loss.item())
-            lens_loss, lens_top = [], []
+            # logit lens: decode each layer boundary through the final norm and unembedding
+            at = reply_mask.bool()  # the loss needs only the reply positions
+            targets = tokens[:, 1:][at]
+            lens_loss, lens_top, norms = [], [], []
             for name in resid_names:
-                lens_logits = model.unembed(model.ln_final(resid[name].detach()))
-                ll = M.token_losses(lens_logits, tokens)
-                lens_loss.append(float((ll * reply_mask).sum() / reply_mask.sum()))
-                lens_top.append(lens_logits[sub, :T_sub].topk(5, dim=-1).indices.to(torch.int32).cpu().numpy().astype(np.int16))
-                out.setdefault("resid/norm_by_position", []).append(
-                    _np(_masked_mean(resid[name].detach().float().norm(dim=-1), real, dim=0)))
+                r = resid[name].detach()
+                decoded = model.unembed(model.ln_final(r[:, :-1][at]))  # (N, V)
+                lens_loss.append(float(torch.nn.functional.cross_entropy(decoded.float(), targets)))
+                top = model.unembed(model.ln_final(r[sub, :T_sub])).topk(5, dim=-1).indices  # (K, T_sub, 5)
+                lens_top.append(top.cpu().numpy().astype(np.int16))
+                norms.append(_np(_masked_mean(r.float().norm(dim=-1), real, dim=0)))
+        out["resid/norm_by_position"] = norms
         out["resid/norm_by_position"] = np.stack(out["resid/norm_by_position"])  # (points, T)
         out["resid/points"] = np.array(resid_names, dtype=h5py.string_dtype())
         out["lens/loss"] = np.array(lens_loss, np.float32)

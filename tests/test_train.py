@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from guppy.checkpoint import list_checkpoints, state_path
-from guppy.train import Callback, TrainConfig, build_optimizer, lr_at, start_run
+import guppy
+from guppy.train import Callback, TrainConfig, build_optimizer, lr_at, pick_precision, start_run
 from tests.conftest import tiny_train_config
 
 
@@ -160,3 +161,28 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path, tiny_cli_args):
     assert json.loads((tmp_path / "runs" / "sig" / "run.json").read_text())["status"] == "finished"
     assert max(list_checkpoints(tmp_path / "runs" / "sig")) == 400
 
+
+
+def test_precision_is_chosen_from_the_hardware_and_overridable():
+    cpu = torch.device("cpu")
+    fast_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert pick_precision("auto", cpu) == (torch.bfloat16 if fast_bf16 else torch.float32)
+    assert pick_precision("fp32", cpu) == torch.float32
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        pick_precision("fp16", cpu)
+
+
+def test_bf16_training_runs_and_learns(tmp_path):
+    cfg = tiny_train_config(tmp_path, steps=30, precision="bf16", eval_prompts=0)
+    trainer = start_run(cfg, show_progress=False)
+    assert trainer.fit() == "finished" and trainer.dtype == torch.bfloat16
+    losses = [float(r["loss"]) for r in rows(trainer.run_dir) if r["loss"]]
+    assert losses[-1] < losses[0] - 0.5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_trains_on_cuda_unchanged(tmp_path):
+    cfg = tiny_train_config(tmp_path, steps=10, device="cuda", precision="auto", record=True, record_every=5)
+    trainer = start_run(cfg, show_progress=False)
+    assert trainer.fit() == "finished" and trainer.device.type == "cuda"
+    assert guppy.open_run(trainer.run_dir).model("latest") is not None
