@@ -127,6 +127,7 @@ def cli(*args, cwd, timeout=120):
     (["--resume", "runs/x", "--lr", "0.1"], 1, "drop --lr"),
     (["--preset", "huge"], 2, "invalid choice: 'huge'"),
     (["--persona", "shark"], 1, "no such persona"),
+    (["--device", "toaster"], 1, "device: 'toaster' is not a device"),
 ])
 def test_bad_flags_one_line(tmp_path, args, code, expected):
     r = cli(*args, cwd=tmp_path)
