@@ -28,7 +28,9 @@ demo: $(STAMP)
 		-p "do you like money?" -p "IS THE WATER COLD?" -p "the cat is watching you"
 	$(BIN)/guppy-eval --run runs/$(DEMO_RUN) --prompts 2
 
+# the browser test drives Debian's Chromium (never a downloaded browser build)
 test: $(STAMP)
+	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -1,0 +1,126 @@
+"""Drive the dashboard in a real browser: start `streamlit run` on a free localhost port and
+control headless Chromium (Debian's /usr/bin/chromium) with Playwright. Shared by the browser
+test and benchmarks/bench_dashboard.py.
+
+    with serve(runs_dir) as url, browser() as page:
+        page.goto(url + "?view=Attention"); wait_idle(page)
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+APP = Path(__file__).resolve().parent / "app.py"
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+
+
+def missing() -> str:
+    """Why a browser cannot be driven here ('' when it can)."""
+    if not Path(CHROMIUM).exists():
+        return f"{CHROMIUM} not found (apt-get install -y chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (pip install playwright; no browser download needed)"
+    return ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(runs_dir: Path, timeout: float = 60.0, log: Path | None = None):
+    """`streamlit run dashboards/app.py` on 127.0.0.1:<free port>; yields the base URL."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", "127.0.0.1",
+           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--", "--runs-dir", str(runs_dir)]
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(url + "_stcore/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"streamlit did not start on port {port} (exit code {proc.poll()})")
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if log:
+            out.close()
+
+
+@contextmanager
+def browser(width: int = 1500, height: int = 1100):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b.new_page(viewport={"width": width, "height": height})
+        finally:
+            b.close()
+
+
+def wait_idle(page, timeout_ms: int = 60_000) -> None:
+    page.wait_for_selector(IDLE, timeout=timeout_ms)
+
+
+# A chart's identity on screen: its title and a checksum of the first trace's z values, read
+# from the plotly graph div (what the browser actually drew).
+FINGERPRINT_JS = """(i) => {
+  const gd = document.querySelectorAll('.js-plotly-plot')[i];
+  if (!gd || !gd.data || !gd.data.length) return null;
+  const title = (gd.layout && gd.layout.title && gd.layout.title.text) || '';
+  let sum = 0, n = 0;
+  const walk = (v) => { if (v == null) return; if (typeof v === 'number') { if (!isNaN(v)) { sum += v * (1 + (n++ % 7)); } return; }
+                        if (v.length !== undefined && typeof v !== 'string') for (const x of v) walk(x); };
+  walk(gd.data[0].z);
+  return title + ' | ' + sum.toFixed(6) + ' | ' + n;
+}"""
+
+
+def fingerprint(page, index: int = 0) -> str | None:
+    return page.evaluate(FINGERPRINT_JS, index)
+
+
+def load(page, url: str, charts: int = 1, timeout_ms: int = 60_000) -> float:
+    """Open url; seconds until the script is idle and `charts` plotly charts are drawn."""
+    t0 = time.perf_counter()
+    page.goto(url)
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length >= {charts}", timeout=timeout_ms)
+    wait_idle(page, timeout_ms)
+    return time.perf_counter() - t0
+
+
+def move_slider(page, key: str = "ArrowLeft", index: int = 0, timeout_ms: int = 30_000) -> float:
+    """Press `key` on the snapshot slider; seconds until chart `index` shows different data."""
+    before = fingerprint(page, index)
+    thumb = page.locator("[data-testid='stSlider'] input[type='range']").first
+    thumb.focus()
+    t0 = time.perf_counter()
+    page.keyboard.press(key)
+    page.wait_for_function(f"(b) => ({FINGERPRINT_JS})({index}) !== b", arg=before, timeout=timeout_ms)
+    wait_idle(page, timeout_ms)
+    return time.perf_counter() - t0

@@ -1,0 +1,219 @@
+"""Pure data shaping for the dashboard: no Streamlit, no plotting, easy to test.
+
+Shapes: K stored probes, H heads, L layers, T positions, P residual points (layer boundaries),
+S snapshots. Arrays come from `guppy.open_run` and are returned as float32 for plotting.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# Update-to-weight ratio per step: ~1e-3 is the usual healthy value (Karpathy's heuristic);
+# far below learns too slowly, far above is unstable.
+HEALTHY_UPDATE_RATIO = (1e-4, 1e-2)
+HEAD_METRICS = ("entropy", "prev_token", "induction", "first_token", "duplicate_token", "out_norm")
+CURVES = (("loss", "train loss"), ("eval_loss", "eval loss"), ("persona_pass", "persona eval pass rate"),
+          ("lr", "learning rate"), ("grad_norm", "grad norm"), ("tokens_per_s", "tokens / s"))
+MAKE_A_RUN = """guppy-train --preset demo --persona fish --record --runs-dir {runs_dir}
+# or, for a run in seconds:
+guppy-train --preset tiny --persona fish --n-chats 600 --steps 60 --record --record-every 10 --runs-dir {runs_dir}"""
+
+
+# ---- runs on disk ---------------------------------------------------------------------------
+
+
+def list_runs(runs_dir: Path) -> list[str]:
+    """Run folder names under runs_dir, newest first (hidden folders skipped)."""
+    if not runs_dir.is_dir():
+        return []
+    dirs = [d for d in runs_dir.iterdir() if d.is_dir() and not d.name.startswith((".", "_"))]
+    dirs = [d for d in dirs if d.name != "artifacts" or (d / "run.json").exists()]
+    return [d.name for d in sorted(dirs, key=lambda d: d.stat().st_mtime, reverse=True)]
+
+
+def safe_run_path(runs_dir: Path, name: str) -> Path:
+    """runs_dir/name, refused (ValueError) unless it resolves to a folder inside runs_dir."""
+    root = runs_dir.resolve()
+    path = (runs_dir / name).resolve()
+    if path == root or not path.is_relative_to(root):
+        raise ValueError(f"refused {name!r}: only runs inside {runs_dir} can be opened")
+    return path
+
+
+def run_signature(run_dir: Path) -> tuple:
+    """Changes whenever a live run lands a snapshot or logs metrics."""
+    parts = []
+    for f in [run_dir / "metrics.csv", run_dir / "run.json", *sorted((run_dir / "snapshots").glob("step-*.h5"))]:
+        try:
+            st = f.stat()
+            parts.append((f.name, st.st_mtime_ns, st.st_size))
+        except OSError:
+            continue
+    return tuple(parts)
+
+
+# ---- labels ---------------------------------------------------------------------------------
+
+
+def head_label(layer: int, head: int) -> str:
+    return f"L{layer}H{head}"
+
+
+def hook_label(name: str) -> str:
+    """'blocks.2.hook_resid_pre' -> 'L2 resid_pre'; 'blocks.0.attn.hook_pattern' -> 'L0 attn pattern'."""
+    m = re.fullmatch(r"blocks\.(\d+)\.(.*)", name)
+    if not m:
+        return name.replace("hook_", "")
+    rest = m.group(2).replace("hook_", "").replace(".", " ")
+    return f"L{m.group(1)} {rest}"
+
+
+def param_label(name: str) -> str:
+    """'blocks.0.attn.qkv.weight' -> 'L0 attn.qkv.weight'."""
+    m = re.fullmatch(r"blocks\.(\d+)\.(.*)", name)
+    return f"L{m.group(1)} {m.group(2)}" if m else name
+
+
+def visible(text: str) -> str:
+    """A token's text with whitespace made visible, so a space token is not an empty label."""
+    return text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥") or "∅"
+
+
+def token_labels(vocab: list[str], ids) -> list[str]:
+    """Unique axis labels for a probe's tokens: plotly merges equal category labels, so each is
+    prefixed with its position."""
+    return [f"{i}·{visible(vocab[t])}" for i, t in enumerate(ids)]
+
+
+# ---- attention ------------------------------------------------------------------------------
+
+
+def probe_pattern(pattern: np.ndarray, k: int, length: int) -> np.ndarray:
+    """One probe's pattern (K, H, T, T) fp16 -> (H, n, n) float32 over its real tokens, with the
+    causally masked (future) keys as NaN so they render blank rather than as zero attention."""
+    p = pattern[k, :, :length, :length].astype(np.float32)
+    future = np.triu(np.ones((length, length), dtype=bool), k=1)
+    p[:, future] = np.nan
+    return p
+
+
+def tile_patterns(patterns: list[np.ndarray], labels: list[str]):
+    """Every head's pattern in one (L*(n+1)-1, H*(n+1)-1) image, one NaN row/column between
+    tiles: one heatmap draws far faster in the browser than L*H subplots with their own axes.
+    patterns: L arrays (H, n, n). Axis labels are unique per tile row/column, so the tooltip
+    names the layer, head and both tokens. Returns (z, x labels, y labels, x ticks, y ticks)."""
+    L, (H, n, _) = len(patterns), patterns[0].shape
+    z = np.full((L * (n + 1) - 1, H * (n + 1) - 1), np.nan, np.float32)
+    for l, p in enumerate(patterns):
+        for h in range(H):
+            z[l * (n + 1): l * (n + 1) + n, h * (n + 1): h * (n + 1) + n] = p[h]
+    x = [f"H{h} key {labels[j]}" if j < n else f"H{h} |" for h in range(H) for j in range(n + 1)][:-1]
+    y = [f"L{l} query {labels[i]}" if i < n else f"L{l} |" for l in range(L) for i in range(n + 1)][:-1]
+    xticks = ([x[h * (n + 1) + n // 2] for h in range(H)], [f"H{h}" for h in range(H)])
+    yticks = ([y[l * (n + 1) + n // 2] for l in range(L)], [f"L{l}" for l in range(L)])
+    return z, x, y, xticks, yticks
+
+
+def next_step(steps: list[int], step: int) -> int:
+    """The snapshot after `step`, wrapping to the first (the play button's loop)."""
+    i = steps.index(step) if step in steps else -1
+    return steps[(i + 1) % len(steps)]
+
+
+# ---- head metrics ---------------------------------------------------------------------------
+
+
+def head_grid(frame: pd.DataFrame, metric: str, step: int, n_layers: int, n_heads: int) -> np.ndarray:
+    """(L, H) values of one metric at one snapshot from the long head-metrics frame."""
+    rows = frame[(frame.metric == metric) & (frame.step == step)]
+    grid = np.full((n_layers, n_heads), np.nan, np.float32)
+    grid[rows.layer.to_numpy(), rows["head"].to_numpy()] = rows.value.to_numpy()
+    return grid
+
+
+def metric_range(frame: pd.DataFrame, metric: str) -> tuple[float, float]:
+    """A colour range fixed across snapshots: [0, 1] for attention fractions, else the data's."""
+    v = frame.loc[frame.metric == metric, "value"]
+    lo, hi = float(np.nanmin(v)) if len(v) else 0.0, float(np.nanmax(v)) if len(v) else 1.0
+    if metric in ("prev_token", "induction", "first_token", "duplicate_token"):
+        return 0.0, max(1.0, hi)
+    return min(0.0, lo), hi if hi > lo else lo + 1.0
+
+
+def top_heads(frame: pd.DataFrame, n: int = 4) -> list[str]:
+    """Heads whose previous-token, induction or first-token score ends highest: the specialists."""
+    last = frame[frame.step == frame.step.max()]
+    last = last[last.metric.isin(["prev_token", "induction", "first_token"])]
+    best = last.sort_values("value", ascending=False).drop_duplicates(["layer", "head"]).head(n)
+    return [head_label(l, h) for l, h in zip(best.layer, best["head"])]
+
+
+# ---- residual stream ------------------------------------------------------------------------
+
+
+def layer_similarity(resids: list[np.ndarray], k: int, length: int) -> np.ndarray:
+    """Cosine similarity between residual points for one probe, averaged over its positions.
+    resids: P arrays (K, T, D) -> (P, P)."""
+    x = np.stack([r[k, :length].astype(np.float32) for r in resids])  # (P, n, D)
+    x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return np.einsum("ptd,qtd->pq", x, x) / length
+
+
+def logit_lens(top: np.ndarray, k: int, ids: np.ndarray, vocab: list[str]):
+    """Logit lens for probe k. top: (P, K, T, 5) ids of each point's top-5 next-token guesses.
+    Returns (rank (n, P) float: where the true next token sits in the top 5, 1 = first, NaN =
+    not in it; top1 (n, P) str; top5 (n, P) str for tooltips), over positions that have a next token."""
+    n = len(ids) - 1
+    guess = top[:, k, :n]  # (P, n, 5)
+    target = np.asarray(ids[1:n + 1])  # (n,)
+    hit = guess == target[None, :, None]  # (P, n, 5)
+    rank = np.where(hit.any(-1), hit.argmax(-1) + 1.0, np.nan).T  # (n, P)
+    top1 = np.array([[visible(vocab[t]) for t in row] for row in guess[:, :, 0].T])
+    top5 = np.array([[" | ".join(visible(vocab[t]) for t in guess[p, i]) for p in range(guess.shape[0])]
+                     for i in range(n)])
+    return rank, top1, top5
+
+
+# ---- gradients and updates ------------------------------------------------------------------
+
+
+def over_training(values: dict[int, np.ndarray], names: list[str]) -> pd.DataFrame:
+    """{step: (N,) values} -> a frame indexed by name with one column per step."""
+    steps = sorted(values)
+    return pd.DataFrame(np.stack([values[s] for s in steps], axis=1).astype(np.float32), index=names, columns=steps)
+
+
+def log10(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x > 0, np.log10(np.where(x > 0, x, 1.0)), np.nan)
+
+
+# ---- ablation -------------------------------------------------------------------------------
+
+
+def reply_mask(reply_start: np.ndarray, lengths: np.ndarray, T: int) -> np.ndarray:
+    """(B, T-1) bool: next-token targets that are reply tokens (the loss the recorder reports)."""
+    pos = np.arange(1, T)
+    return (pos[None, :] >= reply_start[:, None]) & (pos[None, :] < lengths[:, None])
+
+
+def probe_names(kind: list[str], topic: list[str], text: list[str], indices) -> dict[int, str]:
+    """Readable names for probes: '#3 chat · food · hi guppy ...'."""
+    out = {}
+    for i in indices:
+        i = int(i)
+        what = f"chat · {topic[i]}" if kind[i] == "chat" else kind[i]
+        snippet = user_prompt(text[i]) if kind[i] == "chat" else re.sub(r"<\|[^|]*\|>", " ", text[i]).strip()
+        out[i] = f"#{i} {what} · {snippet[:48]}"
+    return out
+
+
+def user_prompt(chat_text: str) -> str:
+    """The user's words in a chat rendered with the chat template."""
+    m = re.search(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", chat_text, flags=re.S)
+    return m.group(1) if m else chat_text

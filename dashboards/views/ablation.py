@@ -1,0 +1,102 @@
+"""Ablation: load a snapshot's model, tick heads to ablate (zero or mean), and see live the
+change in loss on the probe set and in the fish's reply to a prompt."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+
+import guppy
+from guppy.ablate import ablate
+from guppy.generate import generate
+from guppy.metrics import token_losses
+
+from dashboards import cache
+from dashboards.cache import RunHandle
+from dashboards.data import head_label, probe_names, reply_mask, user_prompt
+from dashboards.views.common import DIVERGING, chart, heatmap_layout
+
+
+def _setup(path: str, step: int, mtime: int, heads: tuple, method: str):
+    """The snapshot's model, the probe batch, and the context that ablates `heads`."""
+    model = cache.model(path, step, mtime)
+    p = cache.probes(path, cache._mtime(guppy.open_run(path).path / "probes.h5"))
+    tokens = torch.from_numpy(p.tokens)
+    pad = guppy.open_run(path).tokenizer.pad_id
+    return model, p, tokens, ablate(model, heads=list(heads), method=method, reference=tokens, pad_id=pad)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def probe_losses(path: str, step: int, mtime: int, heads: tuple, method: str) -> np.ndarray:
+    """Mean reply-token loss per probe (B,), with `heads` ablated (none: the clean model)."""
+    model, p, tokens, ctx = _setup(path, step, mtime, heads, method)
+    mask = torch.from_numpy(reply_mask(p.reply_start, p.lengths, tokens.shape[1])).float()
+    with torch.no_grad(), ctx:
+        losses = token_losses(model(tokens), tokens)  # (B, T-1)
+    return ((losses * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def reply(path: str, step: int, mtime: int, heads: tuple, method: str, prompt: str) -> str:
+    model, _, _, ctx = _setup(path, step, mtime, heads, method)
+    tok = cache.tokenizer(path, cache._mtime(guppy.open_run(path).path / "tokenizer.json"))
+    with ctx:
+        new = generate(model, tok.encode_prompt(prompt), max_new_tokens=32, temperature=0.0, stop_token=tok.end_id)
+    return tok.decode(new)
+
+
+def render(h: RunHandle, others=()) -> None:
+    if not h.steps:
+        st.info("This run has no readable snapshots yet.")
+        return
+    cfg = h.run.model_config
+    p = h.probes()
+    chats = [i for i, k in enumerate(p.kind) if k == "chat"]
+    c1, c2 = st.columns([3, 1])
+    step = c1.select_slider("snapshot model (step)", options=h.steps, value=h.steps[-1], key="abl_step",
+                            format_func=lambda s: f"step {s}")
+    method = c2.radio("ablation", ["zero", "mean"], horizontal=True, key="abl_method",
+                      help="zero: the head's output removed; mean: replaced by its mean over the probe set")
+    prompt = st.text_input("prompt", value=user_prompt(p.text[chats[0]]) if chats else "hi guppy", key="abl_prompt")
+    st.caption("Tick heads to ablate (rows: layers, columns: heads).")
+    heads = []
+    for l in range(cfg.n_layers):
+        cols = st.columns(cfg.n_heads + 1)
+        cols[0].markdown(f"**L{l}**")
+        for hh in range(cfg.n_heads):
+            if cols[hh + 1].checkbox(head_label(l, hh), key=f"abl_{l}_{hh}"):
+                heads.append((l, hh))
+    heads = tuple(heads)
+    path, mtime = str(h.path), h.snaps[step]
+
+    with st.spinner("running the model…"):
+        clean = probe_losses(path, step, mtime, (), method)
+        ablated = probe_losses(path, step, mtime, heads, method) if heads else clean
+        said_clean = reply(path, step, mtime, (), method, prompt)
+        said = reply(path, step, mtime, heads, method, prompt) if heads else said_clean
+
+    chat_rows = np.array([k == "chat" for k in p.kind])
+    m = st.columns(3)
+    m[0].metric("reply loss, clean (chat probes)", f"{clean[chat_rows].mean():.3f}")
+    m[1].metric(f"ablated ({len(heads)} head{'s' * (len(heads) != 1)}, {method})", f"{ablated[chat_rows].mean():.3f}",
+                delta=f"{(ablated - clean)[chat_rows].mean():+.3f}", delta_color="inverse")
+    m[2].metric("repeat probes Δloss", f"{(ablated - clean)[~chat_rows].mean():+.3f}" if (~chat_rows).any() else "–")
+    r1, r2 = st.columns(2)
+    r1.markdown(f"**clean reply**  \n> {said_clean or '(nothing)'}")
+    r2.markdown(f"**ablated reply**  \n> {said or '(nothing)'}")
+    names = probe_names(p.kind, p.topic, p.text, range(len(p.kind)))
+    chart(delta_chart(ablated - clean, [names[i] for i in range(len(p.kind))], step), key="abl_delta")
+
+
+def delta_chart(delta: np.ndarray, names: list[str], step: int) -> go.Figure:
+    """Δloss per probe, coloured on a diverging scale centred on zero (red: ablation hurts)."""
+    lim = float(max(np.abs(delta).max(), 1e-3))
+    fig = go.Figure(go.Bar(x=delta.astype(np.float32), y=names, orientation="h",
+                           marker=dict(color=delta.astype(np.float32), colorscale=DIVERGING, cmin=-lim, cmax=lim,
+                                       cmid=0, colorbar=dict(title="Δ loss")),
+                           hovertemplate="%{y}<br>Δ loss %{x:+.4f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", tickfont=dict(size=10))
+    fig.update_xaxes(title="Δ reply loss (ablated − clean)", zeroline=True)
+    return heatmap_layout(fig, f"change in loss per probe at step {step}", height=min(1400, 120 + 18 * len(names)))

@@ -1,0 +1,72 @@
+"""Gradients: per-parameter gradient norm over training, per-activation gradient norms, and
+update-to-weight ratios with the usual healthy range marked."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboards.cache import RunHandle
+from dashboards.data import HEALTHY_UPDATE_RATIO, hook_label, log10, over_training, param_label
+from dashboards.views.common import DIVERGING, SEQUENTIAL, chart, heatmap_layout
+
+
+def render(h: RunHandle, others=()) -> None:
+    if not h.steps:
+        st.info("This run has no readable snapshots yet.")
+        return
+    last = h.steps[-1]
+    params = [param_label(str(x)) for x in h.read("params/names", last)]
+    grads = over_training(h.over_training("grads/param_norm"), params)
+    ratios = over_training(h.over_training("params/update_ratio"), params)
+    acts = [str(x) for x in h.read("grads/act_names", last)]
+    order = sorted(range(len(acts)), key=lambda i: _depth(acts[i]))
+    act_grads = over_training({s: v[order] for s, v in h.over_training("grads/act_norm").items()},
+                              [hook_label(acts[i]) for i in order])
+
+    chart(log_heatmap(grads, "gradient norm per parameter (log10, mean since the previous snapshot)",
+                      SEQUENTIAL, "log10 ‖g‖"), key="grad_params")
+    chart(log_heatmap(act_grads, "gradient norm per activation (log10, one backward pass on the probe set)",
+                      SEQUENTIAL, "log10 ‖g‖"), key="grad_acts")
+    lo, hi = HEALTHY_UPDATE_RATIO
+    mid = float(np.sqrt(lo * hi))
+    chart(log_heatmap(ratios, f"update / weight ratio (log10; diverging around the healthy {mid:g})",
+                      DIVERGING, "log10 ratio", zmid=np.log10(mid), zrange=(np.log10(lo) - 1, np.log10(hi) + 1)),
+          key="grad_ratio_map")
+    chart(ratio_lines(ratios), key="grad_ratio_lines")
+
+
+def _depth(name: str) -> tuple:
+    """Order activation points by where they sit in the forward pass."""
+    parts = name.split(".")
+    layer = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 10**6
+    where = ["hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post"]
+    return layer, where.index(parts[-1]) if parts[-1] in where else len(where)
+
+
+def log_heatmap(frame, title: str, scale: str, bar: str, zmid: float | None = None, zrange=None) -> go.Figure:
+    z = log10(frame.to_numpy())
+    lo, hi = zrange if zrange else (np.nanmin(z) if np.isfinite(z).any() else 0, np.nanmax(z) if np.isfinite(z).any() else 1)
+    fig = go.Figure(go.Heatmap(
+        z=z.astype(np.float32), x=[f"step {s}" for s in frame.columns], y=list(frame.index), colorscale=scale,
+        zmin=lo, zmax=hi, zmid=zmid, colorbar=dict(title=bar), customdata=frame.to_numpy(),
+        hovertemplate="%{y}<br>%{x}<br>%{customdata:.3e}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", tickfont=dict(size=10))
+    return heatmap_layout(fig, title, height=min(1200, 120 + 16 * len(frame)))
+
+
+def ratio_lines(ratios) -> go.Figure:
+    """One line per parameter, log axis, the healthy band shaded and 1e-3 dashed."""
+    lo, hi = HEALTHY_UPDATE_RATIO
+    fig = go.Figure()
+    steps = list(ratios.columns)
+    for name, row in ratios.iterrows():
+        fig.add_trace(go.Scatter(x=steps, y=row.to_numpy(np.float32), name=name, mode="lines", line=dict(width=1),
+                                 hovertemplate=f"{name}<br>step %{{x}}<br>ratio %{{y:.2e}}<extra></extra>"))
+    fig.add_hrect(y0=lo, y1=hi, fillcolor="green", opacity=0.08, line_width=0,
+                  annotation_text="usual healthy range", annotation_position="top left")
+    fig.add_hline(y=np.sqrt(lo * hi), line_dash="dash", line_color="green")
+    fig.update_yaxes(type="log", title="‖Δw‖ / ‖w‖ per step")
+    fig.update_xaxes(title="step")
+    return heatmap_layout(fig, "update-to-weight ratio over training", height=380, showlegend=len(ratios) <= 40)

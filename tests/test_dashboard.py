@@ -1,0 +1,325 @@
+"""The dashboard: its pure data shaping against independent computations, and every view run
+through Streamlit's AppTest on the tiny recorded run (widgets change, charts render, no exception)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import guppy  # noqa: E402
+from dashboards import data  # noqa: E402
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+APP = str(ROOT / "dashboards" / "app.py")
+VIEWS = ["Run overview", "Attention", "Head metrics", "Residual stream", "Gradients", "Ablation"]
+
+
+# ---- a runs directory: two good runs, a broken one, a half-written one, one with a bad snapshot
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tiny_recorded_run, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dash_runs")
+    for name in ("good", "other", "badsnap"):
+        shutil.copytree(tiny_recorded_run, root / name)
+    (root / "broken").mkdir()
+    (root / "broken" / "run.json").write_text("{ not json")
+    (root / "half").mkdir()  # guppy-train died before writing run.json
+    snaps = sorted((root / "badsnap" / "snapshots").glob("step-*.h5"))
+    snaps[len(snaps) // 2].write_bytes(b"this is not an HDF5 file")
+    return root
+
+
+def app(runs_dir: Path, monkeypatch, view: str = "Run overview", run: str | None = "good") -> AppTest:
+    monkeypatch.setenv("GUPPY_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(APP, default_timeout=120)
+    if run:
+        at.query_params["run"] = run
+    at.query_params["view"] = view
+    return at.run()
+
+
+def charts(at: AppTest) -> list[dict]:
+    """Every plotly figure on the page as a dict (AppTest keeps it as JSON in proto.spec)."""
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def z_of(fig: dict) -> np.ndarray:
+    """A heatmap's z, decoding plotly's typed-array form ({dtype, bdata, shape})."""
+    z = fig["data"][0]["z"]
+    if isinstance(z, dict):
+        return np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]).reshape(
+            [int(s) for s in str(z["shape"]).split(",")])
+    return np.array(z, dtype=float)
+
+
+def ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+# ---- pure data shaping ----------------------------------------------------------------------
+
+
+def test_token_labels_are_unique_and_visible():
+    vocab = ["a", " ", "a", "\n"]
+    labels = data.token_labels(vocab, [0, 2, 0, 1, 3])
+    assert len(set(labels)) == 5
+    assert labels[3] == "3·␣" and labels[4] == "4·↵"
+
+
+def test_labels_name_layer_and_head():
+    assert data.hook_label("blocks.3.attn.hook_pattern") == "L3 attn pattern"
+    assert data.hook_label("blocks.0.hook_resid_pre") == "L0 resid_pre"
+    assert data.param_label("blocks.1.mlp.W_in.weight") == "L1 mlp.W_in.weight"
+    assert data.param_label("W_pos") == "W_pos"
+    assert data.head_label(2, 5) == "L2H5"
+
+
+def test_paths_outside_the_runs_dir_are_refused(tmp_path):
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "runs" / "link").symlink_to(tmp_path / "secret")
+    assert data.safe_run_path(tmp_path / "runs", "a") == (tmp_path / "runs" / "a").resolve()
+    for bad in ("../secret", "/etc", "link", ".", "a/../.."):
+        with pytest.raises(ValueError, match="refused"):
+            data.safe_run_path(tmp_path / "runs", bad)
+
+
+def test_probe_pattern_masks_the_future():
+    p = np.random.default_rng(0).random((2, 3, 6, 6)).astype(np.float16)
+    out = data.probe_pattern(p, 1, 4)
+    assert out.shape == (3, 4, 4) and out.dtype == np.float32
+    assert np.isnan(out[:, 0, 1]).all() and not np.isnan(np.tril(out[0])).any()
+    np.testing.assert_allclose(np.tril(out[2]), np.tril(p[1, 2, :4, :4].astype(np.float32)))
+
+
+def test_tile_patterns_places_each_head():
+    L, H, n = 2, 3, 4
+    pats = [np.arange(H * n * n, dtype=np.float32).reshape(H, n, n) + 100 * l for l in range(L)]
+    z, x, y, xt, yt = data.tile_patterns(pats, [f"{i}·t" for i in range(n)])
+    assert z.shape == (L * (n + 1) - 1, H * (n + 1) - 1)
+    assert len(set(x)) == len(x) == z.shape[1] and len(set(y)) == len(y) == z.shape[0]
+    np.testing.assert_array_equal(z[5:9, 10:14], pats[1][2])  # layer 1, head 2
+    assert np.isnan(z[4]).all() and np.isnan(z[:, 4]).all()
+    assert xt[1] == ["H0", "H1", "H2"] and yt[1] == ["L0", "L1"]
+
+
+def test_layer_similarity_matches_torch_cosine():
+    rng = np.random.default_rng(1)
+    resids = [rng.standard_normal((2, 7, 5)).astype(np.float16) for _ in range(3)]
+    sim = data.layer_similarity(resids, 1, 6)
+    t = [torch.from_numpy(r[1, :6].astype(np.float32)) for r in resids]
+    want = np.array([[torch.nn.functional.cosine_similarity(a, b, dim=-1).mean().item() for b in t] for a in t])
+    np.testing.assert_allclose(sim, want, atol=1e-5)
+
+
+def test_logit_lens_ranks_the_true_next_token():
+    vocab = [f"t{i}" for i in range(10)]
+    ids = np.array([1, 2, 3])
+    top = np.zeros((2, 1, 3, 5), dtype=np.int16)
+    top[0, 0, 0] = [2, 0, 0, 0, 0]  # point 0 guesses the next token (2) first at position 0
+    top[1, 0, 1] = [9, 8, 3, 0, 0]  # point 1 has the next token (3) third at position 1
+    rank, top1, top5 = data.logit_lens(top, 0, ids, vocab)
+    assert rank.shape == (2, 2)
+    assert rank[0, 0] == 1 and rank[1, 1] == 3 and np.isnan(rank[0, 1]) and np.isnan(rank[1, 0])
+    assert top1[1, 1] == "t9" and top5[1, 1].startswith("t9 | t8 | t3")
+
+
+def test_reply_mask_matches_the_recorded_loss(tiny_recorded_run):
+    """Clean probe losses from the dashboard's mask reproduce the recorder's loss/by_probe."""
+    run = guppy.open_run(tiny_recorded_run)
+    p, step = run.probes, max(run.snapshot_files)
+    tokens = torch.from_numpy(p.tokens)
+    mask = torch.from_numpy(data.reply_mask(p.reply_start, p.lengths, tokens.shape[1])).float()
+    with torch.no_grad():
+        losses = guppy.metrics.token_losses(run.model(step)(tokens), tokens)
+    mine = ((losses * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+    np.testing.assert_allclose(mine, run.read("loss/by_probe", step), rtol=1e-3, atol=1e-3)
+
+
+def test_head_grid_matches_the_snapshot(tiny_recorded_run):
+    run = guppy.open_run(tiny_recorded_run)
+    step = max(run.snapshot_files)
+    cfg = run.model_config
+    grid = data.head_grid(run.head_metrics(), "induction", step, cfg.n_layers, cfg.n_heads)
+    np.testing.assert_allclose(grid, run.read("heads/induction", step))
+
+
+def test_next_step_loops():
+    assert data.next_step([0, 2, 8], 2) == 8 and data.next_step([0, 2, 8], 8) == 0
+
+
+def test_run_signature_sees_a_new_snapshot(runs_dir, tmp_path):
+    run = tmp_path / "live"
+    shutil.copytree(runs_dir / "good", run)
+    before = data.run_signature(run)
+    src = sorted((run / "snapshots").glob("step-*.h5"))[-1]
+    shutil.copy(src, run / "snapshots" / "step-999999.h5")
+    assert data.run_signature(run) != before
+
+
+def test_runs_dir_option(monkeypatch):
+    from dashboards.app import runs_dir_from  # noqa: PLC0415 - importing runs the page once, bare
+
+    monkeypatch.setenv("GUPPY_RUNS_DIR", "/from/env")
+    assert runs_dir_from(["--runs-dir", "/x/runs"]) == Path("/x/runs")
+    assert runs_dir_from(["-q", "tests"]) == Path("/from/env")
+    monkeypatch.delenv("GUPPY_RUNS_DIR")
+    assert runs_dir_from([]) == Path("runs")
+
+
+# ---- every view through AppTest -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_view_renders(runs_dir, monkeypatch, view):
+    at = app(runs_dir, monkeypatch, view)
+    ok(at)
+    assert charts(at), f"{view}: no chart"
+    assert at.title[0].value == f"good · {view}"
+
+
+def test_overview_compares_two_runs_and_shows_replies(runs_dir, monkeypatch):
+    at = app(runs_dir, monkeypatch, "Run overview")
+    at.selectbox(key="compare").set_value("other").run()
+    ok(at)
+    names = {t.get("name") for t in charts(at)[0]["data"]}
+    assert {"good", "other"} <= names
+    replies = [df.value for df in at.dataframe]
+    assert len(replies) == 2 and len(replies[0]) == len(guppy.open_run(runs_dir / "good").snapshot_files)
+
+
+def test_attention_slider_probe_head_and_play(runs_dir, monkeypatch):
+    at = app(runs_dir, monkeypatch, "Attention")
+    grid0, head0 = charts(at)
+    steps = sorted(guppy.open_run(runs_dir / "good").snapshot_files)
+    at.select_slider(key="attn_step").set_value(steps[1]).run()
+    ok(at)
+    grid1, _ = charts(at)
+    assert "step" in grid1["layout"]["title"]["text"] and grid1["layout"]["title"]["text"] != grid0["layout"]["title"]["text"]
+    assert not np.allclose(np.nan_to_num(z_of(grid0)), np.nan_to_num(z_of(grid1)))
+    z = z_of(grid1)
+    assert np.nanmin(z) >= 0 and np.nanmax(z) <= 1 and grid1["data"][0]["zmax"] == 1  # fixed, sequential scale
+    labels = grid1["data"][0]["x"]
+    assert len(set(labels)) == len(labels) and any("·" in s for s in labels)  # token text for tooltips
+    last_probe = int(guppy.open_run(runs_dir / "good").probe_subset[-1])  # a repeated-tokens probe
+    at.selectbox(key="attn_probe").set_value(last_probe).run()
+    at.selectbox(key="attn_layer").set_value(1).run()
+    at.selectbox(key="attn_head").set_value(2).run()
+    ok(at)
+    assert charts(at)[1]["layout"]["title"]["text"].startswith("L1H2")
+    at.toggle(key="attn_play").set_value(True).run()  # the play button steps one snapshot per run
+    ok(at)
+    assert at.select_slider(key="attn_step").value == steps[2]
+
+
+def test_head_metrics_slider_and_lines(runs_dir, monkeypatch):
+    at = app(runs_dir, monkeypatch, "Head metrics")
+    heat0 = charts(at)[0]
+    steps = sorted(guppy.open_run(runs_dir / "good").snapshot_files)
+    at.select_slider(key="heads_step").set_value(steps[0]).run()
+    heat1, lines = charts(at)
+    ok(at)
+    assert heat0["data"][0]["zmin"] == heat1["data"][0]["zmin"] and heat0["data"][0]["zmax"] == heat1["data"][0]["zmax"]
+    assert len(heat1["data"]) == 4  # entropy, previous-token, induction, first-token
+    at.multiselect(key="heads_metrics").set_value(["induction"]).run()
+    at.multiselect(key="heads_lines").set_value(["L0H0", "L1H3"]).run()
+    at.toggle(key="heads_logx").set_value(False).run()
+    ok(at)
+    heat, lines = charts(at)
+    assert len(heat["data"]) == 1 and {t["name"] for t in lines["data"]} == {"L0H0", "L1H3"}
+
+
+def test_residual_slider_and_probe(runs_dir, monkeypatch):
+    at = app(runs_dir, monkeypatch, "Residual stream")
+    ok(at)
+    titles = [c["layout"]["title"]["text"] for c in charts(at)]
+    assert any("logit lens" in t for t in titles) and any("cosine" in t for t in titles)
+    sim = next(c for c in charts(at) if "cosine" in c["layout"]["title"]["text"])
+    assert sim["data"][0]["zmid"] == 0 and np.allclose(np.diag(z_of(sim)), 1, atol=1e-3)  # diverging, centred
+    steps = sorted(guppy.open_run(runs_dir / "good").snapshot_files)
+    at.select_slider(key="resid_step").set_value(steps[0]).run()
+    at.selectbox(key="resid_probe").set_value(int(guppy.open_run(runs_dir / "good").probe_subset[-1])).run()
+    ok(at)
+    assert all(f"step {steps[0]}" in c["layout"]["title"]["text"] for c in charts(at)[1:])
+
+
+def test_gradients_mark_the_healthy_range(runs_dir, monkeypatch):
+    at = app(runs_dir, monkeypatch, "Gradients")
+    ok(at)
+    figs = charts(at)
+    assert len(figs) == 4
+    lines = figs[-1]
+    assert any(s.get("type") == "rect" for s in lines["layout"]["shapes"])
+    assert any("L0 attn" in y for y in figs[0]["data"][0]["y"])  # parameters named by layer
+
+
+def test_ablation_changes_loss_and_reply(runs_dir, monkeypatch):
+    at = app(runs_dir, monkeypatch, "Ablation")
+    ok(at)
+    assert at.metric[1].delta in ("+0.000", "-0.000")
+    cfg = guppy.open_run(runs_dir / "good").model_config
+    for l in range(cfg.n_layers):
+        for h in range(cfg.n_heads):
+            at.checkbox(key=f"abl_{l}_{h}").check()
+    at.run()
+    ok(at)
+    assert float(at.metric[1].delta) != 0  # every head gone: the loss moves
+    delta = charts(at)[0]["data"][0]
+    assert delta["marker"]["cmid"] == 0  # deltas on a diverging scale
+    at.radio(key="abl_method").set_value("mean").run()
+    at.text_input(key="abl_prompt").input("is the water cold?").run()
+    ok(at)
+    assert "ablated reply" in " ".join(m.value for m in at.markdown)
+
+
+# ---- failures stay in the page --------------------------------------------------------------
+
+
+def test_empty_runs_dir_says_how_to_make_a_run(tmp_path, monkeypatch):
+    at = app(tmp_path, monkeypatch, run=None)
+    ok(at)
+    assert "No runs" in at.info[0].value and "guppy-train" in at.code[0].value
+
+
+@pytest.mark.parametrize("name", ["broken", "half"])
+def test_a_broken_run_shows_an_error_and_others_still_work(runs_dir, monkeypatch, name):
+    at = app(runs_dir, monkeypatch, "Run overview", run=name)
+    assert not at.exception
+    assert at.error and name in at.error[0].value
+    at.selectbox(key="run").set_value("good").run()
+    ok(at)
+    assert charts(at)
+
+
+def test_a_corrupt_snapshot_is_skipped_with_a_warning(runs_dir, monkeypatch):
+    for view in ("Attention", "Head metrics", "Run overview"):
+        at = app(runs_dir, monkeypatch, view, run="badsnap")
+        ok(at)
+        assert any("unreadable" in w.value for w in at.warning)
+        assert charts(at)
+
+
+def test_paths_outside_are_refused_in_the_page(runs_dir, monkeypatch):
+    at = app(runs_dir, monkeypatch, "Run overview", run="../../etc")
+    assert not at.exception
+    assert "refused" in at.error[0].value
+    assert not charts(at)
+
+
+def test_auto_refresh_toggle(runs_dir, monkeypatch):
+    at = app(runs_dir, monkeypatch, "Run overview")
+    at.toggle(key="live").set_value(True).run()
+    ok(at)
+    assert charts(at)

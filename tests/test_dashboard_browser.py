@@ -1,0 +1,42 @@
+"""The dashboard in a real browser: `streamlit run` on a free localhost port, headless Chromium
+(Debian's /usr/bin/chromium) driven by Playwright. Loads the attention view, moves the snapshot
+slider, checks the chart the browser drew changed, and saves a screenshot as a test artifact.
+
+Setup (what `make test` installs): `apt-get install -y chromium` and `pip install playwright`
+(the Python package only; no browser download)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dashboards import browser as B  # noqa: E402
+
+ARTIFACTS = ROOT / "runs" / "artifacts"
+
+pytestmark = pytest.mark.skipif(bool(B.missing()), reason=f"no browser to drive: {B.missing()}")
+
+
+def test_slider_move_redraws_the_chart(tiny_recorded_run, tmp_path):
+    runs_dir = Path(tiny_recorded_run).parent
+    name = Path(tiny_recorded_run).name
+    with B.serve(runs_dir, log=tmp_path / "streamlit.log") as url, B.browser() as page:
+        assert url.startswith("http://127.0.0.1:")
+        seconds = B.load(page, f"{url}?run={name}&view=Attention", charts=2)
+        assert page.locator("[data-testid='stException']").count() == 0
+        before = B.fingerprint(page, 0)
+        assert before and "every head at step" in before
+        moved = B.move_slider(page, "ArrowLeft")  # waits until chart 0 shows other data
+        after = B.fingerprint(page, 0)
+        assert after != before and after.split(" | ")[0] != before.split(" | ")[0]  # another step's title
+        assert page.locator("[data-testid='stException']").count() == 0
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "dashboard-attention.png"
+        page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000
+    print(f"\nscreenshot: {shot}\nfirst view {seconds:.2f} s, slider move {moved:.2f} s")
