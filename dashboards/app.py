@@ -24,10 +24,11 @@ import streamlit as st  # noqa: E402
 
 from dashboards import data  # noqa: E402
 from dashboards.cache import READ_ERRORS, RunHandle  # noqa: E402
-from dashboards.views import ablation, attention, gradients, heads, overview, residual  # noqa: E402
+import importlib  # noqa: E402
 
-VIEWS = {"Run overview": overview, "Attention": attention, "Head metrics": heads,
-         "Residual stream": residual, "Gradients": gradients, "Ablation": ablation}
+# view modules load when first shown: the ablation view needs torch, the others only numpy
+VIEWS = {"Run overview": "overview", "Attention": "attention", "Head metrics": "heads",
+         "Residual stream": "residual", "Gradients": "gradients", "Ablation": "ablation"}
 
 
 def runs_dir_from(argv: list[str]) -> Path:
@@ -107,7 +108,7 @@ def main() -> None:
         return
     others = [o for o in [open_handle(runs_dir, compare)] if o is not None] if compare else []
     try:
-        VIEWS[view].render(h, others)
+        importlib.import_module(f"dashboards.views.{VIEWS[view]}").render(h, others)
     except READ_ERRORS as e:  # a file that broke while reading: say which, keep the app alive
         st.error(f"{name}: {e}")
     if live:

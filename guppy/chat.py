@@ -68,19 +68,19 @@ def main(argv: list[str] | None = None) -> int:
             for text in args.prompt:
                 print(f"you: {text}\n{name}: {bot.reply(text) if text.strip() else '...'}")
             return 0
-        print(f"talking to {path} (empty line: nothing to say; Ctrl-D or Ctrl-C: leave)")
-        while True:
-            try:
+        try:  # Ctrl-C or Ctrl-D anywhere in a conversation is a goodbye, not an error
+            print(f"talking to {path} (empty line: nothing to say; Ctrl-D or Ctrl-C: leave)", flush=True)
+            while True:
                 text = input("you: ")
-            except (EOFError, KeyboardInterrupt):
-                print(f"\n{name}: bye.")
-                return 0
-            if not text.strip():
-                continue
-            answer = bot.reply(text)
-            if bot.truncated:
-                print(f"(a long message: only its last part fits the {model.cfg.n_ctx}-token context)")
-            print(f"{name}: {answer}")
+                if not text.strip():
+                    continue
+                answer = bot.reply(text)
+                if bot.truncated:
+                    print(f"(a long message: only its last part fits the {model.cfg.n_ctx}-token context)")
+                print(f"{name}: {answer}", flush=True)
+        except (EOFError, KeyboardInterrupt):
+            print(f"\n{name}: bye.")
+            return 0
 
     return run_main("guppy-chat", body)
 

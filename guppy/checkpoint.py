@@ -10,8 +10,6 @@ previous file or the complete new one. Loading never unpickles anything.
 from __future__ import annotations
 
 import json
-import os
-import re
 from pathlib import Path
 
 import torch
@@ -19,41 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from guppy.config import ModelConfig
-
-STEP_FILE = re.compile(r"^step-(\d+)\.safetensors$")
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)`, then fsync and rename onto `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step-{step:06d}.safetensors"
-
-
-def state_path(weights: Path) -> Path:
-    return weights.with_name(weights.name.replace(".safetensors", ".state.safetensors"))
-
-
-def list_checkpoints(run_dir: str | Path) -> dict[int, Path]:
-    """Weights files of a run by step, oldest first."""
-    folder = Path(run_dir) / "checkpoints"
-    found = {}
-    for f in folder.glob("step-*.safetensors") if folder.is_dir() else ():
-        m = STEP_FILE.match(f.name)
-        if m:
-            found[int(m.group(1))] = f
-    return dict(sorted(found.items()))
-
+from guppy.runfiles import atomic_write, checkpoint_path, list_checkpoints, state_path  # noqa: F401 (re-exported)
 
 def save_weights(model: torch.nn.Module, path: Path, step: int, extra: dict | None = None) -> None:
     # clone: tied embeddings share storage, which safetensors refuses; contiguous for the file

@@ -28,80 +28,11 @@ import torch
 from guppy import metrics as M
 from guppy.checkpoint import atomic_write, checkpoint_path, save_weights
 from guppy.generate import generate
+from guppy.probeset import SCHEMA_VERSION, ProbeSet, build_probe_set, resid_alias  # noqa: F401 (re-exported)
 from guppy.train import Callback
 
-SCHEMA_VERSION = 1
-SHOWCASE_TOPICS = ("greeting", "meaning_of_life", "food", "confused", "cat", "bye", "water", "joke")
 DEFAULT_HOOKS = "blocks.*.attn.hook_pattern,blocks.*.hook_resid_pre,blocks.*.hook_resid_post"
 COMPRESS = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
-
-
-# ---- the probe set --------------------------------------------------------------------------
-
-
-@dataclass
-class ProbeSet:
-    tokens: np.ndarray  # (B, T) int64, padded with pad_id
-    lengths: np.ndarray  # (B,) real tokens per probe
-    reply_start: np.ndarray  # (B,) first reply token (chats); 1 for synthetic probes
-    period: np.ndarray  # (B,) repeat period of synthetic probes; 0 for chats
-    kind: list[str]  # "chat" or "repeat"
-    topic: list[str]  # chat topic, "" for synthetic probes
-    text: list[str]
-    subset: np.ndarray  # probes whose full tensors are stored
-
-    def save(self, path: Path) -> None:
-        def write(tmp):
-            with h5py.File(tmp, "w") as f:
-                f.attrs["schema_version"] = SCHEMA_VERSION
-                for key in ("tokens", "lengths", "reply_start", "period", "subset"):
-                    f[key] = getattr(self, key)
-                for key in ("kind", "topic", "text"):
-                    f[key] = np.array(getattr(self, key), dtype=h5py.string_dtype())
-        atomic_write(path, write)
-
-    @classmethod
-    def load(cls, path: Path) -> "ProbeSet":
-        with h5py.File(path, "r") as f:
-            arrays = {k: f[k][()] for k in ("tokens", "lengths", "reply_start", "period", "subset")}
-            strings = {k: [s.decode() for s in f[k][()]] for k in ("kind", "topic", "text")}
-        return cls(**arrays, **strings)
-
-
-def build_probe_set(data, n_ctx: int, full: int = 12, n_repeat: int = 4, period: int = 20, seed: int = 0) -> ProbeSet:
-    """One held-out chat per topic (showcase topics first) plus repeated random sequences."""
-    tok = data.tokenizer
-    by_topic = {}
-    for c in data.chats.eval:
-        by_topic.setdefault(c.topic, c)
-    order = [t for t in SHOWCASE_TOPICS if t in by_topic] + [t for t in data.topics if t not in SHOWCASE_TOPICS]
-    chats = [by_topic[t] for t in order if t in by_topic]
-    ids, starts = tok.encode_chats([c.prompt for c in chats], [c.reply for c in chats])
-    rng = np.random.default_rng(seed)
-    period = min(period, (n_ctx - 1) // 2)
-    vocab = np.arange(3, tok.vocab_size)  # never a special token
-    repeats = []
-    for _ in range(n_repeat):
-        r = rng.choice(vocab, size=period, replace=False).tolist()
-        repeats.append([tok.start_id] + r + r)
-    seqs = [x[:n_ctx] for x in ids] + repeats
-    B, T = len(seqs), max(map(len, seqs))
-    tokens = np.full((B, T), tok.pad_id, dtype=np.int64)
-    for i, s in enumerate(seqs):
-        tokens[i, :len(s)] = s
-    n_chat = len(chats)
-    n_full_rep = min(2, n_repeat)
-    subset = list(range(min(full - n_full_rep, n_chat))) + list(range(n_chat, n_chat + n_full_rep))
-    return ProbeSet(
-        tokens=tokens,
-        lengths=np.array([len(s) for s in seqs]),
-        reply_start=np.array(starts + [1] * n_repeat),
-        period=np.array([0] * n_chat + [period] * n_repeat),
-        kind=["chat"] * n_chat + ["repeat"] * n_repeat,
-        topic=[c.topic for c in chats] + [""] * n_repeat,
-        text=[tok.decode(s, skip_special=False) for s in seqs],
-        subset=np.array(subset),
-    )
 
 
 # ---- the schedule ---------------------------------------------------------------------------
@@ -339,14 +270,6 @@ class Recorder(Callback):
             new = generate(model, prompt, max_new_tokens=self.reply_tokens, temperature=0.0, stop_token=tok.end_id)
             replies.append(tok.decode(new))
         return np.array(replies, dtype=h5py.string_dtype())
-
-
-def resid_alias(name: str) -> str | None:
-    """blocks.l.hook_resid_post -> blocks.l+1.hook_resid_pre (the same tensor), else None."""
-    parts = name.split(".")
-    if len(parts) == 3 and parts[0] == "blocks" and parts[2] == "hook_resid_post":
-        return f"blocks.{int(parts[1]) + 1}.hook_resid_pre"
-    return None
 
 
 def _np(x: torch.Tensor) -> np.ndarray:

@@ -1,6 +1,7 @@
-"""Writing a run folder: run.json, tokenizer.json, metrics.csv, the progress bar.
+"""Writing a run folder: run.json, tokenizer.json, metrics.csv, checkpoint paths, the progress bar.
 
 Reading runs is `guppy.runs`' job; this module is the writer's side, used by the trainer.
+It imports no torch, so tools that only read files (the dashboard) start fast.
 run.json is rewritten atomically on every change; metrics.csv is appended line by line and
 flushed, so a reader sees whole rows (a torn last line from a crash is skipped on read).
 """
@@ -9,19 +10,55 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import platform
+import re
 import subprocess
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from guppy.checkpoint import atomic_write
 from guppy.config import TrainConfig
 
 SCHEMA_VERSION = 1
 METRIC_COLUMNS = ("step", "epoch", "tokens", "lr", "loss", "grad_norm", "tokens_per_s", "elapsed_s",
                   "eval_loss", "eval_ppl", "persona_pass")
+
+
+STEP_FILE = re.compile(r"^step-(\d+)\.safetensors$")
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call `write(tmp_path)`, then fsync and rename onto `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step-{step:06d}.safetensors"
+
+
+def state_path(weights: Path) -> Path:
+    return weights.with_name(weights.name.replace(".safetensors", ".state.safetensors"))
+
+
+def list_checkpoints(run_dir: str | Path) -> dict[int, Path]:
+    """Weights files of a run by step, oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    found = {}
+    for f in folder.glob("step-*.safetensors") if folder.is_dir() else ():
+        m = STEP_FILE.match(f.name)
+        if m:
+            found[int(m.group(1))] = f
+    return dict(sorted(found.items()))
 
 
 def git_commit() -> str | None:

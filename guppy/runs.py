@@ -24,8 +24,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from guppy.checkpoint import checkpoint_path, list_checkpoints, load_model
-from guppy.runfiles import read_run_json, read_train_config
+from guppy.runfiles import checkpoint_path, list_checkpoints, read_run_json, read_train_config
 from guppy.tokenizer import ChatTokenizer
 
 READS_SCHEMA = 1
@@ -62,6 +61,8 @@ def latest_run(runs_dir: str | Path = "runs") -> Path:
 
 def load_for_inference(run_dir: str | Path, which: str | int = "latest", device: str = "cpu"):
     """(model, tokenizer, checkpoint path) of a run, the model in eval mode."""
+    from guppy.checkpoint import load_model  # torch: only for those who load a model
+
     path = resolve_checkpoint(run_dir, which)
     read_run_json(run_dir)  # a clear error if this is not a run folder
     tokenizer = ChatTokenizer.load(Path(run_dir) / "tokenizer.json")
@@ -195,7 +196,7 @@ class Run:
 
     def hook_names(self, snapshot: int | str = "latest") -> list[str]:
         """Hook points stored with full tensors (a resid_post stored as the next resid_pre counts)."""
-        from guppy.record import resid_alias
+        from guppy.probeset import resid_alias
 
         with self._open(self.snapshot_files[self._step(snapshot)]) as f:
             stored = list(f["acts"].keys()) if "acts" in f else []
@@ -204,7 +205,7 @@ class Run:
         return stored + [a for a in aliases if a not in stored]
 
     def _read_act(self, name: str, snapshot) -> np.ndarray:
-        from guppy.record import resid_alias
+        from guppy.probeset import resid_alias
 
         path = self.snapshot_files[self._step(snapshot)]
         with self._open(path) as f:
@@ -241,6 +242,8 @@ class Run:
 
     def model(self, snapshot: int | str = "latest", device: str = "cpu"):
         """A hooked GuppyLM with the weights saved at that snapshot, in eval mode."""
+        from guppy.checkpoint import load_model  # torch: only for those who load a model
+
         step = self._step(snapshot)
         path = checkpoint_path(self.path, step)
         if not path.exists():
@@ -254,7 +257,7 @@ class Run:
 
     @cached_property
     def probes(self):
-        from guppy.record import ProbeSet
+        from guppy.probeset import ProbeSet
 
         path = self.path / "probes.h5"
         if not path.exists():
