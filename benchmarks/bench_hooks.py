@@ -1,8 +1,12 @@
 """What observability costs: guppy's forward with no hooks, with a full cache, vs a plain forward.
 
     python benchmarks/bench_hooks.py [--preset guppy] [--batch 32] [--seq 128] [--repeats 7]
+    THP_MEM_ALLOC_ENABLE=1 python benchmarks/bench_hooks.py   # torch's CPU allocator on huge pages
 
-All figures come from this one run, on the same weights, fp32, no grad. The plain forward is
+All figures come from this one run, on the same weights, fp32, no grad. A full cache keeps
+every activation alive (about 1 GB here), so its cost is mostly the kernel handing out fresh
+pages; torch's `THP_MEM_ALLOC_ENABLE=1` makes that several times cheaper (printed below).
+Peak memory is measured in two child processes (one plain forward, one full-cache forward). The plain forward is
 a hook-free nanoGPT-style module defined below (fused QKV, SDPA, F.layer_norm). TransformerLens
 3.x is measured too when installed. Targets (issue 3): no hooks <= 1.02x plain, full cache
 <= 1.15x, guppy full cache >= 1.5x faster than TransformerLens run_with_cache, KV-cached
@@ -12,7 +16,9 @@ generation of 64 tokens >= 5x faster than re-running the full forward per token.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -87,13 +93,36 @@ def greedy_batch(model, prompts: torch.Tensor, new: int, use_cache: bool) -> tor
     return seq
 
 
+def peak_rss_mb(args, what: str) -> float:
+    """Peak resident memory (MB) of a fresh process that runs one forward of `what`."""
+    cmd = [sys.executable, __file__, "--preset", args.preset, "--batch", str(args.batch), "--seq", str(args.seq),
+           "--memory-probe", what]
+    return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1])
+
+
+def memory_probe(args) -> None:
+    torch.manual_seed(0)
+    model = GuppyLM(model_preset(args.preset)).eval()
+    tokens = torch.randint(0, model.cfg.d_vocab, (args.batch, args.seq))
+    with torch.inference_mode():
+        out = model.run_with_cache(tokens) if args.memory_probe == "cache" else PlainGPT(model)(tokens)
+    del out
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec
+    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    print(int(hwm.split()[1]) / 1024)  # kB -> MB
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="guppy")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--preset", default="guppy", help="model preset")
+    p.add_argument("--batch", type=int, default=32, help="sequences per forward")
+    p.add_argument("--seq", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--repeats", type=int, default=7, help="timed calls per variant (median reported)")
+    p.add_argument("--memory-probe", choices=("plain", "cache"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.memory_probe:
+        return memory_probe(args)
+    load_before = os.getloadavg()[0]
 
     torch.manual_seed(0)
     cfg = model_preset(args.preset)
@@ -104,7 +133,8 @@ def main() -> None:
 
     def full_cache():
         _, cache = model.run_with_cache(tokens)
-        cache_bytes["n"] = sum(t.numel() * t.element_size() for t in cache.values())
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in cache.values()}
+        cache_bytes["n"] = sum(storages.values())  # views (q/k/v of one matmul, pos_embed) counted once
 
     fns = {"plain": lambda: plain(tokens), "guppy": lambda: model(tokens), "guppy_cache": full_cache}
     tl = None
@@ -118,13 +148,15 @@ def main() -> None:
     with torch.inference_mode():
         torch.testing.assert_close(plain(tokens), model(tokens), atol=1e-4, rtol=1e-4)
         t = interleaved(fns, args.repeats)
-        prompt = torch.randint(3, cfg.d_vocab, (32,)).tolist()
-        gen_cached = timed(lambda: generate(model, prompt, 64, temperature=0), 3)
-        gen_full = timed(lambda: generate(model, prompt, 64, temperature=0, use_kv_cache=False), 3)
-        batch = torch.randint(3, cfg.d_vocab, (8, 32))
+        new = min(64, cfg.n_ctx // 2)  # 64 new tokens after a 32-token prompt on the guppy preset
+        n_prompt = min(32, cfg.n_ctx - new)
+        prompt = torch.randint(3, cfg.d_vocab, (n_prompt,)).tolist()
+        gen_cached = timed(lambda: generate(model, prompt, new, temperature=0), 3)
+        gen_full = timed(lambda: generate(model, prompt, new, temperature=0, use_kv_cache=False), 3)
+        batch = torch.randint(3, cfg.d_vocab, (8, n_prompt))
         assert torch.equal(greedy_batch(model, batch, 8, True), greedy_batch(model, batch, 8, False))
-        batch_cached = timed(lambda: greedy_batch(model, batch, 64, True), 3)
-        batch_full = timed(lambda: greedy_batch(model, batch, 64, False), 3)
+        batch_cached = timed(lambda: greedy_batch(model, batch, new, True), 3)
+        batch_full = timed(lambda: greedy_batch(model, batch, new, False), 3)
 
     base = t["plain"]
     print(f"preset {args.preset} ({model.num_params():,} params), batch {args.batch} x {args.seq}, fp32, "
@@ -139,12 +171,16 @@ def main() -> None:
     if tl is not None:
         print(f"guppy full cache vs TransformerLens run_with_cache: {t['tl_cache'] / t['guppy_cache']:.2f}x faster "
               f"(target >= 1.5x)")
-    print(f"generation of 64 tokens (prompt 32): KV cache {gen_cached * 1e3:.0f} ms, full forward per token "
+    print(f"generation of {new} tokens (prompt {n_prompt}): KV cache {gen_cached * 1e3:.0f} ms, full forward per token "
           f"{gen_full * 1e3:.0f} ms: {gen_full / gen_cached:.1f}x faster (target >= 5x)")
     print(f"  the same for a batch of 8 prompts: KV cache {batch_cached * 1e3:.0f} ms, full forward "
           f"{batch_full * 1e3:.0f} ms: {batch_full / batch_cached:.1f}x faster")
-    print("  (batch 1 decoding reads every weight once per token: memory-bound on this CPU, which caps the ratio)")
-    print(f"full cache holds {cache_bytes['n'] / 2**20:.0f} MB of activations")
+    rss_plain, rss_cache = peak_rss_mb(args, "plain"), peak_rss_mb(args, "cache")
+    print(f"full cache holds {cache_bytes['n'] / 2**20:.0f} MB of activations; peak RSS of a process running one "
+          f"forward: plain {rss_plain:.0f} MB, full cache {rss_cache:.0f} MB (+{rss_cache - rss_plain:.0f} MB)")
+    cores, load = os.cpu_count(), max(load_before, os.getloadavg()[0])
+    print(f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}; load average {load:.1f} on "
+          f"{cores} cores" + ("  ** other processes compete for the CPU: timings are noisy **" if load > cores else ""))
 
 
 if __name__ == "__main__":

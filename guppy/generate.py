@@ -39,10 +39,10 @@ def generate(model, prompt_tokens: Sequence[int], max_new_tokens: int = 64, temp
     ids = list(prompt_tokens)
     if not ids:
         raise ValueError("generate needs at least one prompt token")
-    if len(ids) > n_ctx - 1:
-        warnings.warn(f"prompt of {len(ids)} tokens is longer than the context ({n_ctx}); keeping its last {n_ctx - 1}",
-                      stacklevel=3)
-        ids = ids[-(n_ctx - 1):]
+    if len(ids) > n_ctx:
+        warnings.warn(f"prompt of {len(ids)} tokens is longer than the context ({n_ctx}); keeping its last {n_ctx}",
+                      stacklevel=3)  # 3: past torch.no_grad's wrapper, to the caller
+        ids = ids[-n_ctx:]
     device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
     was_training = model.training

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 
 HookFn = Callable[[torch.Tensor, "HookPoint"], "torch.Tensor | None"]
 Names = "str | Iterable[str] | Callable[[str], bool] | None"
@@ -138,28 +139,34 @@ class ActivationCache(Mapping):
 
     def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,
                           return_labels: bool = False):
-        """The residual stream at each layer boundary up to `layer` (default: all, with the final
-        resid_post) -> (points, B, T, D); `apply_ln` applies ln_final with the final scale, as the
-        logit lens does."""
-        L = self._layers() if layer is None else layer
+        """The residual stream at each layer boundary -> (points, B, T, D), as TransformerLens:
+        resid_pre of layers 0..layer (all, plus the final resid_post, when `layer` is None, -1
+        or n_layers), with resid_mid of each earlier layer if `incl_mid`. `apply_ln` runs
+        ln_final on every point with its own statistics, as the logit lens does."""
+        n = self._layers()
+        layer = n if layer is None or layer == -1 else layer
+        if not 0 <= layer <= n:
+            raise ValueError(f"accumulated_resid: layer {layer} is not in 0..{n}")
         names = []
-        for l in range(L):
+        for l in range(min(layer + 1, n)):
             names.append(f"blocks.{l}.hook_resid_pre")
-            if incl_mid:
+            if incl_mid and l < layer:
                 names.append(f"blocks.{l}.hook_resid_mid")
-        if layer is None or layer == self._layers():
-            names.append(f"blocks.{self._layers() - 1}.hook_resid_post")
-        resid = torch.stack([self[n] for n in names])
+        if layer == n:
+            names.append(f"blocks.{n - 1}.hook_resid_post")
+        resid = torch.stack([self[name] for name in names])
         if apply_ln:
-            resid = self.model.ln_final(resid)
+            ln = self.model.ln_final  # its weights only: hooks on ln_final must not fire here
+            w, b = (t.detach().to(resid.device, resid.dtype) for t in (ln.w, ln.b))
+            resid = F.layer_norm(resid, resid.shape[-1:], w, b, ln.eps)
         return (resid, names) if return_labels else resid
 
     def head_results(self, layer: int) -> torch.Tensor:
         """Each head's contribution to blocks.{layer}.hook_attn_out -> (B, T, H, D).
         Their sum over heads plus b_O is the attention output. Needs hook_z cached."""
-        attn = self.model.blocks[layer].attn
         z = self[f"blocks.{layer}.attn.hook_z"]  # (B, T, H, d_head)
-        return torch.einsum("bthe,hed->bthd", z, attn.W_O)
+        W_O = self.model.blocks[layer].attn.W_O.detach().to(z.device, z.dtype)  # (H, d_head, D)
+        return torch.einsum("bthe,hed->bthd", z, W_O)
 
     def stack_head_results(self, layers: Iterable[int] | None = None) -> tuple[torch.Tensor, list[str]]:
         """Every head's output over layers -> ((L*H, B, T, D), labels like 'L0H3')."""

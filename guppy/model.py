@@ -11,6 +11,10 @@ hook is attached to its scores or pattern, then the explicit path (same numbers,
 training takes the explicit path too, which is faster there);
 LayerNorm runs fused unless its scale/normalized hooks are in use; the per-head output
 `attn.hook_result` (B, T, H, D) is computed only when hooked.
+
+Incremental decoding (used by guppy.generate):
+    logits, kv = model(prompt, return_kv=True)            # kv: a KVCache, advanced in place
+    logits, kv = model(next_tokens, past_kv=kv, return_kv=True)
 """
 
 from __future__ import annotations
@@ -25,7 +29,38 @@ import torch.nn.functional as F
 from guppy.config import ModelConfig
 from guppy.hooks import HookedMixin, HookPoint, name_hook_points
 
-KV = tuple[torch.Tensor, torch.Tensor]  # cached keys and values, each (B, H, Tk, E)
+
+
+class KVCache:
+    """Keys and values of every position seen so far, per layer, for incremental decoding.
+
+    Buffers are sized for n_ctx once, so a decoding step writes one position instead of
+    concatenating the whole history. The cache is advanced in place by each forward that
+    receives it; `clone()` one to branch."""
+
+    def __init__(self, n_layers: int, n_ctx: int):
+        self.n_ctx, self.length = n_ctx, 0
+        self.k: list[torch.Tensor | None] = [None] * n_layers  # each (B, H, n_ctx, E)
+        self.v: list[torch.Tensor | None] = [None] * n_layers
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new positions' k, v (B, H, T, E); return all positions so far (B, H, Tk, E)."""
+        if self.k[layer] is None:
+            B, H, _, E = k.shape
+            self.k[layer] = k.new_empty(B, H, self.n_ctx, E)
+            self.v[layer] = v.new_empty(B, H, self.n_ctx, E)
+        end = self.length + k.shape[2]
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def clone(self) -> "KVCache":
+        other = KVCache(len(self.k), self.n_ctx)
+        other.length = self.length
+        other.k = [None if t is None else t.clone() for t in self.k]
+        other.v = [None if t is None else t.clone() for t in self.v]
+        return other
+
 
 # hook names in the order the forward pass reaches them (within a block, then overall)
 BLOCK_ORDER = ("hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k",
@@ -94,12 +129,13 @@ class Attention(nn.Module):
     def b_O(self) -> torch.Tensor:
         return self.out.bias
 
-    def forward(self, x: torch.Tensor, past: KV | None = None) -> tuple[torch.Tensor, KV]:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         qkv = einops.rearrange(self.qkv(x), "b t (three h e) -> three b t h e", three=3, h=self.cfg.n_heads)
         q, k, v = self.hook_q(qkv[0]), self.hook_k(qkv[1]), self.hook_v(qkv[2])  # (B, T, H, E)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, E)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, Tk, E)
+        past = cache is not None and cache.length > 0
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, H, Tk, E), every position so far
         Tq, Tk = q.shape[2], k.shape[2]
         drop = self.dropout if self.training else 0.0
         # explicit path when its hooks need it, and for CPU training: at our short sequences
@@ -112,7 +148,7 @@ class Attention(nn.Module):
             pattern = self.hook_pattern(scores.softmax(-1))
             z = F.dropout(pattern, drop, self.training) @ v  # (B, H, Tq, E)
         else:
-            if past is None:  # a plain causal forward
+            if not past:  # a plain causal forward
                 z = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
             elif Tq == 1:  # one new query after a cache sees every key
                 z = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
@@ -127,7 +163,7 @@ class Attention(nn.Module):
             out = einops.rearrange(result, "b t h d -> h (b t) d").sum(0).view(B, T, -1) + self.out.bias
         else:
             out = self.out(z.flatten(2))  # (B, T, D)
-        return out, (k, v)
+        return out
 
 
 class MLP(nn.Module):
@@ -151,12 +187,11 @@ class Block(nn.Module):
         for name in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
             setattr(self, name, HookPoint())  # (B, T, D)
 
-    def forward(self, x: torch.Tensor, past: KV | None = None) -> tuple[torch.Tensor, KV]:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        attn_out, kv = self.attn(self.ln1(x), past)
+        attn_out = self.attn(self.ln1(x), cache, layer)
         x = self.hook_resid_mid(x + self.dropout(self.hook_attn_out(attn_out)))
-        x = self.hook_resid_post(x + self.dropout(self.hook_mlp_out(self.mlp(self.ln2(x)))))
-        return x, kv
+        return self.hook_resid_post(x + self.dropout(self.hook_mlp_out(self.mlp(self.ln2(x)))))
 
 
 class Unembed(nn.Module):
@@ -210,22 +245,26 @@ class GuppyLM(HookedMixin, nn.Module):
     def W_U(self) -> torch.Tensor:  # (D, V)
         return self.embed.weight.T
 
-    def forward(self, tokens: torch.Tensor, past_kv: list[KV] | None = None, return_kv: bool = False):
-        """tokens (B, T) -> logits (B, T, V). With `past_kv` (from a previous call with
-        return_kv=True) the tokens continue those positions; returns (logits, kv) then."""
-        start = past_kv[0][0].shape[2] if past_kv else 0
+    def forward(self, tokens: torch.Tensor, past_kv: KVCache | None = None, return_kv: bool = False):
+        """tokens (B, T) -> logits (B, T, V).
+
+        Incremental decoding: `return_kv=True` also returns a KVCache, (logits, kv); passing it
+        back as `past_kv` continues those positions with only the new tokens (and advances it)."""
+        if return_kv and past_kv is None:
+            past_kv = KVCache(self.cfg.n_layers, self.cfg.n_ctx)
+        start = past_kv.length if past_kv is not None else 0
         T = tokens.shape[1]
         if start + T > self.cfg.n_ctx:
             raise ValueError(f"{start + T} positions exceed n_ctx={self.cfg.n_ctx}")
         x = self.hook_embed(self.embed(tokens))  # (B, T, D)
         pos = self.hook_pos_embed(self.W_pos[start:start + T].expand_as(x))  # (B, T, D)
         x = self.drop(x + pos)
-        new_kv = []
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, past_kv[i] if past_kv else None)
-            new_kv.append(kv)
+            x = block(x, past_kv, i)
+        if past_kv is not None:
+            past_kv.length += T
         logits = self.hook_logits(self.unembed(self.ln_final(x)))
-        return (logits, new_kv) if return_kv else logits
+        return (logits, past_kv) if return_kv else logits
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

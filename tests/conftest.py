@@ -8,16 +8,22 @@ import pytest
 
 import torch
 
-from guppy.config import TrainConfig, model_preset
+from guppy.config import ModelConfig, TrainConfig, model_preset
 from guppy.model import GuppyLM
 from guppy.train import start_run
 
 
 @pytest.fixture
-def tiny_model() -> GuppyLM:
-    """The tiny preset (2 layers, d_model 32), seeded, in eval mode."""
+def tiny_cfg() -> ModelConfig:
+    """The tiny preset: 2 layers, d_model 32, 4 heads of 8, d_mlp 64, n_ctx 64, d_vocab 512."""
+    return model_preset("tiny")
+
+
+@pytest.fixture
+def tiny_model(tiny_cfg) -> GuppyLM:
+    """A GuppyLM of the tiny preset, seeded, in eval mode."""
     torch.manual_seed(0)
-    return GuppyLM(model_preset("tiny")).eval()
+    return GuppyLM(tiny_cfg).eval()
 
 
 # ---- runs: tiny trained and recorded runs shared by the training, chat and recording tests ----

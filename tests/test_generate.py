@@ -52,6 +52,7 @@ def test_long_prompt_keeps_its_end_with_a_warning_and_runs_past_the_context(tiny
     assert len(out) == 10
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        assert generate(tiny_model, prompt[-64:], max_new_tokens=10, temperature=0) == out  # fits: no warning
         long = generate(tiny_model, [5], max_new_tokens=100, temperature=0)  # fills 64 positions and slides
     assert len(long) == 100
     assert long == generate(tiny_model, [5], max_new_tokens=100, temperature=0, use_kv_cache=False)

@@ -51,6 +51,8 @@ def test_stack_accumulated_resid_and_moves(tiny_model):
     assert cache.stack("attn.hook_pattern").shape == (2, 2, 4, 6, 6)
     resid, labels = cache.accumulated_resid(return_labels=True)
     assert labels == ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"]
+    assert cache.accumulated_resid(1, incl_mid=True, return_labels=True)[1] == \
+        ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid", "blocks.1.hook_resid_pre"]  # as TransformerLens
     final = tiny_model.unembed(cache.accumulated_resid(apply_ln=True)[-1])
     torch.testing.assert_close(final, cache["hook_logits"], atol=1e-5, rtol=1e-5)
     half = cache.half()

@@ -41,7 +41,7 @@ def test_attention_matches_an_independent_implementation(tiny_model):
     v = torch.einsum("btd,hde->bhte", x, attn.W_V) + attn.in_bias(2)[None, :, None]
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, E)
     expected = torch.einsum("bhte,hed->btd", ref, attn.W_O) + attn.b_O
-    out, _ = attn(x)
+    out = attn(x)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -54,6 +54,21 @@ def test_layernorm_hooked_path_equals_fused(tiny_model):
     x = cache["blocks.0.hook_resid_pre"]  # hook_normalized is before w and b, as in TransformerLens
     expected = (x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
     torch.testing.assert_close(cache["blocks.0.ln1.hook_normalized"], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("hooked", [False, True])  # SDPA and explicit attention paths
+def test_kv_cache_continuation_equals_one_full_forward(tiny_model, hooked):
+    tokens = torch.randint(0, 512, (2, 20))
+    hooks = [("blocks.*.attn.hook_pattern", lambda x, hook: None)] if hooked else []
+    with tiny_model.hooks(fwd_hooks=hooks):
+        full = tiny_model(tokens)
+        first, kv = tiny_model(tokens[:, :8], return_kv=True)  # prefill
+        branch = kv.clone()
+        chunk, kv = tiny_model(tokens[:, 8:15], past_kv=kv, return_kv=True)  # several at once
+        steps = [tiny_model(tokens[:, t:t + 1], past_kv=kv, return_kv=True)[0] for t in range(15, 20)]
+        assert kv.length == 20 and branch.length == 8
+        torch.testing.assert_close(tiny_model(tokens[:, 8:9], past_kv=branch), full[:, 8:9], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([first, chunk, *steps], 1), full, atol=1e-5, rtol=1e-5)
 
 
 def test_future_tokens_never_change_the_past(tiny_model):
