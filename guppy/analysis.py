@@ -1,0 +1,303 @@
+"""Shared helpers for the interpretability probes in `probes/` (they never import each other).
+
+    batch = heldout_batch(run, n=64)                      # held-out chats, padded, with a reply mask
+    losses = each_site_losses(model, batch.tokens, batch.reply_mask, "mean", pad_id=batch.pad_id)
+    scores = head_scores(model, tokens, lengths, period)  # {metric: (L, H)}
+    W, b = train_linear_probe(X, y, n_classes)
+
+Plumbing every probe shares: `probe_parser` (--run, --snapshot), `snapshot_steps`,
+`write_outputs` (CSV + plotly HTML under runs/<name>/probes/, written atomically).
+Shape legend as in guppy.model: B batch, T positions, L layers, H heads, E d_head, D d_model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from guppy import metrics as M
+from guppy.ablate import METHODS, reference_activations
+from guppy.checkpoint import atomic_write
+from guppy.cli import ArgumentParser
+
+# ---- command line and outputs ---------------------------------------------------------------
+
+
+def probe_parser(prog: str, description: str, allow_all: bool = True) -> ArgumentParser:
+    p = ArgumentParser(prog=prog, description=description)
+    p.add_argument("--run", required=True, help="a recorded run folder (guppy-train --record), e.g. runs/demo")
+    which = "a snapshot step, 'latest' or 'all'" if allow_all else "a snapshot step or 'latest'"
+    p.add_argument("--snapshot", default="latest", help=f"{which} (default latest)")
+    return p
+
+
+def open_recorded_run(path: str):
+    import guppy
+
+    run = guppy.open_run(path)
+    if not run.snapshot_files:
+        raise ValueError(f"{run.path}: no snapshots (record the run with guppy-train --record)")
+    return run
+
+
+def snapshot_steps(run, spec: str, allow_all: bool = True) -> list[int]:
+    """Steps named by --snapshot: one step, 'latest', or (where allowed) 'all'."""
+    steps = list(run.snapshot_files)
+    if spec == "latest":
+        return [steps[-1]]
+    if spec == "all":
+        if not allow_all:
+            raise ValueError("--snapshot all is not supported by this probe; give a step or 'latest'")
+        return steps
+    try:
+        step = int(spec)
+    except ValueError:
+        step = None
+    if step not in steps:
+        raise ValueError(f"--snapshot {spec!r}: expected 'latest'{', all' if allow_all else ''} or one of steps "
+                         f"{', '.join(map(str, steps))}")
+    return [step]
+
+
+def output_dir(run) -> Path:
+    out = Path(run.path) / "probes"
+    out.mkdir(exist_ok=True)
+    return out
+
+
+def write_outputs(run, name: str, tables: dict[str, pd.DataFrame], fig=None) -> list[Path]:
+    """`name.csv` (table key "") or `name_<key>.csv` per table, and `name.html` from a plotly figure.
+    The HTML loads plotly.min.js from the same folder (written once), so it works offline."""
+    out, written = output_dir(run), []
+    for key, df in tables.items():
+        path = out / (f"{name}_{key}.csv" if key else f"{name}.csv")
+        atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+        written.append(path)
+    if fig is not None:
+        path = out / f"{name}.html"
+        atomic_write(path, lambda tmp: fig.write_html(tmp, include_plotlyjs=False, full_html=True))
+        # point at the shared bundle (plotly's "directory" mode would name it after the temp file)
+        html = path.read_text().replace("<head>", '<head><script src="plotly.min.js"></script>', 1)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(html))
+        bundle = out / "plotly.min.js"
+        if not bundle.exists():
+            from plotly.offline import get_plotlyjs
+
+            atomic_write(bundle, lambda tmp: Path(tmp).write_text(get_plotlyjs()))
+        written.append(path)
+    return written
+
+
+def print_table(title: str, df: pd.DataFrame, rows: int = 12) -> None:
+    print(title)
+    with pd.option_context("display.width", 120, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
+        print(df.head(rows).to_string(index=False))
+
+
+# ---- held-out chats -------------------------------------------------------------------------
+
+
+@dataclass
+class ChatBatch:
+    tokens: torch.Tensor  # (B, T) padded with pad_id
+    lengths: torch.Tensor  # (B,)
+    reply_start: torch.Tensor  # (B,) index of each reply's first token
+    topics: list[str]
+    prompts: list[str]
+    pad_id: int
+
+    @property
+    def reply_mask(self) -> torch.Tensor:
+        """(B, T-1) bool over next-token targets: the reply tokens and the end token."""
+        pos = torch.arange(1, self.tokens.shape[1])
+        return (pos[None] >= self.reply_start[:, None]) & (pos[None] < self.lengths[:, None])
+
+
+def encode_batch(tokenizer, chats, n_ctx: int) -> ChatBatch:
+    ids, starts = tokenizer.encode_chats([c.prompt for c in chats], [c.reply for c in chats])
+    ids = [x[:n_ctx] for x in ids]
+    tokens = torch.full((len(ids), max(map(len, ids))), tokenizer.pad_id, dtype=torch.long)
+    for i, x in enumerate(ids):
+        tokens[i, :len(x)] = torch.tensor(x)
+    return ChatBatch(tokens, torch.tensor([len(x) for x in ids]), torch.tensor(starts),
+                     [c.topic for c in chats], [c.prompt for c in chats], tokenizer.pad_id)
+
+
+def heldout_chats(run, n: int | None = None) -> list:
+    """Held-out chats taken round-robin over topics (every topic shows up before any repeats)."""
+    from guppy.runs import load_eval_data
+
+    _, chats = load_eval_data(run.path)
+    by_topic: dict[str, list] = {}
+    for c in chats:
+        by_topic.setdefault(c.topic, []).append(c)
+    order = [c for i in range(max(map(len, by_topic.values()))) for t in sorted(by_topic)
+             for c in by_topic[t][i:i + 1]]
+    return order[:n] if n else order
+
+
+def heldout_batch(run, n: int = 64) -> ChatBatch:
+    return encode_batch(run.tokenizer, heldout_chats(run, n), run.model_config.n_ctx)
+
+
+def masked_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss over the (B, T-1) targets where mask holds, per row of the batch -> (B,)."""
+    losses = M.token_losses(logits, tokens)  # (B, T-1)
+    m = mask.float()
+    return (losses * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+# ---- ablating each head and MLP in turn ------------------------------------------------------
+
+
+def ablation_sites(cfg) -> list[tuple[str, int, int]]:
+    """(kind, layer, head) of every head, then every MLP (head -1)."""
+    return [("head", l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)] + \
+           [("mlp", l, -1) for l in range(cfg.n_layers)]
+
+
+@torch.no_grad()
+def each_site_losses(model, tokens: torch.Tensor, mask: torch.Tensor, method: str = "zero",
+                     reference: torch.Tensor | None = None, pad_id: int | None = None,
+                     max_logits: int = 40_000_000) -> torch.Tensor:
+    """Loss (mean over `mask`) with each site of `ablation_sites` ablated in turn -> (n_sites,).
+
+    Batched: the batch is repeated once per site and a per-copy mask swaps one head's slice of
+    hook_z (or one hook_mlp_out) for its replacement, in chunks of copies that keep the logits
+    under `max_logits` numbers. Same semantics as guppy.ablate (zero, mean over the reference's
+    real positions, resample = the reference's own activation); the reference defaults to `tokens`."""
+    if method not in METHODS:
+        raise ValueError(f"ablation method {method!r}; expected one of {', '.join(METHODS)}")
+    cfg = model.cfg
+    sites = ablation_sites(cfg)
+    reference = tokens if reference is None else reference
+    names = [f"blocks.{l}.attn.hook_z" for l in range(cfg.n_layers)] + \
+            [f"blocks.{l}.hook_mlp_out" for l in range(cfg.n_layers)]
+    ref_acts, ref_means = reference_activations(model, reference, names, pad_id) if method != "zero" else ({}, {})
+    B, T = tokens.shape
+    chunk = max(1, max_logits // (B * T * cfg.d_vocab))
+    out = []
+    for s0 in range(0, len(sites), chunk):
+        part = sites[s0:s0 + chunk]
+        k = len(part)
+        keep_z = torch.ones(k, cfg.n_layers, cfg.n_heads)
+        keep_mlp = torch.ones(k, cfg.n_layers)
+        for i, (kind, l, h) in enumerate(part):
+            if kind == "head":
+                keep_z[i, l, h] = 0
+            else:
+                keep_mlp[i, l] = 0
+        keep_z, keep_mlp = keep_z.repeat_interleave(B, 0), keep_mlp.repeat_interleave(B, 0)  # (k*B, L, ...)
+
+        def replacement(x, name):
+            if method == "zero":
+                return torch.zeros_like(x)
+            if method == "mean":
+                return ref_means[name].to(x.dtype).expand_as(x)
+            ref = ref_acts[name]  # (B_ref, T_ref, ...): row i of each copy takes reference row i mod B_ref
+            r = torch.zeros(B, *x.shape[1:], dtype=x.dtype)
+            n = min(x.shape[1], ref.shape[1])
+            r[:, :n] = ref[torch.arange(B) % ref.shape[0], :n]
+            return r.repeat(k, *[1] * (x.ndim - 1))
+
+        def z_hook(z, hook):  # (k*B, T, H, E)
+            keep = keep_z[:, int(hook.name.split(".")[1])][:, None, :, None].to(z.dtype)
+            return z * keep + replacement(z, hook.name) * (1 - keep)
+
+        def mlp_hook(x, hook):  # (k*B, T, D)
+            keep = keep_mlp[:, int(hook.name.split(".")[1])][:, None, None].to(x.dtype)
+            return x * keep + replacement(x, hook.name) * (1 - keep)
+
+        hooks = [(names[:cfg.n_layers], z_hook), (names[cfg.n_layers:], mlp_hook)]
+        big = tokens.repeat(k, 1)  # (k*B, T)
+        logits = model.run_with_hooks(big, fwd_hooks=hooks)
+        per_row = masked_loss(logits, big, mask.repeat(k, 1)).view(k, B)
+        m = mask.float().sum(1)  # weight rows by their target count: the mean over all targets
+        out.append((per_row * m).sum(1) / m.sum())
+    return torch.cat(out)
+
+
+# ---- head types -----------------------------------------------------------------------------
+
+# A head gets the first type in this order whose score reaches its threshold, else "other".
+# Scores are mean attention masses (0..1); induction and duplicate-token are measured on the
+# repeated random sequences only, the others on every probe.
+HEAD_TYPES = {  # type: (score, threshold, what it means)
+    "induction": ("induction", 0.3, "attends to the token after the previous copy of the current token"),
+    "duplicate_token": ("duplicate_token", 0.3, "attends to the previous copy of the current token"),
+    "previous_token": ("prev_token", 0.4, "attends to the position just before"),
+    "first_token": ("first_token", 0.5, "rests on position 0"),
+    "local": ("local", 0.6, "attends within the last 4 positions, itself included"),
+}
+LOCAL_WINDOW = 4
+
+
+def local_score(pattern: torch.Tensor, lengths: torch.Tensor, window: int = LOCAL_WINDOW) -> torch.Tensor:
+    """Mean attention mass on keys q-window+1 .. q -> (H,)."""
+    return sum(_offset_mass(pattern, lengths, o) for o in range(window))
+
+
+def _offset_mass(pattern, lengths, offset):
+    # offset_score averages over queries q >= offset; for a mass over a window every query counts
+    B, H, T, _ = pattern.shape
+    diag = pattern.float().diagonal(offset=-offset, dim1=-2, dim2=-1)  # (B, H, T - offset)
+    full = torch.zeros(B, H, T)
+    full[..., offset:] = diag
+    m = M.valid_queries(lengths, T)[:, None, :].float()
+    return (full * m).sum((0, 2)) / m.sum((0, 2)).clamp(min=1)
+
+
+@torch.no_grad()
+def head_scores(model, tokens: torch.Tensor, lengths: torch.Tensor, period: torch.Tensor) -> dict[str, np.ndarray]:
+    """Every head score of every layer on a probe batch -> {score: (L, H)}."""
+    _, cache = model.run_with_cache(tokens, names="blocks.*.attn.hook_pattern")
+    scores: dict[str, list] = {}
+    for l in range(model.cfg.n_layers):
+        pattern = cache[f"blocks.{l}.attn.hook_pattern"]  # (B, H, T, T)
+        values = M.head_metrics(pattern, lengths, period) | {"local": local_score(pattern, lengths)}
+        for name, v in values.items():
+            scores.setdefault(name, []).append(v.numpy())
+    return {k: np.stack(v) for k, v in scores.items()}
+
+
+def classify_heads(scores: dict[str, np.ndarray]) -> np.ndarray:
+    """(L, H) array of type names from `head_scores`, by HEAD_TYPES order and thresholds."""
+    L, H = scores["induction"].shape
+    labels = np.full((L, H), "other", dtype=object)
+    for kind, (score, threshold, _) in reversed(list(HEAD_TYPES.items())):  # earlier types win
+        labels[scores[score] >= threshold] = kind
+    return labels
+
+
+# ---- linear probes --------------------------------------------------------------------------
+
+
+def train_linear_probe(X: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay: float = 1e-2,
+                       steps: int = 30) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression on standardised features (full-batch L-BFGS).
+    Returns (W (D, C), b (C,), mean, std); predict with `probe_predict`."""
+    X = X.float()
+    mean, std = X.mean(0), X.std(0).clamp(min=1e-6)
+    Xs = (X - mean) / std
+    W = torch.zeros(X.shape[1], n_classes, requires_grad=True)
+    b = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(Xs @ W + b, y) + weight_decay * W.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return W.detach(), b.detach(), mean, std
+
+
+def probe_predict(probe, X: torch.Tensor) -> torch.Tensor:
+    W, b, mean, std = probe
+    return (((X.float() - mean) / std) @ W + b).argmax(-1)
