@@ -223,8 +223,7 @@ class Recorder(Callback):
                 top = model.unembed(model.ln_final(r[sub, :T_sub])).topk(5, dim=-1).indices  # (K, T_sub, 5)
                 lens_top.append(top.cpu().numpy().astype(np.int16))
                 norms.append(_np(_masked_mean(r.float().norm(dim=-1), real, dim=0)))
-        out["resid/norm_by_position"] = norms
-        out["resid/norm_by_position"] = np.stack(out["resid/norm_by_position"])  # (points, T)
+        out["resid/norm_by_position"] = np.stack(norms)  # (points, T)
         out["resid/points"] = np.array(resid_names, dtype=h5py.string_dtype())
         out["lens/loss"] = np.array(lens_loss, np.float32)
         out["lens/top_tokens"] = np.stack(lens_top)  # (points, K, T_sub, 5)

@@ -207,10 +207,9 @@ class Run:
     def _read_act(self, name: str, snapshot) -> np.ndarray:
         from guppy.probeset import resid_alias
 
-        path = self.snapshot_files[self._step(snapshot)]
-        with self._open(path) as f:
-            stored = f"acts/{name}" in f
-        return self.read(f"acts/{name}" if stored else f"acts/{resid_alias(name)}", snapshot)
+        with self._open(self.snapshot_files[self._step(snapshot)]) as f:  # one open per read
+            key = f"acts/{name}" if f"acts/{name}" in f else f"acts/{resid_alias(name)}"
+            return f[key][()]
 
     def acts(self, name: str, snapshot: int | str = "latest"):
         """Stored activations of the probe subset (`probe_subset`): numpy for one hook name,
