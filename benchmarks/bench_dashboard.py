@@ -2,23 +2,35 @@
 
     python benchmarks/bench_dashboard.py --run runs/guppy20          # an existing recorded run
     python benchmarks/bench_dashboard.py --make runs/guppy20         # first record one: guppy preset, 20 snapshots
+    python benchmarks/bench_dashboard.py --run runs/guppy20 --repeat 3   # median and max of 3 rounds
 
-Measures, on a freshly started server:
-  cold start   the first page load (Python imports of torch/streamlit/plotly included)
-  first view   each view in a new browser page (that view's data read from disk: caches cold)
-  slider move  ArrowLeft on the snapshot slider until the chart shows the other snapshot and
-               the app is idle again (median and max of --moves moves; the first moves read
-               files, later ones hit the cache)
+What "first view" means here: from asking for the page to the script being idle with the
+view's charts drawn. Rows:
+  fresh browser + cold server   a browser with an empty HTTP cache (Streamlit's own ~MB of
+                                JavaScript still to fetch and compile) on a server that has
+                                served nothing yet: a floor no app code can lower (see below)
+  cold server: start -> health  `streamlit run` started to its health check answering
+  first view, cold server       the first page the server ever serves (this view's Python
+                                imports and data reads included), browser cache warm
+  first view, warm server       the server has served every view of another copy of the run
+                                (imports done), this view's data still read from disk
+  slider move                   ArrowLeft on the snapshot slider until the chart shows the other
+                                snapshot and the app is idle again (the first moves read files)
+  floor: empty app              the same two loads for a Streamlit page with two tiny charts
 Targets from the issue: first view < 3 s, slider move < 0.5 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,9 +38,16 @@ sys.path.insert(0, str(ROOT))
 
 from dashboards import browser as B  # noqa: E402
 
-# view: (charts on the page, index of the chart the slider redraws)
-SLIDER_VIEWS = {"Attention": (2, 0), "Head metrics": (2, 0), "Residual stream": (3, 1)}
-OTHER_VIEWS = {"Run overview": (2, 0), "Gradients": (4, 0)}
+# view: (plotly charts on the page when drawn, index of the chart the slider redraws or None)
+VIEWS = {"Attention": (2, 0), "Head metrics": (2, 0), "Residual stream": (3, 1), "Run overview": (2, None),
+         "Gradients": (4, None), "Ablation": (1, None)}
+FLOOR_APP = '''import plotly.graph_objects as go
+import streamlit as st
+st.set_page_config(page_title="floor", layout="wide")
+st.title("floor")
+for k in "ab":
+    st.plotly_chart(go.Figure(go.Heatmap(z=[[1, 2], [3, 4]])), key=k)
+'''
 
 
 def make_run(path: Path) -> None:
@@ -40,11 +59,61 @@ def make_run(path: Path) -> None:
     subprocess.run(cmd, check=True)
 
 
+def link_copy(run: Path, dest: Path) -> None:
+    """A copy of the run folder made of hard links (instant, no disk): another path, so the
+    dashboard's caches see another run."""
+    shutil.copytree(run, dest, copy_function=os.link)
+
+
+def url_of(base: str, run: str, view: str) -> str:
+    return f"{base}?run={run}&view={view.replace(' ', '%20')}"
+
+
+def one_round(runs: Path, port: int, moves: int, rows: dict, log: Path, shot: Path | None) -> None:
+    with B.browser() as page:
+        with B.serve(runs, log=log, port=port) as url:
+            rows["fresh browser + cold server (Attention)"].append(B.load(page, url_of(url, "measured", "Attention"), 2))
+        for view, (charts, _) in VIEWS.items():  # a new server per view; the browser cache is warm now
+            page.goto("about:blank")
+            t0 = time.perf_counter()
+            with B.serve(runs, log=log, port=port) as url:
+                rows["cold server: start -> health"].append(time.perf_counter() - t0)
+                rows[f"first view, cold server: {view}"].append(B.load(page, url_of(url, "measured", view), charts))
+        with B.serve(runs, log=log, port=port) as url:
+            for view, (charts, _) in VIEWS.items():  # every import done, on another copy of the run
+                page.goto("about:blank")
+                B.load(page, url_of(url, "warmup", view), charts)
+            for view, (charts, slider) in VIEWS.items():
+                page.goto("about:blank")  # a new session: the view's session state starts empty
+                rows[f"first view, warm server: {view}"].append(B.load(page, url_of(url, "measured", view), charts))
+                if slider is not None:
+                    rows[f"slider move: {view}"] += [B.move_slider(page, "ArrowLeft", index=slider) for _ in range(moves)]
+                if view == "Attention" and shot:
+                    shot.parent.mkdir(parents=True, exist_ok=True)
+                    page.screenshot(path=str(shot))
+
+
+def floor_round(tmp: Path, port: int, rows: dict, log: Path) -> None:
+    app = tmp / "floor.py"
+    app.write_text(FLOOR_APP)
+    saved, B.APP = B.APP, app
+    try:
+        with B.browser() as page:
+            with B.serve(tmp, log=log, port=port) as url:
+                rows["floor: empty app, fresh browser + cold server"].append(B.load(page, url, 2))
+            page.goto("about:blank")
+            with B.serve(tmp, log=log, port=port) as url:
+                rows["floor: empty app, cold server"].append(B.load(page, url, 2))
+    finally:
+        B.APP = saved
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, help="a recorded run folder to measure")
     ap.add_argument("--make", type=Path, help="record a 20-snapshot guppy-preset run here first, then measure it")
-    ap.add_argument("--moves", type=int, default=6, help="slider moves per view (default: 6)")
+    ap.add_argument("--moves", type=int, default=6, help="slider moves per view and round (default: 6)")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds to run; rows give their median and max (default: 1)")
     ap.add_argument("--screenshot", type=Path, default=ROOT / "runs" / "artifacts" / "bench-attention.png",
                     help="where to save a screenshot of the attention view")
     args = ap.parse_args(argv)
@@ -53,37 +122,29 @@ def main(argv: list[str] | None = None) -> None:
     run = args.make or args.run
     if run is None:
         sys.exit("bench_dashboard: pass --run RUN_DIR (or --make RUN_DIR to record one)")
+    if args.moves < 1 or args.repeat < 1:
+        sys.exit("bench_dashboard: --moves and --repeat must be at least 1")
     if args.make and not (run / "run.json").exists():
         make_run(run)
     if not (run / "run.json").exists():
         sys.exit(f"bench_dashboard: {run}: not a run folder (no run.json)")
 
-    base = f"?run={run.name}&view="
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp, B.serve(run.parent, log=Path(tmp) / "streamlit.log") as url, \
-            B.browser() as page:
-        cold = B.load(page, url + base + "Attention", charts=2)
-        rows.append(("cold start (Attention, imports included)", cold))
-        for view, (n, chart) in {**SLIDER_VIEWS, **OTHER_VIEWS}.items():
-            if view == "Attention":
-                page.goto("about:blank")  # a new session: the view's session state starts empty
-            t = B.load(page, url + base + view.replace(" ", "%20"), charts=n)
-            if view != "Attention":
-                rows.append((f"first view: {view}", t))
-            else:
-                rows.append(("first view: Attention (server warm)", t))
-            if view in SLIDER_VIEWS:
-                moves = [B.move_slider(page, "ArrowLeft", index=chart) for _ in range(args.moves)]
-                rows.append((f"slider move: {view} (median of {len(moves)})", statistics.median(moves)))
-                rows.append((f"slider move: {view} (max)", max(moves)))
-            if view == "Attention":
-                args.screenshot.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(args.screenshot))
-            page.goto("about:blank")
-    width = max(len(r[0]) for r in rows)
-    print(f"dashboard on {run} (headless Chromium, this machine)")
-    for what, seconds in rows:
-        print(f"  {what:<{width}}  {seconds:6.2f} s")
+    rows: dict[str, list[float]] = defaultdict(list)
+    with tempfile.TemporaryDirectory(dir=run.resolve().parent, prefix=".bench-") as tmp:
+        runs = Path(tmp) / "runs"
+        runs.mkdir()
+        for name in ("measured", "warmup"):
+            link_copy(run, runs / name)
+        log = Path(tmp) / "streamlit.log"
+        port = B.free_port()
+        for i in range(args.repeat):
+            one_round(runs, port, args.moves, rows, log, args.screenshot if i == 0 else None)
+            floor_round(Path(tmp), port, rows, log)
+    width = max(len(r) for r in rows)
+    print(f"dashboard on {run} (headless Chromium, this machine; {args.repeat} round(s), seconds)")
+    print(f"  {'':<{width}}  {'median':>7} {'max':>7}  n")
+    for what, seconds in rows.items():
+        print(f"  {what:<{width}}  {statistics.median(seconds):7.2f} {max(seconds):7.2f}  {len(seconds)}")
     print(f"screenshot: {args.screenshot}")
 
 

@@ -1,15 +1,21 @@
 """What recording costs: the same run with and without --record, measured in one process.
 
-    python benchmarks/bench_record.py [--preset demo] [--steps 300] [--disk-preset guppy]
+    python benchmarks/bench_record.py                      # make demo's run: demo preset, 2 epochs (~6 min)
+    python benchmarks/bench_record.py --epochs 1           # the default guppy-train run (~3 min)
+    python benchmarks/bench_record.py --steps 200          # a quick look (the schedule is denser per step)
 
-Prints wall time with the default snapshot schedule vs without (target overhead <= 5%),
-bytes per snapshot (HDF5 file and weights), the projected size of a default one-epoch run,
-the time to open a run, and the time to load one snapshot's attention patterns.
+The two runs share every setting (preset, epochs, batch, eval, persona eval) but --record,
+which takes the default snapshot schedule. Prints wall time of each (target overhead <= 5%),
+the recorder's own share, bytes per snapshot (HDF5 file and weights) for this preset and for
+the guppy preset, the size of a default one-epoch guppy run, the time to open a run, and the
+time to load one snapshot's attention patterns. Both runs are timed twice, interleaved
+(plain, recorded, plain, recorded), and the faster of each kept, so drift hits both alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -25,6 +31,7 @@ from guppy.train import start_run  # noqa: E402
 
 
 def train(cfg: TrainConfig) -> tuple[float, Path, object]:
+    """Wall seconds of start_run + fit (data from the warm cache), the run folder and the trainer."""
     t = time.perf_counter()
     trainer = start_run(cfg, show_progress=False)
     assert trainer.fit() == "finished", trainer.message
@@ -40,27 +47,36 @@ def sizes(run_dir: Path) -> tuple[int, int, int]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="demo")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--preset", default="demo", help="model preset of the timed runs (default demo)")
+    p.add_argument("--epochs", type=float, default=2.0, help="epochs of the timed runs (default 2, as make demo)")
+    p.add_argument("--steps", type=int, default=0, help="steps instead of epochs (0 = use --epochs)")
+    p.add_argument("--eval-prompts", type=int, default=1, help="persona-eval prompts per topic, as guppy-train")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs of each kind, interleaved (best kept)")
     p.add_argument("--disk-preset", default="guppy", help="also measure snapshot sizes of this preset (8 steps)")
     args = p.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench-record-"))
+    load_before = os.getloadavg()[0]
     try:
-        base = TrainConfig(preset=args.preset, steps=args.steps, eval_prompts=0, runs_dir=str(root))
-        # the schedule of the real run length, not of the short benchmark: overhead depends on it
-        plain_s, _, trainer = train(base.__class__(**{**base.to_dict(), "run_name": "plain"}))
-        rec_s, run_dir, rec = train(base.__class__(**{**base.to_dict(), "run_name": "rec", "record": True}))
+        base = TrainConfig(preset=args.preset, epochs=args.epochs, steps=args.steps, eval_prompts=args.eval_prompts,
+                           runs_dir=str(root))
+        start_run(TrainConfig(**{**base.to_dict(), "steps": 1, "run_name": "warm"}), show_progress=False)  # data cache
+        plain_t, rec_t = [], []
+        for i in range(args.repeats):
+            plain_s, _, trainer = train(TrainConfig(**{**base.to_dict(), "run_name": f"plain{i}"}))
+            rec_s, run_dir, rec = train(TrainConfig(**{**base.to_dict(), "run_name": f"rec{i}", "record": True}))
+            plain_t.append(plain_s)
+            rec_t.append(rec_s)
         recorder = rec.callbacks[-1]
         n, h5_bytes, w_bytes = sizes(run_dir)
-        print(f"preset {args.preset}, {args.steps} steps, batch {base.batch_size}: "
-              f"without --record {plain_s:.1f}s, with {rec_s:.1f}s ({n} snapshots, {recorder.seconds:.1f}s in the recorder)")
-        print(f"recording overhead: {rec_s / plain_s - 1:+.1%} of wall time (target <= 5%)")
-        epoch_steps = trainer.batches_per_epoch
-        full_n = len(snapshot_schedule(epoch_steps))
-        per_snap = recorder.seconds / n
-        print(f"for a default 1-epoch run ({epoch_steps} steps, {full_n} snapshots): ~{full_n * per_snap:.1f}s of "
-              f"recording, {full_n * per_snap / (plain_s / args.steps * epoch_steps):.1%} of its training time")
+        plain_s, rec_s = min(plain_t), min(rec_t)
+        what = f"{args.steps} steps" if args.steps else f"{args.epochs:g} epochs ({trainer.total_steps} steps)"
+        print(f"preset {args.preset}, {what}, batch {base.batch_size}, persona eval {args.eval_prompts}/topic")
+        print(f"  without --record: {', '.join(f'{t:.1f}s' for t in plain_t)}; "
+              f"with: {', '.join(f'{t:.1f}s' for t in rec_t)} ({n} snapshots, {recorder.seconds:.1f}s in the recorder, "
+              f"{recorder.seconds / n * 1e3:.0f} ms a snapshot)")
+        print(f"recording overhead: {rec_s / plain_s - 1:+.1%} of wall time, best of {args.repeats} each "
+              f"(recorder's own time: {recorder.seconds / plain_s:.1%}; target <= 5%)")
         print(f"bytes per snapshot ({args.preset}): {h5_bytes / 2**20:.2f} MiB HDF5 + {w_bytes / 2**20:.2f} MiB weights")
 
         t = time.perf_counter()
@@ -86,6 +102,9 @@ def main() -> None:
                   f"{h5_bytes / 2**20:.2f} MiB HDF5 + {w_bytes / 2**20:.2f} MiB weights")
             print(f"default 1-epoch {args.disk_preset} run: {full_n} snapshots -> {total / 2**30:.2f} GiB "
                   f"with the training state (target < 1 GB)")
+        load = max(load_before, os.getloadavg()[0])
+        print(f"load average {load:.1f} on {os.cpu_count()} cores"
+              + ("  ** other processes compete for the CPU: timings are noisy **" if load > os.cpu_count() + 0.5 else ""))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -23,12 +23,12 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboards/ on the pa
 import streamlit as st  # noqa: E402
 
 from dashboards import data  # noqa: E402
-from dashboards.cache import READ_ERRORS, RunHandle  # noqa: E402
+from dashboards.cache import READ_ERRORS, RunHandle, freeze_imports  # noqa: E402
 import importlib  # noqa: E402
 
 # view modules load when first shown: the ablation view needs torch, the others only numpy
 VIEWS = {"Run overview": "overview", "Attention": "attention", "Head metrics": "heads",
-         "Residual stream": "residual", "Gradients": "gradients", "Ablation": "ablation"}
+         "Residual stream": "residual", "Gradients": "gradients", "Ablation": "ablation", "Probes": "probes"}
 
 
 def runs_dir_from(argv: list[str]) -> Path:
@@ -113,6 +113,7 @@ def main() -> None:
         st.error(f"{name}: {e}")
     if live:
         watch(h.path)
+    freeze_imports()
 
 
 main()

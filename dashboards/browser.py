@@ -41,13 +41,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(runs_dir: Path, timeout: float = 60.0, log: Path | None = None):
-    """`streamlit run dashboards/app.py` on 127.0.0.1:<free port>; yields the base URL."""
-    port = free_port()
+def serve(runs_dir: Path, timeout: float = 60.0, log: Path | None = None, port: int | None = None):
+    """`streamlit run dashboards/app.py` on 127.0.0.1:<port> (default: a free one); yields the
+    base URL once the server answers its health check."""
+    port = port or free_port()
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", "127.0.0.1",
            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--", "--runs-dir", str(runs_dir)]
-    out = open(log, "w") if log else subprocess.DEVNULL
+    out = open(log, "a") if log else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -59,7 +60,7 @@ def serve(runs_dir: Path, timeout: float = 60.0, log: Path | None = None):
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"streamlit did not start on port {port} (exit code {proc.poll()})")
-                time.sleep(0.2)
+                time.sleep(0.05)
         yield url
     finally:
         proc.terminate()

@@ -1,23 +1,30 @@
 """Cached reads of a run for the dashboard, all through `guppy.open_run`.
 
-Arrays are cached by (run path, step, file mtime, dataset name): a snapshot file is written
-once and renamed into place, so its mtime names its content; a rewritten file is a new key.
-Nothing caches an open h5py.File; every read opens the file for that moment only. A view
-reads only the datasets it draws, for the snapshot on screen (or a small per-snapshot dataset
-across training for the "over training" charts).
+Arrays are cached by (run path, step, file mtime, name): a snapshot file is written once and
+renamed into place, so its mtime names its content; a rewritten file is a new key. Nothing
+caches an open h5py.File; every read opens the file for that moment only. Small datasets are
+read a whole group at a time ('heads', 'grads', 'lens': a few KB, one file open instead of one
+per dataset); full activations only for the hook and snapshot on screen. A view never reads a
+whole run: the "over training" charts read one small group of each snapshot.
 """
 
 from __future__ import annotations
 
+import gc
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 import guppy
+from dashboards.data import HEAD_METRICS
 from guppy.runs import Run, RunError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # What a broken run folder raises on read: a clear RunError, or whatever a truncated file throws.
 READ_ERRORS = (RunError, OSError, KeyError, ValueError)
@@ -30,23 +37,50 @@ def _mtime(path: Path) -> int:
         return 0
 
 
+def freeze_imports() -> None:
+    """Streamlit runs a full gc.collect() after every script and fragment run (runner.postScriptGC):
+    with pandas, plotly (and torch, once the ablation view is open) loaded, that walks ~250k
+    long-lived objects, 0.1-0.25 s added to every slider move on a 2-core machine. After new
+    imports, move what exists now (modules, mostly) out of the collector's sight; later
+    collections then cost a millisecond."""
+    global _modules_frozen
+    if len(sys.modules) != _modules_frozen:
+        gc.collect()  # what is garbage now is not frozen
+        gc.freeze()
+        _modules_frozen = len(sys.modules)
+
+
+_modules_frozen = 0
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _open_run(path: str, meta_mtime: int) -> Run:
+    return guppy.open_run(path)
+
+
+def run_of(path: str) -> Run:
+    """The run at path, opened once per version of its run.json (opening parses it: ~1 ms
+    that every uncached read used to pay again)."""
+    return _open_run(path, _mtime(Path(path) / "run.json"))
+
+
 @st.cache_data(max_entries=4096, show_spinner=False)
 def read(path: str, step: int, mtime: int, name: str):
-    """One dataset of one snapshot (small or large); float16 stays float16 here."""
-    return guppy.open_run(path).read(name, step)
+    """One dataset of one snapshot, or one group as {name: array}; float16 stays float16 here."""
+    return run_of(str(path)).read(name, step)
 
 
 @st.cache_data(max_entries=96, show_spinner=False)
 def acts(path: str, step: int, mtime: int, hook: str) -> np.ndarray:
     """Stored activations (probe subset) of one hook at one snapshot, (K, ...) float16."""
-    return guppy.open_run(path).acts(hook, step)
+    return run_of(str(path)).acts(hook, step)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def snapshot_check(path: str, step: int, mtime: int) -> str:
     """'' if the snapshot file is readable, else the reason (shown in the page)."""
     try:
-        guppy.open_run(path).read("loss/mean", step)
+        run_of(str(path)).read("loss/mean", step)
         return ""
     except READ_ERRORS as e:
         return str(e)
@@ -56,46 +90,39 @@ def snapshot_check(path: str, step: int, mtime: int) -> str:
 def snapshot_table(path: str, key: tuple) -> pd.DataFrame:
     """step, epoch, tokens, time of every snapshot (key: the files' (step, mtime) pairs)."""
     try:
-        return guppy.open_run(path).snapshots.reset_index(drop=True)
+        return run_of(str(path)).snapshots.reset_index(drop=True)
     except READ_ERRORS:  # a broken file among them: the readable steps, without attributes
+        import pandas as pd
+
         return pd.DataFrame({"step": [s for s, _ in key], "epoch": np.nan, "tokens": np.nan, "time": np.nan})
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def metrics(path: str, mtime: int) -> pd.DataFrame:
-    return guppy.open_run(path).metrics
+    return run_of(str(path)).metrics
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def head_metrics(path: str, key: tuple) -> pd.DataFrame:
-    """The long head-metrics frame (step, layer, head, metric, value) over the snapshots in
-    key, their (step, mtime) pairs; each file's small arrays are cached apart, so a new
-    snapshot landing reads only that file."""
-    from dashboards.data import HEAD_METRICS
-
-    frames = []
-    for step, mtime in key:
-        for metric in HEAD_METRICS:
-            try:
-                v = read(path, step, mtime, f"heads/{metric}")
-            except RunError:  # an older schema without this metric
-                continue
-            L, H = v.shape
-            frames.append(pd.DataFrame({"step": step, "layer": np.repeat(np.arange(L), H),
-                                        "head": np.tile(np.arange(H), L), "metric": metric, "value": v.ravel()}))
-    if not frames:
-        return pd.DataFrame(columns=["step", "layer", "head", "metric", "value"])
-    return pd.concat(frames, ignore_index=True)
+def head_cube(path: str, key: tuple) -> tuple[list[int], dict[str, np.ndarray]]:
+    """Head metrics over training, (steps, {metric: (S, L, H) float32}), over the snapshots in
+    key, their (step, mtime) pairs. Each file's 'heads' group is cached apart, so a new
+    snapshot landing reads only that file. A metric an older file lacks is NaN there."""
+    groups = [read(path, step, mtime, "heads") for step, mtime in key]
+    shape = next((v.shape for g in groups for v in g.values()), (0, 0))
+    names = [m for m in HEAD_METRICS if any(m in g for g in groups)]
+    cube = {m: np.stack([g[m] if m in g else np.full(shape, np.nan) for g in groups]).astype(np.float32)
+            for m in names}
+    return [step for step, _ in key], cube
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def probes(path: str, mtime: int):
-    return guppy.open_run(path).probes
+    return run_of(str(path)).probes
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def tokenizer(path: str, mtime: int):
-    return guppy.open_run(path).tokenizer
+    return run_of(str(path)).tokenizer
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -110,7 +137,7 @@ def vocab(path: str, mtime: int, d_vocab: int) -> list[str]:
 @st.cache_resource(max_entries=2, show_spinner=False)
 def model(path: str, step: int, mtime: int):
     """A snapshot's model (weights held while in use; at most two at a time)."""
-    return guppy.open_run(path).model(step)
+    return run_of(str(path)).model(step)
 
 
 @dataclass
@@ -125,7 +152,7 @@ class RunHandle:
 
     @classmethod
     def open(cls, name: str, path: Path) -> "RunHandle":
-        run = guppy.open_run(path)  # RunError for a missing or half-written run.json
+        run = run_of(str(path))  # RunError for a missing or half-written run.json (not cached)
         h = cls(name, path, run)
         for step, f in run.snapshot_files.items():
             mtime = _mtime(f)
@@ -145,7 +172,14 @@ class RunHandle:
         return tuple(self.snaps.items())
 
     def read(self, name: str, step: int):
-        return read(str(self.path), step, self.snaps[step], name)
+        """A small dataset of one snapshot ('heads/induction'), read with the rest of its group."""
+        group, _, leaf = name.rpartition("/")
+        if not group:
+            return read(str(self.path), step, self.snaps[step], name)
+        values = read(str(self.path), step, self.snaps[step], group)
+        if leaf not in values:
+            raise RunError(f"{self.run.snapshot_files[step]}: no dataset {name!r}")
+        return values[leaf]
 
     def acts(self, hook: str, step: int) -> np.ndarray:
         return acts(str(self.path), step, self.snaps[step], hook)
@@ -160,8 +194,8 @@ class RunHandle:
     def snapshot_table(self) -> pd.DataFrame:
         return snapshot_table(str(self.path), self.key)
 
-    def head_metrics(self) -> pd.DataFrame:
-        return head_metrics(str(self.path), self.key)
+    def head_cube(self) -> tuple[list[int], dict[str, np.ndarray]]:
+        return head_cube(str(self.path), self.key)
 
     def probes(self):
         return probes(str(self.path), _mtime(self.path / "probes.h5"))

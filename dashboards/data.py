@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 # Update-to-weight ratio per step: ~1e-3 is the usual healthy value (Karpathy's heuristic);
 # far below learns too slowly, far above is unstable.
@@ -127,29 +126,26 @@ def next_step(steps: list[int], step: int) -> int:
 # ---- head metrics ---------------------------------------------------------------------------
 
 
-def head_grid(frame: pd.DataFrame, metric: str, step: int, n_layers: int, n_heads: int) -> np.ndarray:
-    """(L, H) values of one metric at one snapshot from the long head-metrics frame."""
-    rows = frame[(frame.metric == metric) & (frame.step == step)]
-    grid = np.full((n_layers, n_heads), np.nan, np.float32)
-    grid[rows.layer.to_numpy(), rows["head"].to_numpy()] = rows.value.to_numpy()
-    return grid
-
-
-def metric_range(frame: pd.DataFrame, metric: str) -> tuple[float, float]:
-    """A colour range fixed across snapshots: [0, 1] for attention fractions, else the data's."""
-    v = frame.loc[frame.metric == metric, "value"]
-    lo, hi = float(np.nanmin(v)) if len(v) else 0.0, float(np.nanmax(v)) if len(v) else 1.0
+def metric_range(values: np.ndarray, metric: str) -> tuple[float, float]:
+    """A colour range fixed across snapshots: [0, 1] for attention fractions, else the data's.
+    values: (S, L, H), one metric at every snapshot."""
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     if metric in ("prev_token", "induction", "first_token", "duplicate_token"):
         return 0.0, max(1.0, hi)
     return min(0.0, lo), hi if hi > lo else lo + 1.0
 
 
-def top_heads(frame: pd.DataFrame, n: int = 4) -> list[str]:
-    """Heads whose previous-token, induction or first-token score ends highest: the specialists."""
-    last = frame[frame.step == frame.step.max()]
-    last = last[last.metric.isin(["prev_token", "induction", "first_token"])]
-    best = last.sort_values("value", ascending=False).drop_duplicates(["layer", "head"]).head(n)
-    return [head_label(l, h) for l, h in zip(best.layer, best["head"])]
+def top_heads(cube: dict[str, np.ndarray], n: int = 4) -> list[str]:
+    """Heads whose previous-token, induction or first-token score ends highest: the specialists.
+    cube: {metric: (S, L, H)}."""
+    scores = [(float(v), l, h) for m in ("prev_token", "induction", "first_token") if m in cube
+              for (l, h), v in np.ndenumerate(cube[m][-1]) if np.isfinite(v)]
+    best: list[str] = []
+    for _, l, h in sorted(scores, key=lambda x: -x[0]):
+        if head_label(l, h) not in best:
+            best.append(head_label(l, h))
+    return best[:n]
 
 
 # ---- residual stream ------------------------------------------------------------------------
@@ -181,8 +177,10 @@ def logit_lens(top: np.ndarray, k: int, ids: np.ndarray, vocab: list[str]):
 # ---- gradients and updates ------------------------------------------------------------------
 
 
-def over_training(values: dict[int, np.ndarray], names: list[str]) -> pd.DataFrame:
-    """{step: (N,) values} -> a frame indexed by name with one column per step."""
+def over_training(values: dict[int, np.ndarray], names: list[str]):
+    """{step: (N,) values} -> a pandas frame indexed by name with one column per step."""
+    import pandas as pd  # loaded when first needed: views without tables start faster
+
     steps = sorted(values)
     return pd.DataFrame(np.stack([values[s] for s in steps], axis=1).astype(np.float32), index=names, columns=steps)
 

@@ -1,22 +1,32 @@
 """The fish's data: synthetic single-turn chats from a persona, split, tokenized, batched.
 
-    persona file --generate_chats--> Chats (train / eval) --tokenize--> TokenArrays (cached)
+    persona file --iter_topic_chats--> chats, a topic at a time --tokenize--> TokenArrays (on disk)
 
 Splits: a share of every topic's prompt templates is held out entirely (eval only), and no
 (prompt, reply) pair of the eval split appears in train. Token arrays live on disk as flat
-`.npy` files (memory-mappable), keyed by the persona's content, seed and sizes, so a second
+`.npy` files (memory-mapped), keyed by the persona's content, seed and sizes, so a second
 run starts instantly and a changed persona invalidates the cache.
+
+Building streams: chats are written to disk as each topic is generated, then tokenized in
+chunks and appended to the token files, so memory holds one topic, one chunk and the eval
+split, not the dataset (`benchmarks/bench_data.py` measures it at 1x and 10x the default).
+Training reads the memory-mapped arrays and the eval chats only; the train chats stay on disk.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import json
+import math
 import os
 import random
 import shutil
 import tempfile
 import time
+import weakref
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +35,9 @@ import numpy as np
 from guppy.persona import Persona, load_persona
 from guppy.tokenizer import ChatTokenizer, train_tokenizer
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+TOKENIZER_SAMPLE = 60_000  # train chats the tokenizer learns from, at most: equal shares of every topic
+ENCODE_CHUNK = 5_000  # train chats tokenized at a time while streaming to disk (~40 MB of Python objects)
 
 
 @dataclass(frozen=True)
@@ -58,29 +70,69 @@ class Chat:
 
 @dataclass(frozen=True)
 class Chats:
-    train: list[Chat]
+    train: Sequence[Chat]  # a list, or a ChatFile when the dataset comes from disk
     eval: list[Chat]
 
 
-def generate_chats(persona: Persona, cfg: DataConfig) -> Chats:
-    """Equal chats per topic, deterministic for `cfg.seed`.
+def iter_topic_chats(persona: Persona, cfg: DataConfig) -> Iterator[tuple[str, list[Chat], list[Chat]]]:
+    """(topic, train chats, eval chats) for one topic after another: equal chats per topic,
+    deterministic for `cfg.seed`.
 
     Eval takes, per topic, half its chats from held-out prompt templates and half from
     train templates with replies never paired with that prompt in train.
     """
     topics = list(persona.topics)
     base, extra = divmod(cfg.n_chats, len(topics))
-    train, evals = [], []
     for i, name in enumerate(topics):
         n = base + (i < extra)
         n_eval = max(1, round(n * cfg.eval_fraction)) if n > 1 else 0
-        tr, ev = _topic_chats(persona, name, n - n_eval, n_eval, cfg)
+        yield name, *_topic_chats(persona, name, n - n_eval, n_eval, cfg)
+
+
+def generate_chats(persona: Persona, cfg: DataConfig) -> Chats:
+    """Every chat in memory, each split shuffled: for small sets (`load_dataset` streams to disk)."""
+    train, evals = [], []
+    for _, tr, ev in iter_topic_chats(persona, cfg):
         train += tr
         evals += ev
     rng = random.Random(f"{cfg.seed}:order")
     rng.shuffle(train)
     rng.shuffle(evals)
     return Chats(train, evals)
+
+
+class ChatFile(Sequence):
+    """Chats stored as JSON lines, read when asked for: training needs only the token arrays, so
+    the train split's text costs no memory. Iterating streams; indexing seeks to the line."""
+
+    def __init__(self, path: Path, n: int):
+        if not Path(path).is_file():
+            raise ValueError(f"{path}: no such chats file")
+        self.path, self.n, self._starts = Path(path), n, None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[Chat]:
+        with open(self.path) as f:
+            for line in f:
+                yield Chat(**json.loads(line))
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        i = range(self.n)[i]  # negative indices, IndexError past the end
+        if self._starts is None:  # byte offset of every line, 8 bytes a chat
+            with open(self.path, "rb") as f:
+                self._starts = np.cumsum([0, *(len(line) for line in f)], dtype=np.int64)
+        with open(self.path, "rb") as f:
+            f.seek(int(self._starts[i]))
+            return Chat(**json.loads(f.readline()))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None
 
 
 def _topic_chats(persona: Persona, topic: str, n_train: int, n_eval: int, cfg: DataConfig):
@@ -129,25 +181,14 @@ class TokenArrays:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    @property
-    def lengths(self) -> np.ndarray:
+    @functools.cached_property
+    def lengths(self) -> np.ndarray:  # (N_chats,) int64, in memory: batching reads it every step
         return np.diff(self.offsets)
 
     def chat(self, i: int) -> np.ndarray:
         return self.tokens[self.offsets[i]:self.offsets[i + 1]]
 
-    @classmethod
-    def from_lists(cls, ids: list[list[int]], reply_start: list[int], topic: list[int]) -> "TokenArrays":
-        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum([len(x) for x in ids], out=offsets[1:])
-        flat = np.fromiter((t for x in ids for t in x), dtype=np.uint16, count=int(offsets[-1]))
-        return cls(flat, offsets, np.asarray(reply_start, np.int32), np.asarray(topic, np.int16))
-
     FIELDS = ("tokens", "offsets", "reply_start", "topic")
-
-    def save(self, folder: Path, split: str) -> None:
-        for f in self.FIELDS:
-            np.save(folder / f"{split}.{f}.npy", getattr(self, f))
 
     @classmethod
     def load(cls, folder: Path, split: str, mmap: bool = True) -> "TokenArrays":
@@ -155,9 +196,42 @@ class TokenArrays:
         return cls(*(np.load(folder / f"{split}.{f}.npy", mmap_mode=mode) for f in cls.FIELDS))
 
 
+class TokenWriter:
+    """Appends tokenized chats to one split's `.npy` files a chunk at a time: the tokens go
+    straight to disk, only the per-chat arrays (14 bytes a chat) wait in memory for `close`."""
+
+    def __init__(self, folder: Path, split: str):
+        self.folder, self.split = Path(folder), split
+        self.raw_path = self.folder / f".{split}.tokens.raw"
+        self.raw = open(self.raw_path, "wb")
+        self.lengths, self.reply_start, self.topic = [], [], []
+
+    def append(self, ids: list[list[int]], reply_start: list[int], topic: list[int]) -> None:
+        self.raw.write(np.fromiter(itertools.chain.from_iterable(ids), np.uint16).tobytes())
+        self.lengths.append(np.fromiter(map(len, ids), np.int64, len(ids)))
+        self.reply_start.append(np.asarray(reply_start, np.int32))
+        self.topic.append(np.asarray(topic, np.int16))
+
+    def close(self) -> None:
+        self.raw.close()
+        lengths = np.concatenate([np.zeros(0, np.int64), *self.lengths])
+        offsets = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        with open(self.folder / f"{self.split}.tokens.npy", "wb") as out, open(self.raw_path, "rb") as raw:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint16)), "fortran_order": False,
+                      "shape": (int(offsets[-1]),)}
+            np.lib.format.write_array_header_1_0(out, header)
+            shutil.copyfileobj(raw, out, 1 << 22)
+        self.raw_path.unlink()
+        np.save(self.folder / f"{self.split}.offsets.npy", offsets)
+        np.save(self.folder / f"{self.split}.reply_start.npy", np.concatenate([np.zeros(0, np.int32), *self.reply_start]))
+        np.save(self.folder / f"{self.split}.topic.npy", np.concatenate([np.zeros(0, np.int16), *self.topic]))
+
+
 @dataclass
 class Dataset:
-    """Everything training needs: the persona, chats, tokenizer, token arrays and stats."""
+    """Everything training needs: the persona, chats, tokenizer, token arrays and stats.
+    The token arrays are memory-mapped and `chats.train` is read from disk only if asked for."""
 
     config: DataConfig
     persona: Persona
@@ -185,74 +259,99 @@ def cache_key(persona: Persona, cfg: DataConfig) -> str:
 
 
 def load_dataset(cfg: DataConfig = DataConfig(), cache_dir: str | Path | None = None, use_cache: bool = True) -> Dataset:
-    """Generate (or load from cache) the chats, tokenizer and token arrays for `cfg`."""
+    """Generate (or load from cache) the chats, tokenizer and token arrays for `cfg`. Without the
+    cache the dataset is built in a temporary folder that goes away with the Dataset."""
     persona = load_persona(cfg.persona)
+    if not use_cache:
+        tmp = Path(tempfile.mkdtemp(prefix="guppy-data-"))
+        try:
+            build_dataset(persona, cfg, tmp)
+            ds = _read_cache(tmp, cfg, persona)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        ds.cache_dir = None
+        weakref.finalize(ds, shutil.rmtree, tmp, ignore_errors=True)
+        return ds
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = root / f"{persona.name}-{cache_key(persona, cfg)}"
-    if use_cache and (folder / "meta.json").exists():
+    if (folder / "meta.json").exists():
         try:
             return _read_cache(folder, cfg, persona)
         except (OSError, ValueError, KeyError) as e:  # corrupt cache: rebuild it
             print(f"guppy: rebuilding unreadable data cache {folder} ({e})")
-    ds = build_dataset(persona, cfg)
-    if use_cache:
-        _write_cache(ds, folder)
-    return ds
+            shutil.rmtree(folder, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder.name}."))
+    try:
+        build_dataset(persona, cfg, tmp)
+        os.rename(tmp, folder)  # whole or not at all: a crash never leaves half a cache
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (isinstance(e, OSError) and (folder / "meta.json").exists()):  # else: another writer won a race
+            raise
+    return _read_cache(folder, cfg, persona)
 
 
-def build_dataset(persona: Persona, cfg: DataConfig) -> Dataset:
+def build_dataset(persona: Persona, cfg: DataConfig, folder: Path) -> dict:
+    """Generate, tokenize and write the dataset for `cfg` into `folder`; returns its statistics.
+
+    Train chats are written as each topic is generated (in topic order: batching shuffles), then
+    tokenized ENCODE_CHUNK at a time; eval chats (a few percent) are shuffled in memory, so the
+    first of them, the ones training evaluates on, mix every topic. The tokenizer learns from at
+    most TOKENIZER_SAMPLE train chats, the first of every topic in equal shares: from all of them
+    up to the default 60,000 chats, from a sample beyond.
+    """
+    folder = Path(folder)
     t0 = time.perf_counter()
-    chats = generate_chats(persona, cfg)
+    share = math.ceil(TOKENIZER_SAMPLE / len(persona.topics))
+    sample, evals, chat_stats = [], [], _ChatStats()
+    with open(folder / "train.chats.jsonl", "w") as f:
+        for _, train, ev in iter_topic_chats(persona, cfg):
+            f.writelines(json.dumps(asdict(c)) + "\n" for c in train)
+            sample += [f"user\n{c.prompt}\nassistant\n{c.reply}" for c in train[:share]]
+            evals += ev
+            chat_stats.add(train)
+    random.Random(f"{cfg.seed}:order").shuffle(evals)
     t1 = time.perf_counter()
-    tok = train_tokenizer((f"user\n{c.prompt}\nassistant\n{c.reply}" for c in chats.train), cfg.vocab_size)
+    tok = train_tokenizer(sample, cfg.vocab_size)
+    tok.save(folder / "tokenizer.json")
+    n_sample = len(sample)
+    del sample
     t2 = time.perf_counter()
     topic_index = {t: i for i, t in enumerate(persona.topics)}
-    splits = {}
-    for split, cs in (("train", chats.train), ("eval", chats.eval)):
-        ids, starts = tok.encode_chats([c.prompt for c in cs], [c.reply for c in cs])
-        splits[split] = TokenArrays.from_lists(ids, starts, [topic_index[c.topic] for c in cs])
+
+    def encode(split: str, chats: Iterator[Chat]) -> None:
+        writer = TokenWriter(folder, split)
+        for chunk in iter(lambda: list(itertools.islice(chats, ENCODE_CHUNK)), []):
+            ids, starts = tok.encode_chats([c.prompt for c in chunk], [c.reply for c in chunk])
+            writer.append(ids, starts, [topic_index[c.topic] for c in chunk])
+        writer.close()
+
+    encode("train", iter(ChatFile(folder / "train.chats.jsonl", chat_stats.n_train)))
+    encode("eval", iter(evals))
+    with open(folder / "eval.chats.jsonl", "w") as f:
+        f.writelines(json.dumps(asdict(c)) + "\n" for c in evals)
     t3 = time.perf_counter()
-    ds = Dataset(cfg, persona, chats, tok, splits["train"], splits["eval"], {}, None)
-    ds.stats = dataset_stats(ds) | {
-        "seconds_generate": round(t1 - t0, 3),
-        "seconds_tokenizer": round(t2 - t1, 3),
-        "seconds_encode": round(t3 - t2, 3),
-    }
-    return ds
-
-
-def _write_cache(ds: Dataset, folder: Path) -> None:
-    """Write into a temporary folder, then rename: a crash never leaves half a cache."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
-        ds.tokenizer.save(tmp / "tokenizer.json")
-        ds.train.save(tmp, "train")
-        ds.eval.save(tmp, "eval")
-        for split in ("train", "eval"):
-            with open(tmp / f"{split}.chats.jsonl", "w") as f:
-                for c in getattr(ds.chats, split):
-                    f.write(json.dumps(asdict(c)) + "\n")
-        (tmp / "meta.json").write_text(json.dumps({"config": asdict(ds.config), "stats": ds.stats}, indent=1))
-        os.rename(tmp, folder)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (folder / "meta.json").exists():  # lost a race with another writer: fine
-            raise
-    ds.cache_dir = folder
+    stats = {"persona": persona.name, "topics": len(persona.topics), **chat_stats.result(evals),
+             **_token_stats(TokenArrays.load(folder, "train"), TokenArrays.load(folder, "eval"), tok.vocab_size),
+             "tokenizer_sample_chats": n_sample,
+             "seconds_generate": round(t1 - t0, 3), "seconds_tokenizer": round(t2 - t1, 3),
+             "seconds_encode": round(t3 - t2, 3)}
+    (folder / "meta.json").write_text(json.dumps({"config": asdict(cfg), "stats": stats}, indent=1))
+    return stats
 
 
 def _read_cache(folder: Path, cfg: DataConfig, persona: Persona) -> Dataset:
     meta = json.loads((folder / "meta.json").read_text())
-    chats = {}
-    for split in ("train", "eval"):
-        with open(folder / f"{split}.chats.jsonl") as f:
-            chats[split] = [Chat(**json.loads(line)) for line in f]
+    with open(folder / "eval.chats.jsonl") as f:
+        evals = [Chat(**json.loads(line)) for line in f]
     tok = ChatTokenizer.load(folder / "tokenizer.json")
-    train, evals = TokenArrays.load(folder, "train"), TokenArrays.load(folder, "eval")
-    if len(train) != len(chats["train"]) or len(evals) != len(chats["eval"]):
+    train, eval_arrays = TokenArrays.load(folder, "train"), TokenArrays.load(folder, "eval")
+    if len(train) != meta["stats"]["chats_train"] or len(eval_arrays) != len(evals):
         raise ValueError("token arrays and chats disagree in length")
-    return Dataset(cfg, persona, Chats(chats["train"], chats["eval"]), tok, train, evals, meta["stats"], folder)
+    chats = Chats(ChatFile(folder / "train.chats.jsonl", len(train)), evals)
+    return Dataset(cfg, persona, chats, tok, train, eval_arrays, meta["stats"], folder)
 
 
 # ---- batching -------------------------------------------------------------------------------
@@ -303,38 +402,61 @@ def collate(split: TokenArrays, idx: np.ndarray, pad_id: int, n_ctx: int, reply_
     return seq[:, :-1], seq[:, 1:], mask[:, 1:]
 
 
+def count_targets(split: TokenArrays, idx: np.ndarray, n_ctx: int, reply_only: bool = True) -> int:
+    """How many positions `collate` would put in the loss mask for these chats, without collating
+    them: every rank can count the targets of the whole global batch from the arrays alone."""
+    lengths = np.minimum(split.lengths[idx], n_ctx + 1)
+    first = np.maximum(split.reply_start[idx], 1) if reply_only else 1
+    return int(np.maximum(lengths - first, 0).sum())
+
+
 # ---- statistics -----------------------------------------------------------------------------
 
 
-def dataset_stats(ds: Dataset, batch_size: int = 32) -> dict:
-    train, evals = ds.chats.train, ds.chats.eval
-    per_topic: dict[str, set] = {t: set() for t in ds.persona.topics}
-    for c in train:
-        per_topic[c.topic].add(c.reply)
-    uniq = sorted(len(s) for s in per_topic.values())
-    train_pairs = {(c.prompt, c.reply) for c in train}
-    train_prompts = {c.prompt for c in train}
-    held = {c.prompt for c in evals if c.heldout_prompt}
-    lengths = ds.train.lengths
+class _ChatStats:
+    """Chat statistics gathered a topic at a time; prompts and pairs are kept as 64-bit hashes
+    (8 bytes a chat), enough to count distinct ones and to check the eval split against train."""
+
+    def __init__(self):
+        self.n_train, self.unique_replies, self.prompts, self.pairs = 0, [], [], []
+
+    def add(self, train: list[Chat]) -> None:
+        self.n_train += len(train)
+        self.unique_replies.append(len({c.reply for c in train}))
+        self.prompts.append(np.fromiter((hash(c.prompt) for c in train), np.int64, len(train)))
+        self.pairs.append(np.fromiter((hash((c.prompt, c.reply)) for c in train), np.int64, len(train)))
+
+    def result(self, evals: list[Chat]) -> dict:
+        prompts, pairs = (np.unique(np.concatenate([np.zeros(0, np.int64), *x])) for x in (self.prompts, self.pairs))
+        held = np.unique(np.array([hash(c.prompt) for c in evals if c.heldout_prompt], np.int64))
+        eval_pairs = np.array([hash((c.prompt, c.reply)) for c in evals], np.int64)
+        uniq = sorted(self.unique_replies)
+        return {
+            "chats_train": self.n_train,
+            "chats_eval": len(evals),
+            "unique_replies_per_topic_min": uniq[0],
+            "unique_replies_per_topic_median": uniq[len(uniq) // 2],
+            "unique_replies_per_topic_max": uniq[-1],
+            "unique_prompts_train": len(prompts),
+            "heldout_prompts": len(held),
+            "eval_pairs_in_train": int(np.isin(eval_pairs, pairs).sum()),
+            "heldout_prompts_in_train": int(np.isin(held, prompts).sum()),
+        }
+
+
+def _token_stats(train: TokenArrays, evals: TokenArrays, vocab_size: int, batch_size: int = 32) -> dict:
+    lengths = train.lengths
+    counts = np.zeros(1 << 16, np.int64)
+    for s in range(0, len(train.tokens), 1 << 20):  # a chunk at a time (bincount makes int64 copies)
+        counts += np.bincount(train.tokens[s:s + (1 << 20)], minlength=1 << 16)
     rng = np.random.default_rng(0)
     return {
-        "persona": ds.persona.name,
-        "topics": len(ds.persona.topics),
-        "chats_train": len(train),
-        "chats_eval": len(evals),
-        "unique_replies_per_topic_min": uniq[0],
-        "unique_replies_per_topic_median": uniq[len(uniq) // 2],
-        "unique_replies_per_topic_max": uniq[-1],
-        "unique_prompts_train": len(train_prompts),
-        "heldout_prompts": len(held),
-        "eval_pairs_in_train": sum((c.prompt, c.reply) in train_pairs for c in evals),
-        "heldout_prompts_in_train": len(held & train_prompts),
         "tokens_train": int(lengths.sum()),
-        "tokens_eval": int(ds.eval.lengths.sum()),
+        "tokens_eval": int(evals.lengths.sum()),
         "chat_tokens_mean": round(float(lengths.mean()), 1),
-        "chat_tokens_max": int(max(lengths.max(), ds.eval.lengths.max())),
-        "vocab_size": ds.tokenizer.vocab_size,
-        "vocab_used": int(len(np.unique(ds.train.tokens))),
+        "chat_tokens_max": int(max(lengths.max(), evals.lengths.max())),
+        "vocab_size": vocab_size,
+        "vocab_used": int(np.count_nonzero(counts)),
         "padding_bucketed": round(padding_fraction(lengths, bucket_batches(lengths, batch_size, rng)), 4),
         "padding_pad_to_longest": round(padding_fraction(lengths, random_batches(len(lengths), batch_size, rng)), 4),
     }

@@ -83,7 +83,7 @@ class LayerNorm(nn.Module):
             return F.layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(x / scale) * self.w + self.b
+        return torch.addcmul(self.b, self.hook_normalized(x / scale), self.w)  # one pass for * w + b
 
 
 class Attention(nn.Module):
@@ -157,10 +157,12 @@ class Attention(nn.Module):
                 z = F.scaled_dot_product_attention(q, k, v, attn_mask=~future, dropout_p=drop)
         z = self.hook_z(z.transpose(1, 2))  # (B, T, H, E)
         if self.hook_result.active:
-            B, T = z.shape[:2]
+            # the out projection split by head: the same multiply-adds as one matmul, then attn_out
+            # as the sum over heads (a hook that patches result patches attn_out, as in TransformerLens)
+            B = z.shape[0]
             per_head = torch.bmm(einops.rearrange(z, "b t h e -> h (b t) e"), self.W_O)  # (H, B*T, D)
             result = self.hook_result(einops.rearrange(per_head, "h (b t) d -> b t h d", b=B))  # a view
-            out = einops.rearrange(result, "b t h d -> h (b t) d").sum(0).view(B, T, -1) + self.out.bias
+            out = result.sum(2) + self.out.bias  # (B, T, D)
         else:
             out = self.out(z.flatten(2))  # (B, T, D)
         return out
@@ -245,11 +247,16 @@ class GuppyLM(HookedMixin, nn.Module):
     def W_U(self) -> torch.Tensor:  # (D, V)
         return self.embed.weight.T
 
-    def forward(self, tokens: torch.Tensor, past_kv: KVCache | None = None, return_kv: bool = False):
+    def forward(self, tokens: torch.Tensor, past_kv: KVCache | None = None, return_kv: bool = False,
+                stop_at_layer: int | None = None):
         """tokens (B, T) -> logits (B, T, V).
 
         Incremental decoding: `return_kv=True` also returns a KVCache, (logits, kv); passing it
-        back as `past_kv` continues those positions with only the new tokens (and advances it)."""
+        back as `past_kv` continues those positions with only the new tokens (and advances it).
+        `stop_at_layer=L` (as TransformerLens) returns the residual stream entering block L,
+        (B, T, D), without running the rest; L = n_layers gives the final residual before ln_final."""
+        if stop_at_layer is not None and (return_kv or past_kv is not None):
+            raise ValueError("stop_at_layer runs part of the model: it cannot fill or use a KV cache")
         if return_kv and past_kv is None:
             past_kv = KVCache(self.cfg.n_layers, self.cfg.n_ctx)
         start = past_kv.length if past_kv is not None else 0
@@ -259,8 +266,10 @@ class GuppyLM(HookedMixin, nn.Module):
         x = self.hook_embed(self.embed(tokens))  # (B, T, D)
         pos = self.hook_pos_embed(self.W_pos[start:start + T].expand_as(x))  # (B, T, D)
         x = self.drop(x + pos)
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(self.blocks[:stop_at_layer]):
             x = block(x, past_kv, i)
+        if stop_at_layer is not None:
+            return x
         if past_kv is not None:
             past_kv.length += T
         logits = self.hook_logits(self.unembed(self.ln_final(x)))

@@ -155,10 +155,15 @@ class Recorder(Callback):
                 for m, v in M.head_metrics(x.detach(), lengths, period).items():
                     head[m][layer(hook.name)] = v.cpu().numpy()
 
-        def on_z(x, hook):  # per-head output norm: |z_h W_O[h]| per real position, averaged
+        def on_z(x, hook):  # per-head output norm |z_h W_O[h]| per real position, averaged
             with torch.no_grad():
-                W_O = model.blocks[layer(hook.name)].attn.W_O.detach()  # (H, d_head, D)
-                res = torch.einsum("bthd,hdm->bthm", x.detach().float(), W_O.float()).norm(dim=-1)  # (B, T, H)
+                # |z W_O|^2 = z (W_O W_O^T) z^T: a (d_head, d_head) Gram matrix per head instead of
+                # a (B, T, H, D) result tensor; float64 keeps the difference of squares exact
+                W_O = model.blocks[layer(hook.name)].attn.W_O.detach().double()  # (H, E, D)
+                gram = W_O @ W_O.transpose(1, 2)  # (H, E, E)
+                z = x.detach().double()  # (B, T, H, E)
+                sq = torch.einsum("bthe,hef,bthf->bth", z, gram, z)  # (B, T, H)
+                res = sq.clamp(min=0).sqrt().float()
                 head_norm[layer(hook.name)] = ((res * real[..., None]).sum((0, 1)) / real.sum()).cpu().numpy()
 
         def on_mlp(x, hook):
@@ -193,16 +198,22 @@ class Recorder(Callback):
             p.requires_grad_(False)
         try:
             with torch.enable_grad():
-                logits = model.run_with_hooks(tokens, fwd_hooks=[("hook_embed", leaf)] + fwd, bwd_hooks=bwd)
-                losses = M.token_losses(logits, tokens)  # (B, T-1)
-                mean_loss = (losses * reply_mask).sum() / reply_mask.sum()
+                final = model.run_with_hooks(tokens, fwd_hooks=[("hook_embed", leaf)] + fwd, bwd_hooks=bwd,
+                                             stop_at_layer=cfg.n_layers)  # (B, T, D), before ln_final
+                # every recorded loss is of a reply token: decode those positions only (N, V)
+                at = reply_mask.bool()
+                targets = tokens[:, 1:][at]
+                reply_losses = torch.nn.functional.cross_entropy(
+                    model.unembed(model.ln_final(final[:, :-1][at])).float(), targets, reduction="none")  # (N,)
+                mean_loss = reply_losses.mean()
                 mean_loss.backward()
         finally:
             for p in params:
                 p.requires_grad_(True)
 
         with torch.no_grad():
-            losses = losses.detach()
+            losses = torch.zeros(at.shape, device=device)  # (B, T-1); only reply positions are read
+            losses[at] = reply_losses.detach()
             out["loss/by_probe"] = _np(_masked_mean(losses, reply_mask, dim=1))
             out["loss/by_position"] = _np(_masked_mean(losses, reply_mask, dim=0))
             topics = sorted({t for t in P.topic if t})
@@ -213,13 +224,14 @@ class Recorder(Callback):
             out["loss/topics"] = np.array(topics, dtype=h5py.string_dtype())
             out["loss/mean"] = np.float32(mean_loss.item())
             # logit lens: decode each layer boundary through the final norm and unembedding
-            at = reply_mask.bool()  # the loss needs only the reply positions
-            targets = tokens[:, 1:][at]
             lens_loss, lens_top, norms = [], [], []
             for name in resid_names:
                 r = resid[name].detach()
-                decoded = model.unembed(model.ln_final(r[:, :-1][at]))  # (N, V)
-                lens_loss.append(float(torch.nn.functional.cross_entropy(decoded.float(), targets)))
+                if name == resid_names[-1]:  # the final residual: its lens is the model's own loss
+                    lens_loss.append(float(mean_loss))
+                else:
+                    decoded = model.unembed(model.ln_final(r[:, :-1][at]))  # (N, V), reply positions only
+                    lens_loss.append(float(torch.nn.functional.cross_entropy(decoded.float(), targets)))
                 top = model.unembed(model.ln_final(r[sub, :T_sub])).topk(5, dim=-1).indices  # (K, T_sub, 5)
                 lens_top.append(top.cpu().numpy().astype(np.int16))
                 norms.append(_np(_masked_mean(r.float().norm(dim=-1), real, dim=0)))

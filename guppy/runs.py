@@ -7,6 +7,7 @@
     run.acts("blocks.*.hook_resid_pre", snapshot="latest")     # {hook name: numpy}
     run.head_metrics()                                 # long frame: step, layer, head, metric, value
     run.model(64)                                      # a hooked GuppyLM with that snapshot's weights
+    run.probe_outputs()                                # {probe name: ProbeOutput}: what probes/*.py wrote
 
 Opening is lazy: nothing is read from a snapshot until asked, and each snapshot file is opened
 only for the moment it is read, so a run still training can be read at the same time.
@@ -17,15 +18,19 @@ from __future__ import annotations
 
 import fnmatch
 import io
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
-import pandas as pd
 
 from guppy.runfiles import checkpoint_path, list_checkpoints, read_run_json, read_train_config
 from guppy.tokenizer import ChatTokenizer
+
+if TYPE_CHECKING:  # pandas loads on first use: a dashboard view that draws no table starts ~0.5 s sooner
+    import pandas as pd
 
 READS_SCHEMA = 1
 
@@ -78,6 +83,13 @@ def load_eval_data(run_dir: str | Path):
     return data.persona, data.chats.eval
 
 
+def _decoded(value):
+    """HDF5 strings come back as bytes objects: make them str."""
+    if isinstance(value, np.ndarray) and value.dtype.kind == "O":
+        return np.array([v.decode() if isinstance(v, bytes) else v for v in value])
+    return value
+
+
 def open_run(path: str | Path) -> "Run":
     return Run(path)
 
@@ -123,6 +135,8 @@ class Run:
     @property
     def metrics(self) -> pd.DataFrame:
         """One row per logged step (training rows have `loss`, eval rows `eval_loss`)."""
+        import pandas as pd
+
         path = self.path / "metrics.csv"
         if not path.exists():
             return pd.DataFrame()
@@ -150,6 +164,8 @@ class Run:
     @property
     def snapshots(self) -> pd.DataFrame:
         """One row per snapshot: step, epoch, tokens, time (s of training), file."""
+        import pandas as pd
+
         rows = []
         for step, f in self.snapshot_files.items():
             with self._open(f) as h:
@@ -183,16 +199,16 @@ class Run:
             raise RunError(f"{path}: snapshot schema_version {version}, this guppy reads {READS_SCHEMA}")
         return f
 
-    def read(self, name: str, snapshot: int | str = "latest") -> np.ndarray:
-        """Any dataset of a snapshot by its path, e.g. 'loss/by_topic' or 'heads/induction'."""
+    def read(self, name: str, snapshot: int | str = "latest") -> np.ndarray | dict[str, np.ndarray]:
+        """Any dataset of a snapshot by its path, e.g. 'loss/by_topic' or 'heads/induction';
+        a group ('heads') gives {dataset name: array}, all read in one open of the file."""
         path = self.snapshot_files[self._step(snapshot)]
         with self._open(path) as f:
             if name not in f:
                 raise RunError(f"{path}: no dataset {name!r}")
-            value = f[name][()]
-        if isinstance(value, np.ndarray) and value.dtype.kind == "O":
-            return np.array([v.decode() if isinstance(v, bytes) else v for v in value])
-        return value
+            if isinstance(f[name], h5py.Group):
+                return {k: _decoded(v[()]) for k, v in f[name].items() if isinstance(v, h5py.Dataset)}
+            return _decoded(f[name][()])
 
     def hook_names(self, snapshot: int | str = "latest") -> list[str]:
         """Hook points stored with full tensors (a resid_post stored as the next resid_pre counts)."""
@@ -226,6 +242,8 @@ class Run:
 
     def head_metrics(self, metrics: tuple[str, ...] | None = None) -> pd.DataFrame:
         """Long frame: step, layer, head, metric, value, over every snapshot."""
+        import pandas as pd
+
         frames = []
         for step, path in self.snapshot_files.items():
             with self._open(path) as f:
@@ -281,6 +299,48 @@ class Run:
 
     @property
     def probe_table(self) -> pd.DataFrame:
+        import pandas as pd
+
         p = self.probes
         return pd.DataFrame({"kind": p.kind, "topic": p.topic, "length": p.lengths, "period": p.period,
                              "text": p.text, "stored": np.isin(np.arange(len(p.kind)), p.subset)})
+
+    # ---- what the probe scripts wrote (probes/*.py) --------------------------------------------
+
+    def probe_outputs(self) -> dict[str, "ProbeOutput"]:
+        """The outputs of the probe scripts under `probes/`, by probe name (empty if none ran).
+        A script writes `name.html` and `name.csv` or `name_<table>.csv`; a CSV whose stem is
+        another output's name plus `_<table>` is one more table of that probe."""
+        folder = self.path / "probes"
+        files = [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")] if folder.is_dir() else []
+        html = {f.stem: f for f in files if f.suffix == ".html"}
+        found = {name: ProbeOutput(name, {}, path) for name, path in html.items()}
+        for f in sorted((f for f in files if f.suffix == ".csv"), key=lambda f: (len(f.stem), f.stem)):
+            owner = max((n for n in found if f.stem.startswith(n + "_")), key=len, default=None)
+            if f.stem in found:
+                found[f.stem].tables[""] = f
+            elif owner is not None:
+                found[owner].tables[f.stem[len(owner) + 1:]] = f
+            else:
+                found[f.stem] = ProbeOutput(f.stem, {"": f}, None)
+        return dict(sorted(found.items()))
+
+
+@dataclass(frozen=True)
+class ProbeOutput:
+    """One probe script's outputs: its CSV tables ("" for `name.csv`) and its plotly HTML."""
+
+    name: str
+    tables: dict[str, Path]
+    html: Path | None
+
+    def read(self, table: str = "") -> pd.DataFrame:
+        import pandas as pd
+
+        path = self.tables.get(table)
+        if path is None:
+            raise RunError(f"probe output {self.name!r} has no table {table!r}; have {sorted(self.tables)}")
+        try:
+            return pd.read_csv(path)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise RunError(f"{path}: unreadable probe table ({e})") from None

@@ -2,10 +2,16 @@
 
     guppy-train --preset demo --epochs 1            # a new run under runs/
     guppy-train --resume runs/demo-20261124-1512    # continue a stopped run where it stopped
+    torchrun --standalone --nproc_per_node=4 -m guppy.train --preset demo   # 4 processes, one run
 
 A run folder holds run.json (config, versions, status), tokenizer.json, metrics.csv (one row
 per logged step) and checkpoints/ (safetensors). The loop knows nothing about recording:
 observers plug in through `Callback`.
+
+Under torchrun (see guppy.distributed) --batch-size is the global batch: every rank walks the
+same batches in the same order and takes every world_size-th chat of each, and the loss is
+divided by the target tokens of the whole global batch, so steps, schedule and gradients are
+those of one process. Rank 0 alone evaluates, checkpoints, records and writes the run folder.
 """
 
 from __future__ import annotations
@@ -18,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from guppy import runfiles
+from guppy import distributed, runfiles
 from guppy.checkpoint import checkpoint_path, list_checkpoints, load_state, read_weights, save_state, save_weights, state_path
 from guppy.config import TrainConfig, model_preset
-from guppy.data import DataConfig, Dataset, bucket_batches, collate, load_dataset
+from guppy.data import DataConfig, Dataset, bucket_batches, collate, count_targets, load_dataset
 from guppy.model import GuppyLM
 
 
@@ -30,7 +36,8 @@ class Diverged(RuntimeError):
 
 
 class Callback:
-    """Observes training. Each method gets the Trainer; all are optional."""
+    """Observes training. Each method gets the Trainer; all are optional. Under torchrun every
+    rank runs the callbacks it is given (start_run gives the Recorder to rank 0 only)."""
 
     def on_train_start(self, trainer: "Trainer") -> None: ...
     def on_after_backward(self, trainer: "Trainer") -> None: ...  # p.grad holds this step's gradients (unclipped)
@@ -70,7 +77,8 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     for name, p in model.named_parameters():
         (decay if p.ndim >= 2 and "pos" not in name else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=False)
+    # fused: one pass over each tensor instead of ~9 foreach passes (measured 2.3x faster on CPU)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=True)
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -94,7 +102,8 @@ class Trainer:
         self.cfg, self.run_dir, self.data = cfg, Path(run_dir), dataset
         self.callbacks = list(callbacks)
         self.show_progress = show_progress
-        self.device = pick_device(cfg.device)
+        self.ranks = distributed.current()
+        self.device = distributed.rank_device(pick_device(cfg.device), self.ranks)
         self.dtype = pick_precision(cfg.precision, self.device)
         mcfg = model_preset(cfg.preset)
         if cfg.dropout >= 0:
@@ -104,6 +113,9 @@ class Trainer:
                              f"has d_vocab {mcfg.d_vocab}; pass a smaller --vocab-size")
         torch.manual_seed(cfg.seed)
         self.model = GuppyLM(mcfg).to(self.device)
+        self.train_model = distributed.wrap(self.model, self.device)  # what the training step calls
+        if self.ranks.rank:  # dropout masks differ between ranks; rank 0 keeps the one-process stream
+            torch.manual_seed(cfg.seed + 7919 * self.ranks.rank)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.batches_per_epoch = len(self._epoch_batches(0))
@@ -129,21 +141,45 @@ class Trainer:
                 yield batches[self.batch_index - 1]
             self.epoch, self.batch_index = self.epoch + 1, 0
 
+    def _collate_share(self, idx: np.ndarray):
+        """This rank's part of global batch `idx`, collated. A rank left without a chat (a short
+        last batch) runs one with an empty loss mask: it must still take part in the all-reduce."""
+        own = self.ranks.shard(idx)
+        inputs, targets, mask = collate(self.data.train, own if len(own) else idx[:1], self.data.tokenizer.pad_id,
+                                        self.model.cfg.n_ctx, self.cfg.loss_on == "reply")
+        if not len(own):
+            mask[:] = False
+        return inputs, targets, mask
+
     # ---- resume ------------------------------------------------------------------------------
 
     def resume(self) -> None:
-        """Load the newest checkpoint that has its training state."""
-        usable = [p for p in list_checkpoints(self.run_dir).values() if state_path(p).exists()]
-        if not usable:
-            raise ValueError(f"{self.run_dir}: no checkpoint with training state to resume from")
-        _, tensors, _ = read_weights(usable[-1])
-        self.model.load_state_dict(tensors)
-        loop = load_state(state_path(usable[-1]), self.optimizer, self.scaler)
+        """Load the newest checkpoint that has its training state. Under torchrun rank 0 reads it
+        and sends it to the other ranks, whatever their number: the loop position counts global
+        batches, so a run may continue on more or fewer ranks than it started on."""
+        def read() -> dict:
+            usable = [p for p in list_checkpoints(self.run_dir).values() if state_path(p).exists()]
+            if not usable:
+                raise ValueError(f"{self.run_dir}: no checkpoint with training state to resume from")
+            _, tensors, _ = read_weights(usable[-1])
+            self.model.load_state_dict(tensors)
+            loop = load_state(state_path(usable[-1]), self.optimizer, self.scaler)
+            self.last_checkpoint = usable[-1]
+            self.metrics.truncate_after(loop["step"])
+            if self.ranks.world_size == 1:
+                return {"loop": loop}
+            return {"loop": loop, "model": tensors, "optimizer": self.optimizer.state_dict(),
+                    "scaler": self.scaler.state_dict()}
+
+        state = distributed.share(read)
+        if not self.ranks.is_main:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+        loop = state["loop"]
         self.step, self.epoch, self.batch_index = loop["step"], loop["epoch"], loop["batch_index"]
         self.tokens, self.elapsed = loop["tokens"], loop["elapsed"]
         self.window_loss, self.window_steps = loop["window_loss"], loop["window_steps"]
-        self.last_checkpoint = usable[-1]
-        self.metrics.truncate_after(self.step)
 
     def save_checkpoint(self) -> Path:
         path = checkpoint_path(self.run_dir, self.step)
@@ -163,8 +199,11 @@ class Trainer:
 
     def fit(self) -> str:
         cfg, model = self.cfg, self.model
-        runfiles.update_run_json(self.run_dir, status="running", total_steps=self.total_steps,
-                                 device=str(self.device), precision=str(self.dtype).replace("torch.", ""))
+        main = self.ranks.is_main  # only rank 0 writes the run folder
+        if main:
+            runfiles.update_run_json(self.run_dir, status="running", total_steps=self.total_steps, device=str(self.device),
+                                     precision=str(self.dtype).replace("torch.", ""), world_size=self.ranks.world_size)
+        interrupts = distributed.defer_interrupts()  # under torchrun, every rank stops after the same step
         stream = self._micro_batches()
         bar = runfiles.progress(self.total_steps, self.step, self.show_progress)
         window_tokens, window_start = 0, time.perf_counter()
@@ -176,19 +215,28 @@ class Trainer:
                 t0 = time.perf_counter()
                 position = (self.epoch, self.batch_index)  # restored if this step is interrupted
                 model.train()
-                micro = [collate(self.data.train, next(stream), self.data.tokenizer.pad_id,
-                                 model.cfg.n_ctx, cfg.loss_on == "reply") for _ in range(cfg.grad_accum)]
-                n_targets = sum(int(m.sum()) for _, _, m in micro)
+                micro = [next(stream) for _ in range(cfg.grad_accum)]  # global batches of chat indices
+                # the loss is a mean over the target tokens of the whole step, on every rank together;
+                # tokens seen are the chats' real inputs (padding aside): both the same on every rank
+                n_targets = sum(count_targets(self.data.train, idx, model.cfg.n_ctx, cfg.loss_on == "reply")
+                                for idx in micro)
+                n_tokens = sum(count_targets(self.data.train, idx, model.cfg.n_ctx, reply_only=False) for idx in micro)
                 lr = lr_at(self.step, self.total_steps, cfg)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
                 loss_sum = 0.0
-                for inputs, targets, mask in micro:
+                for k, idx in enumerate(micro):
+                    inputs, targets, mask = self._collate_share(idx)
                     x, y, m = (torch.from_numpy(a).to(self.device) for a in (inputs, targets, mask))
-                    with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                        loss = masked_loss(model, x, y, m) / n_targets
-                    self.scaler.scale(loss).backward()
+                    with distributed.no_sync(self.train_model, skip=k < len(micro) - 1):
+                        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                            loss = masked_loss(self.train_model, x, y, m) / n_targets
+                        # DDP averages the gradients of the ranks; times world_size gives their sum
+                        self.scaler.scale(loss * self.ranks.world_size).backward()
                     loss_sum += loss.item()
+                loss_sum, stop = distributed.all_sum(loss_sum, interrupts.requested)
+                if stop:
+                    raise KeyboardInterrupt
                 if not math.isfinite(loss_sum):
                     raise Diverged(f"loss became {loss_sum} at step {self.step + 1}")
                 self.scaler.unscale_(self.optimizer)
@@ -201,7 +249,6 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 position = None
-                n_tokens = sum(int((x != self.data.tokenizer.pad_id).sum()) for x, _, _ in micro)
                 self.tokens += n_tokens
                 self.elapsed += time.perf_counter() - t0
                 self.window_loss += loss_sum
@@ -214,7 +261,8 @@ class Trainer:
                     row = {"step": self.step, "epoch": self.epoch_progress, "tokens": self.tokens, "lr": lr,
                            "loss": self.window_loss / self.window_steps, "grad_norm": grad_norm,
                            "tokens_per_s": tps, "elapsed_s": self.elapsed}
-                    self.metrics.write(row)
+                    if main:
+                        self.metrics.write(row)
                     bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.1e}", tok_s=f"{tps:,.0f}")
                     self.window_loss, self.window_steps = 0.0, 0
                     window_tokens, window_start = 0, time.perf_counter()
@@ -222,7 +270,7 @@ class Trainer:
                 epoch_end = self.batch_index == self.batches_per_epoch
                 at_eval = (cfg.eval_every and self.step % cfg.eval_every == 0) or epoch_end \
                     or self.step == self.total_steps
-                if at_eval:
+                if at_eval and main:
                     self.evaluate()
                     self.save_checkpoint()
         except Diverged as e:
@@ -234,17 +282,21 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)  # drop a half-done step and its batches
             if position is not None:
                 self.epoch, self.batch_index = position
-            self.save_checkpoint()
+            if main:
+                self.save_checkpoint()
             self.message = f"interrupted at step {self.step}; continue with: guppy-train --resume {self.run_dir}"
         except BaseException as e:  # a bug or a full disk: say so in run.json, then let it surface
-            runfiles.update_run_json(self.run_dir, status="failed", step=self.step, message=f"{type(e).__name__}: {e}")
+            if main:
+                runfiles.update_run_json(self.run_dir, status="failed", step=self.step, message=f"{type(e).__name__}: {e}")
             raise
         else:
             self.message = f"finished {self.step} steps in {self.elapsed:.0f}s of training"
         finally:
+            interrupts.restore()
             bar.close()
             self.metrics.close()
-        runfiles.update_run_json(self.run_dir, status=status, step=self.step, message=self.message)
+        if main:
+            runfiles.update_run_json(self.run_dir, status=status, step=self.step, message=self.message)
         for cb in self.callbacks:
             cb.on_train_end(self, status)
         return status
@@ -289,22 +341,27 @@ def data_config(cfg: TrainConfig) -> DataConfig:
 
 def start_run(cfg: TrainConfig, callbacks=(), show_progress: bool = True, resume_dir: str | Path | None = None,
               cache_dir=None) -> Trainer:
-    """Create (or reopen, with `resume_dir`) a run folder and a Trainer for it."""
+    """Create (or reopen, with `resume_dir`) a run folder and a Trainer for it. Under torchrun
+    rank 0 names the folder and reads it; the other ranks are told."""
+    ranks = distributed.current()
     if resume_dir is not None:
         run_dir = Path(resume_dir)
-        cfg = runfiles.read_train_config(run_dir)
+        cfg = distributed.share(lambda: runfiles.read_train_config(run_dir))
     else:
-        run_dir = runfiles.new_run_dir(cfg)
-    data = load_dataset(data_config(cfg), cache_dir=cache_dir)
-    if cfg.record:
+        run_dir = distributed.share(lambda: runfiles.new_run_dir(cfg))  # one timestamp for all ranks
+    if cfg.batch_size < ranks.world_size:
+        raise ValueError(f"batch_size: {cfg.batch_size} chats per step cannot be shared by {ranks.world_size} "
+                         f"ranks; --batch-size is the global batch, use {ranks.world_size} or more")
+    data = distributed.main_first(lambda: load_dataset(data_config(cfg), cache_dir=cache_dir))
+    if cfg.record and ranks.is_main:
         from guppy.record import Recorder
 
         callbacks = [*callbacks, Recorder(cfg.record_every, cfg.record_hooks, cfg.record_probes, cfg.record_log_spaced)]
-    trainer = Trainer(cfg, run_dir, data, callbacks, show_progress)
+    trainer = Trainer(cfg, run_dir, data, callbacks, show_progress and ranks.is_main)
     if resume_dir is not None:
         trainer.resume()
     else:
-        runfiles.write_new_run(run_dir, cfg, trainer.model.cfg, data)
+        distributed.share(lambda: runfiles.write_new_run(run_dir, cfg, trainer.model.cfg, data))
     return trainer
 
 
@@ -324,6 +381,9 @@ def build_parser():
             p.add_argument(flag, type=type(f.default), default=None, choices=f.metadata.get("choices"), help=help)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the stopped run in RUN_DIR with its own config")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--dist-backend", default="auto", choices=distributed.BACKENDS,
+                   help="under torchrun: how ranks talk; auto = nccl for CUDA tensors where there are GPUs, "
+                        "else gloo (default: auto)")
     return p
 
 
@@ -333,22 +393,28 @@ def main(argv: list[str] | None = None) -> int:
     from guppy.cli import run_main
 
     args = build_parser().parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "quiet")}
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "quiet", "dist_backend")}
 
     def body():
         if args.resume and given:
             flags = ", ".join(f"--{k.replace('_', '-')}" for k in given)
             raise ValueError(f"--resume continues a run with its own config; drop {flags}")
         cfg = TrainConfig(**given)
-        trainer = start_run(cfg, show_progress=not args.quiet, resume_dir=args.resume)
-        n_params = sum(p.numel() for p in trainer.model.parameters())
-        print(f"run: {trainer.run_dir}  ({n_params:,} parameters, {trainer.device}, "
-              f"{str(trainer.dtype).replace('torch.', '')}, {trainer.total_steps} steps)", file=sys.stderr)
-        status = trainer.fit()
-        print(f"{status}: {trainer.message}", file=sys.stderr if status != "finished" else sys.stdout)
+        with distributed.process_group(args.dist_backend) as ranks:
+            trainer = start_run(cfg, show_progress=not args.quiet, resume_dir=args.resume)
+            n_params = sum(p.numel() for p in trainer.model.parameters())
+            on = f"{ranks.world_size} ranks, {ranks.backend}" if ranks.world_size > 1 else trainer.device
+            if ranks.is_main:
+                print(f"run: {trainer.run_dir}  ({n_params:,} parameters, {on}, "
+                      f"{str(trainer.dtype).replace('torch.', '')}, {trainer.total_steps} steps)", file=sys.stderr)
+            status = trainer.fit()
+        if ranks.is_main:
+            print(f"{status}: {trainer.message}", file=sys.stderr if status != "finished" else sys.stdout)
         return {"finished": 0, "interrupted": 130, "diverged": 3}[status]
 
-    return run_main("guppy-train", body)
+    if distributed.is_main_process():
+        return run_main("guppy-train", body)
+    return distributed.run_quietly(body)  # rank 0 reports what went wrong
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Features: the residual stream at each layer boundary, at the last prompt token (
 reply is about to start; the token itself is the same chat template for every chat), or with
 --position mean, averaged over the prompt's tokens. Data: the run's held-out chats, split by
 prompt text (a prompt is never in both halves) into train and test. The probe is multinomial
-logistic regression on standardised features (guppy.analysis.train_linear_probe). Control:
+logistic regression on standardised features (guppy.analysis.train_linear_probes). Control:
 the same probe trained on shuffled train labels and scored on the real test labels; its
 accuracy is what the probe reaches by memorising, and should sit near chance.
 
@@ -30,14 +30,15 @@ PROG = "topic_probe.py"
 
 @torch.no_grad()
 def features(model, batch: A.ChatBatch, position: str) -> tuple[torch.Tensor, list[str]]:
-    """Residual stream at every layer boundary -> ((points, B, D), point names)."""
+    """Residual stream at every layer boundary -> ((points, B, D), point names). Only the
+    prompts run: the model is causal, so the reply's tokens change nothing before it."""
     L = model.cfg.n_layers
     names = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
-    _, cache = model.run_with_cache(batch.tokens, names=names)
+    _, cache = model.run_with_cache(batch.tokens[:, :int(batch.reply_start.max())], names=names)
     resid = torch.stack([cache[n] for n in names])  # (points, B, T, D)
     if position == "last":
         return resid[:, torch.arange(len(batch.topics)), batch.reply_start - 1], names
-    t = torch.arange(batch.tokens.shape[1])
+    t = torch.arange(resid.shape[2])
     prompt = ((t[None] >= 1) & (t[None] < batch.reply_start[:, None])).float()  # (B, T)
     return (resid * prompt[None, :, :, None]).sum(2) / prompt.sum(1)[None, :, None], names
 
@@ -52,17 +53,18 @@ def split_by_prompt(prompts: list[str], test_fraction: float, seed: int) -> tupl
 
 def probe_layers(X: torch.Tensor, y: torch.Tensor, train: np.ndarray, test: np.ndarray, n_classes: int,
                  weight_decay: float, seed: int) -> list[dict]:
-    """Train, test and shuffled-label control accuracy at each point of X (points, B, D)."""
+    """Train, test and shuffled-label control accuracy at each point of X (points, B, D): the
+    2 x points probes (real labels, then shuffled) are fitted in one go."""
     gen = torch.Generator().manual_seed(seed)
     shuffled = y[train][torch.randperm(len(train), generator=gen)]
-    rows = []
-    for Xp in X:
-        probe = A.train_linear_probe(Xp[train], y[train], n_classes, weight_decay)
-        control = A.train_linear_probe(Xp[train], shuffled, n_classes, weight_decay)
-        rows.append({"train_acc": float((A.probe_predict(probe, Xp[train]) == y[train]).float().mean()),
-                     "test_acc": float((A.probe_predict(probe, Xp[test]) == y[test]).float().mean()),
-                     "control_test_acc": float((A.probe_predict(control, Xp[test]) == y[test]).float().mean())})
-    return rows
+    P = X.shape[0]
+    X_train, X_test = X[:, train].repeat(2, 1, 1), X[:, test].repeat(2, 1, 1)  # (2P, n, D)
+    probes = A.train_linear_probes(X_train, torch.cat([y[train].expand(P, -1), shuffled.expand(P, -1)]),
+                                   n_classes, weight_decay)
+    train_acc = (A.probe_predict(probes, X_train) == y[train]).float().mean(1)  # (2P,)
+    test_acc = (A.probe_predict(probes, X_test) == y[test]).float().mean(1)
+    return [{"train_acc": float(train_acc[p]), "test_acc": float(test_acc[p]), "control_test_acc": float(test_acc[P + p])}
+            for p in range(P)]
 
 
 def figure(df: pd.DataFrame):

@@ -21,7 +21,7 @@ from dashboards import data  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 APP = str(ROOT / "dashboards" / "app.py")
-VIEWS = ["Run overview", "Attention", "Head metrics", "Residual stream", "Gradients", "Ablation"]
+VIEWS = ["Run overview", "Attention", "Head metrics", "Residual stream", "Gradients", "Ablation"]  # + Probes
 
 
 # ---- a runs directory: two good runs, a broken one, a half-written one, one with a bad snapshot
@@ -30,14 +30,31 @@ VIEWS = ["Run overview", "Attention", "Head metrics", "Residual stream", "Gradie
 @pytest.fixture(scope="module")
 def runs_dir(tiny_recorded_run, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("dash_runs")
-    for name in ("good", "other", "badsnap"):
-        shutil.copytree(tiny_recorded_run, root / name)
+    for name in ("good", "other", "badsnap", "probed"):
+        shutil.copytree(tiny_recorded_run, root / name, ignore=shutil.ignore_patterns("probes"))
+    write_probe_outputs(root / "probed")
     (root / "broken").mkdir()
     (root / "broken" / "run.json").write_text("{ not json")
     (root / "half").mkdir()  # guppy-train died before writing run.json
     snaps = sorted((root / "badsnap" / "snapshots").glob("step-*.h5"))
     snaps[len(snaps) // 2].write_bytes(b"this is not an HDF5 file")
     return root
+
+
+def write_probe_outputs(run_dir: Path) -> None:
+    """What a probe script leaves: two tables and an HTML figure through guppy.analysis.write_outputs
+    (plotly.min.js beside it), plus a lone CSV from some other tool."""
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    from guppy.analysis import write_outputs
+
+    run = guppy.open_run(run_dir)
+    resid = pd.DataFrame({"step": [40, 40], "point": ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"],
+                          "recovered": [0.25, 1.0]})
+    heads = pd.DataFrame({"step": [40], "layer": [0], "head": [1], "recovered": [0.5]})
+    write_outputs(run, "patching", {"resid": resid, "heads": heads}, go.Figure(go.Bar(x=[0, 1], y=[0.25, 1.0])))
+    (run_dir / "probes" / "notes_by_hand.csv").write_text("a,b\n1,2\n")
 
 
 def app(runs_dir: Path, monkeypatch, view: str = "Run overview", run: str | None = "good") -> AppTest:
@@ -148,12 +165,29 @@ def test_reply_mask_matches_the_recorded_loss(tiny_recorded_run):
     np.testing.assert_allclose(mine, run.read("loss/by_probe", step), rtol=1e-3, atol=1e-3)
 
 
-def test_head_grid_matches_the_snapshot(tiny_recorded_run):
+def test_head_cube_matches_the_snapshots(tiny_recorded_run):
+    from dashboards import cache
+
     run = guppy.open_run(tiny_recorded_run)
-    step = max(run.snapshot_files)
-    cfg = run.model_config
-    grid = data.head_grid(run.head_metrics(), "induction", step, cfg.n_layers, cfg.n_heads)
-    np.testing.assert_allclose(grid, run.read("heads/induction", step))
+    key = tuple((s, cache._mtime(f)) for s, f in run.snapshot_files.items())
+    steps, cube = cache.head_cube(str(run.path), key)
+    assert steps == list(run.snapshot_files)
+    frame = run.head_metrics()  # the public long frame, read independently
+    for metric in ("induction", "entropy", "out_norm"):
+        assert cube[metric].shape == (len(steps), run.model_config.n_layers, run.model_config.n_heads)
+        for i, step in enumerate(steps):
+            rows = frame[(frame.metric == metric) & (frame.step == step)]
+            np.testing.assert_allclose(cube[metric][i][rows.layer, rows["head"]], rows.value, rtol=1e-6)
+
+
+def test_top_heads_and_fixed_ranges():
+    cube = {"prev_token": np.zeros((3, 2, 2)), "induction": np.zeros((3, 2, 2)), "entropy": np.linspace(0.5, 2, 12).reshape(3, 2, 2)}
+    cube["induction"][-1, 1, 0] = 0.9
+    cube["prev_token"][-1, 0, 1] = 0.7
+    cube["prev_token"][-1, 1, 0] = 0.8  # the same head again: listed once
+    assert data.top_heads(cube, 2) == ["L1H0", "L0H1"]
+    assert data.metric_range(cube["induction"], "induction") == (0.0, 1.0)
+    assert data.metric_range(cube["entropy"], "entropy") == (0.0, 2.0)
 
 
 def test_next_step_loops():
@@ -282,6 +316,30 @@ def test_ablation_changes_loss_and_reply(runs_dir, monkeypatch):
     at.text_input(key="abl_prompt").input("is the water cold?").run()
     ok(at)
     assert "ablated reply" in " ".join(m.value for m in at.markdown)
+
+
+def test_probes_view_without_outputs_says_how_to_make_them(runs_dir, monkeypatch):
+    at = app(runs_dir, monkeypatch, "Probes")
+    ok(at)
+    assert "No probe outputs" in at.info[0].value
+    assert "probes/head_types.py --run" in at.code[0].value and not at.get("iframe")
+
+
+def test_probes_view_shows_tables_and_the_figure(runs_dir, monkeypatch):
+    at = app(runs_dir, monkeypatch, "Probes", run="probed")
+    ok(at)
+    assert at.selectbox(key="probe_output").options[:2] and len(at.selectbox(key="probe_output").options) == 2
+    at.selectbox(key="probe_output").set_value("patching").run()
+    ok(at)
+    tables = {len(df.value) for df in at.dataframe}
+    assert tables == {1, 2} and {"patching_heads.csv", "patching_resid.csv"} <= {h.value for h in at.subheader}
+    (frame,) = at.get("iframe")
+    html = frame.proto.srcdoc
+    assert "Plotly.newPlot" in html and '<script src="plotly.min.js">' not in html  # the bundle is inlined
+    assert len(html) > 1e6
+    at.selectbox(key="probe_output").set_value("notes_by_hand").run()
+    ok(at)
+    assert len(at.dataframe) == 1 and at.dataframe[0].value.columns.tolist() == ["a", "b"] and not at.get("iframe")
 
 
 # ---- failures stay in the page --------------------------------------------------------------

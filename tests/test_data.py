@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from guppy.data import (DataConfig, bucket_batches, collate, generate_chats, load_dataset,
+from guppy.data import (ChatFile, DataConfig, bucket_batches, collate, count_targets, generate_chats, load_dataset,
                         padding_fraction, random_batches)
 from guppy.persona import list_personas, load_persona
 
@@ -37,7 +37,7 @@ def test_deterministic_for_a_seed():
 
 
 def test_equal_chats_per_topic(fish):
-    counts = Counter(c.topic for c in fish.chats.train + fish.chats.eval)
+    counts = Counter(c.topic for c in [*fish.chats.train, *fish.chats.eval])
     assert len(counts) == 60 and set(counts.values()) == {1000}
     assert len(fish.chats.train) + len(fish.chats.eval) == 60_000
 
@@ -116,9 +116,10 @@ def test_changed_persona_invalidates_cache(tmp_path):
 
 def test_corrupt_cache_is_rebuilt(tmp_path):
     first = load_dataset(MINI_CFG, cache_dir=tmp_path)
+    tokens = np.array(first.train.tokens)  # a copy: the cached file is memory-mapped, and is about to be clobbered
     (first.cache_dir / "train.tokens.npy").write_bytes(b"garbage")
     again = load_dataset(MINI_CFG, cache_dir=tmp_path)
-    assert np.array_equal(np.asarray(again.train.tokens), np.asarray(first.train.tokens))
+    assert np.array_equal(np.asarray(again.train.tokens), tokens)
 
 
 def test_bucketing_covers_every_chat_once_and_pads_less(fish):
@@ -143,3 +144,23 @@ def test_collate_masks_reply_and_end_only():
     assert not mask[targets == ds.tokenizer.pad_id].any()
     _, _, all_mask = collate(ds.train, idx, ds.tokenizer.pad_id, n_ctx=128, reply_only=False)
     assert all_mask.sum() == (ds.train.lengths[idx] - 1).sum()
+
+
+@pytest.mark.parametrize("reply_only", [True, False])
+def test_count_targets_is_what_collate_masks(reply_only):
+    """Every rank counts the targets of the whole global batch without collating the others' chats."""
+    ds = load_dataset(MINI_CFG)
+    rng = np.random.default_rng(0)
+    for n_ctx in (8, 128):
+        idx = rng.choice(len(ds.train), 16, replace=False)
+        _, _, mask = collate(ds.train, idx, ds.tokenizer.pad_id, n_ctx, reply_only)
+        assert count_targets(ds.train, idx, n_ctx, reply_only) == int(mask.sum())
+
+
+def test_train_chats_stay_on_disk_until_read():
+    ds = load_dataset(MINI_CFG)
+    assert isinstance(ds.train.tokens, np.memmap) and isinstance(ds.chats.train, ChatFile)
+    chats = list(ds.chats.train)
+    assert len(chats) == len(ds.chats.train) == len(ds.train)
+    assert ds.chats.train[-1] == chats[-1] and ds.chats.train[3:5] == chats[3:5]
+    assert ds.tokenizer.decode(ds.train.chat(7)[ds.train.reply_start[7]:]) == chats[7].reply

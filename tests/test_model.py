@@ -87,6 +87,21 @@ def test_dropout_only_in_training():
     assert not torch.equal(model(tokens), model(tokens))
 
 
+def test_stop_at_layer_returns_the_residual_entering_that_block(tiny_model):
+    tokens = torch.randint(0, 512, (2, 12))
+    _, cache = tiny_model.run_with_cache(tokens, names="blocks.*.hook_resid_*")
+    torch.testing.assert_close(tiny_model(tokens, stop_at_layer=1), cache["blocks.1.hook_resid_pre"])
+    final = tiny_model(tokens, stop_at_layer=tiny_model.cfg.n_layers)
+    torch.testing.assert_close(final, cache["blocks.1.hook_resid_post"])
+    torch.testing.assert_close(tiny_model.unembed(tiny_model.ln_final(final)), tiny_model(tokens))
+    fired = []
+    tiny_model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_resid_pre", lambda x, hook: fired.append(1))],
+                              stop_at_layer=1)
+    assert not fired  # block 1 never ran
+    with pytest.raises(ValueError, match="KV cache"):
+        tiny_model(tokens, stop_at_layer=1, return_kv=True)
+
+
 def test_too_long_input_is_refused_clearly(tiny_model):
     with pytest.raises(ValueError, match="exceed n_ctx=64"):
         tiny_model(torch.zeros(1, 65, dtype=torch.long))

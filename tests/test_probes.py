@@ -168,6 +168,30 @@ def test_linear_probe_reads_a_planted_direction_and_the_control_does_not():
     assert rows[1]["control_test_acc"] < 0.55
 
 
+def test_topic_features_need_only_the_prompt(tiny_model):
+    topic_probe = load_probe("topic_probe")
+    tokens = torch.randint(3, 512, (3, 12))
+    batch = A.ChatBatch(tokens, torch.tensor([12, 10, 8]), torch.tensor([5, 7, 3]), ["a", "b", "a"], ["p", "q", "r"], 0)
+    for position in ("last", "mean"):
+        X, names = topic_probe.features(tiny_model, batch, position)
+        _, cache = tiny_model.run_with_cache(tokens, names=names)  # the whole chats, replies included
+        full = torch.stack([cache[n] for n in names])  # (points, B, T, D)
+        want = full[:, torch.arange(3), batch.reply_start - 1] if position == "last" else \
+            torch.stack([full[:, i, 1:int(batch.reply_start[i])].mean(1) for i in range(3)], 1)
+        torch.testing.assert_close(X, want, atol=1e-5, rtol=1e-5)
+
+
+def test_probes_fitted_together_match_probes_fitted_apart():
+    gen = torch.Generator().manual_seed(1)
+    X, y = torch.randn(2, 90, 8, generator=gen), torch.randint(0, 3, (2, 90), generator=gen)
+    X[0, :, 0] += 3 * y[0]
+    together = A.train_linear_probes(X, y, 3, steps=100)
+    for p in range(2):
+        apart = A.train_linear_probe(X[p], y[p], 3, steps=100)
+        torch.testing.assert_close(together[0][p], apart[0], atol=2e-3, rtol=2e-3)
+        assert torch.equal(A.probe_predict(together, X)[p], A.probe_predict(apart, X[p]))
+
+
 # ---- every script on a recorded run ---------------------------------------------------------
 
 ARGS = {
@@ -212,3 +236,32 @@ def test_bad_input_is_one_clear_line(tiny_recorded_run, tmp_path, capsys):
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1 and proc.stderr.startswith("head_types.py: error:") and "no such run folder" in proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+def test_probe_outputs_group_each_scripts_files(tmp_path):
+    """Run.probe_outputs: name.csv and name_<table>.csv belong to name (its HTML names it)."""
+    import shutil
+
+    import guppy
+    from guppy.runs import RunError
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text('{"schema_version": 1}')
+    assert guppy.open_run(run_dir).probe_outputs() == {}
+    out = run_dir / "probes"
+    out.mkdir()
+    for f in ("logit_lens.csv", "logit_lens_top.csv", "logit_lens.html", "patching_resid.csv", "patching_heads.csv",
+              "patching.html", "topic_probe.csv", "plotly.min.js", ".patching.html.tmp"):
+        (out / f).write_text("a,b\n1,2\n")
+    (out / "bad.csv").write_bytes(b"\xff\xfe\x00")
+    got = guppy.open_run(run_dir).probe_outputs()
+    assert list(got) == ["bad", "logit_lens", "patching", "topic_probe"]
+    assert set(got["logit_lens"].tables) == {"", "top"} and got["logit_lens"].html.name == "logit_lens.html"
+    assert set(got["patching"].tables) == {"resid", "heads"} and got["topic_probe"].html is None
+    assert got["patching"].read("heads").columns.tolist() == ["a", "b"]
+    with pytest.raises(RunError, match="no table"):
+        got["patching"].read("")
+    with pytest.raises(RunError, match="bad.csv"):
+        got["bad"].read()
+    shutil.rmtree(out)

@@ -3,12 +3,13 @@ change in loss on the probe set and in the fish's reply to a prompt."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-import guppy
 from guppy.ablate import ablate
 from guppy.generate import generate
 from guppy.metrics import token_losses
@@ -20,12 +21,15 @@ from dashboards.views.common import DIVERGING, chart, heatmap_layout
 
 
 def _setup(path: str, step: int, mtime: int, heads: tuple, method: str):
-    """The snapshot's model, the probe batch, and the context that ablates `heads`."""
+    """The snapshot's model, the probe batch (cut to its longest probe: the model is causal, so
+    trailing padding changes nothing before it and only costs time), and the context that
+    ablates `heads` (none: the clean model, with no reference forward for mean ablation)."""
     model = cache.model(path, step, mtime)
-    p = cache.probes(path, cache._mtime(guppy.open_run(path).path / "probes.h5"))
-    tokens = torch.from_numpy(p.tokens)
-    pad = guppy.open_run(path).tokenizer.pad_id
-    return model, p, tokens, ablate(model, heads=list(heads), method=method, reference=tokens, pad_id=pad)
+    p = cache.probes(path, cache._mtime(cache.run_of(path).path / "probes.h5"))
+    tokens = torch.from_numpy(p.tokens[:, :int(p.lengths.max())])
+    pad = cache.run_of(path).tokenizer.pad_id
+    ctx = ablate(model, heads=list(heads), method=method, reference=tokens, pad_id=pad) if heads else nullcontext(model)
+    return model, p, tokens, ctx
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -41,7 +45,7 @@ def probe_losses(path: str, step: int, mtime: int, heads: tuple, method: str) ->
 @st.cache_data(max_entries=64, show_spinner=False)
 def reply(path: str, step: int, mtime: int, heads: tuple, method: str, prompt: str) -> str:
     model, _, _, ctx = _setup(path, step, mtime, heads, method)
-    tok = cache.tokenizer(path, cache._mtime(guppy.open_run(path).path / "tokenizer.json"))
+    tok = cache.tokenizer(path, cache._mtime(cache.run_of(path).path / "tokenizer.json"))
     with ctx:
         new = generate(model, tok.encode_prompt(prompt), max_new_tokens=32, temperature=0.0, stop_token=tok.end_id)
     return tok.decode(new)
@@ -72,9 +76,12 @@ def render(h: RunHandle, others=()) -> None:
     path, mtime = str(h.path), h.snaps[step]
 
     with st.spinner("running the model…"):
-        clean = probe_losses(path, step, mtime, (), method)
-        ablated = probe_losses(path, step, mtime, heads, method) if heads else clean
-        said_clean = reply(path, step, mtime, (), method, prompt)
+        if heads:
+            clean = probe_losses(path, step, mtime, (), "zero")
+            ablated = probe_losses(path, step, mtime, heads, method)
+        else:  # nothing ablated: the recorder measured these very losses (same probes, same mask)
+            clean = ablated = h.read("loss/by_probe", step).astype(np.float32)
+        said_clean = reply(path, step, mtime, (), "zero", prompt)
         said = reply(path, step, mtime, heads, method, prompt) if heads else said_clean
 
     chat_rows = np.array([k == "chat" for k in p.kind])
