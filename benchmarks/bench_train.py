@@ -46,12 +46,24 @@ def flops_per_token(cfg, mean_len: float) -> float:
     return 6 * matmul_params + 3 * attention_fwd
 
 
-def train_step(model, opt, data, idx, pad_id, dtype, reply_only) -> int:
-    """One optimizer step on the chats `idx`; returns the non-padding target tokens it saw."""
-    inputs, targets, mask = collate(data.train, idx, pad_id, model.cfg.n_ctx, reply_only)
+def plain_loss(model, x, y, m) -> torch.Tensor:
+    """nanoGPT's loss: logits at every position, padding ignored by the cross entropy."""
+    logits = model(x)  # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none")[m.flatten()].mean()
+
+
+def guppy_loss(model, x, y, m) -> torch.Tensor:
+    """The Trainer's loss: the unembedding runs at real target positions only."""
+    return masked_loss(model, x, y, m, reduction="mean")
+
+
+def train_step(model, opt, loss_fn, data, idx, pad_id, dtype) -> int:
+    """One optimizer step on the chats `idx` (loss on every real token); returns the non-padding
+    target tokens it saw."""
+    inputs, targets, mask = collate(data.train, idx, pad_id, model.cfg.n_ctx, reply_only=False)
     x, y, m = map(torch.from_numpy, (inputs, targets, mask))
     with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-        loss = masked_loss(model, x, y, m, reduction="mean")
+        loss = loss_fn(model, x, y, m)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
@@ -64,10 +76,10 @@ def run_loops(loops: dict, steps: int, warmup: int = 2) -> dict[str, tuple[float
     returns {name: (target tokens per second, seconds per step)}."""
     seconds, targets = dict.fromkeys(loops, 0.0), dict.fromkeys(loops, 0)
     for i in range(warmup + steps):
-        for name, (model, opt, batches, dtype, data, pad_id) in loops.items():
+        for name, (model, opt, loss_fn, batches, dtype, data, pad_id) in loops.items():
             model.train()
             t = time.perf_counter()
-            n = train_step(model, opt, data, batches[i], pad_id, dtype, False)
+            n = train_step(model, opt, loss_fn, data, batches[i], pad_id, dtype)
             if i >= warmup:
                 seconds[name] += time.perf_counter() - t
                 targets[name] += n
@@ -97,8 +109,9 @@ def main() -> None:
     tcfg = TrainConfig()
     # the reference loop: fp32, pad-to-longest random batches, loss on every token, plain AdamW
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=tcfg.lr, betas=(0.9, 0.95), weight_decay=tcfg.weight_decay)
-    timed = run_loops({"ref": (ref, ref_opt, plain_batches, torch.float32, data, pad),
-                       "ours": (ours, build_optimizer(ours, tcfg), bucketed, fast_dtype, data, pad)}, args.steps)
+    timed = run_loops({"ref": (ref, ref_opt, plain_loss, plain_batches, torch.float32, data, pad),
+                       "ours": (ours, build_optimizer(ours, tcfg), guppy_loss, bucketed, fast_dtype, data, pad)},
+                      args.steps)
     (ref_tps, ref_step), (our_tps, our_step) = timed["ref"], timed["ours"]
 
     peak_bf16, peak_fp32 = matmul_flops(torch.bfloat16), matmul_flops(torch.float32)
