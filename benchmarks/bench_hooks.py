@@ -67,17 +67,6 @@ class PlainGPT(nn.Module):
         return x @ m.embed.weight.T
 
 
-def timed(fn, repeats: int) -> float:
-    """Median seconds of `repeats` calls, after two warmup calls."""
-    fn(), fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def interleaved(fns: dict, repeats: int) -> dict[str, float]:
     """Median time of each function, measured in alternation so drift hits all alike."""
     for fn in fns.values():
@@ -229,7 +218,7 @@ def main() -> None:
 
     base = t["plain"]
     print(f"\nforward, median of {args.repeats} interleaved calls ({load_before} before, {load_after} after)")
-    print(f"{'':<58}{'ms':>8}{'x plain':>9}  target")
+    print(f"{'':<70}{'ms':>8}{'x plain':>9}  target")
     rows = [("plain (no hook machinery)", "plain", ""), ("guppy, no hooks attached", "guppy", "<= 1.02x"),
             (f"guppy, full cache ({n_all} hook points)", "guppy_cache", "<= 1.15x")]
     if tl is not None:
@@ -240,7 +229,7 @@ def main() -> None:
                   "tl_cache_result", "")]
     for name, key, target in rows:
         ok = "" if not target else ("  met" if t[key] / base <= float(target.split()[1][:-1]) else "  MISSED")
-        print(f"{name:<58}{t[key] * 1e3:>8.1f}{t[key] / base:>9.3f}  {target}{ok}")
+        print(f"{name:<70}{t[key] * 1e3:>8.1f}{t[key] / base:>9.3f}  {target}{ok}")
     if tl is not None:
         print("guppy vs TransformerLens (x faster; target >= 1.5x):")
         for name, ours, theirs in [(f"full cache ({n_all}) vs TL run_with_cache ({len(tl_names)})", "guppy_cache",
@@ -260,13 +249,14 @@ def main() -> None:
         for batch, n_prompt, label in gens:
             before = load()
             kv, full = generation(model, batch, n_prompt, new, args.gen_repeats)
-            print(f"  {label + f', prompt {n_prompt} + {new}':<52} KV cache {kv * 1e3:>7.0f} ms, full forward "
+            print(f"  {label + f', prompt {n_prompt} + {new}':<56} KV cache {kv * 1e3:>7.0f} ms, full forward "
                   f"{full * 1e3:>7.0f} ms: {full / kv:>5.1f}x  {'met' if full / kv >= 5 else 'MISSED'}  "
                   f"({before} before, {load()} after)", flush=True)
 
     rss_plain, rss_cache = peak_rss_mb(args, "plain"), peak_rss_mb(args, "cache")
     print(f"\nmemory: the full cache holds {cache_bytes['n'] / 2**20:.0f} MB of activations; peak RSS of a process "
-          f"running one forward: plain {rss_plain:.0f} MB, full cache {rss_cache:.0f} MB (+{rss_cache - rss_plain:.0f} MB)")
+          f"running one forward: plain {rss_plain:.0f} MB, full cache {rss_cache:.0f} MB "
+          f"(+{rss_cache - rss_plain:.0f} MB)")
 
     if not args.skip_allocators:
         print(f"\nallocator settings (child processes, median of {args.repeats}; ratios to their own plain forward;"
@@ -278,13 +268,14 @@ def main() -> None:
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ | env).stdout
             r = json.loads(out.splitlines()[-1])
             ms, f = r["ms"], r["faults"]
-            print(f"  {label:<26} plain {ms['plain']:6.1f} ms ({f['plain']:>6} faults); no hooks "
-                  f"{ms['guppy'] / ms['plain']:.3f}x; full cache {ms['cache'] / ms['plain']:.3f}x ({f['cache']:>6} "
-                  f"faults); without hook_result {ms['no_result'] / ms['plain']:.3f}x  ({before} before, {load()} after)",
-                  flush=True)
+            x = {k: v / ms["plain"] for k, v in ms.items()}
+            print(f"  {label:<26} plain {ms['plain']:6.1f} ms ({f['plain']:>6} faults); no hooks {x['guppy']:.3f}x; "
+                  f"full cache {x['cache']:.3f}x ({f['cache']:>6} faults); without hook_result {x['no_result']:.3f}x  "
+                  f"({before} before, {load()} after)", flush=True)
     cores = os.cpu_count()
     busy = os.getloadavg()[0] > cores
-    print(f"\n{load()} on {cores} cores" + ("  ** other processes compete for the CPU: timings are noisy **" if busy else ""))
+    print(f"\n{load()} on {cores} cores" + ("  ** other processes compete for the CPU: timings are noisy **"
+                                             if busy else ""))
 
 
 if __name__ == "__main__":

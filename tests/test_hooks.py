@@ -31,6 +31,25 @@ def test_cache_shapes_and_the_residual_adds_up(tiny_model):
     torch.testing.assert_close(cache["hook_logits"], logits)
 
 
+def test_hooked_result_gives_the_same_attn_out_and_patching_it_reaches_attn_out(tiny_model):
+    """With hook_result in use, attn_out is the per-head results summed (not the fused out projection)."""
+    tokens = torch.randint(0, 512, (2, 9))
+    fused_logits, fused = tiny_model.run_with_cache(tokens, names="blocks.*.hook_attn_out")
+    logits, split = tiny_model.run_with_cache(tokens, names=["blocks.*.attn.hook_result", "blocks.*.hook_attn_out"])
+    torch.testing.assert_close(logits, fused_logits, atol=1e-5, rtol=1e-5)
+    for l in range(2):
+        torch.testing.assert_close(split[f"blocks.{l}.hook_attn_out"], fused[f"blocks.{l}.hook_attn_out"],
+                                   atol=1e-5, rtol=1e-5)
+
+    def drop_head(x, hook):  # in place, returning None, as TransformerLens users patch
+        x[:, :, 1] = 0
+
+    _, patched = tiny_model.run_with_cache(tokens, names="blocks.0.hook_attn_out",
+                                           fwd_hooks=[("blocks.0.attn.hook_result", drop_head)])
+    expected = fused["blocks.0.hook_attn_out"] - split["blocks.0.attn.hook_result"][:, :, 1]
+    torch.testing.assert_close(patched["blocks.0.hook_attn_out"], expected, atol=1e-5, rtol=1e-5)
+
+
 def test_names_accept_list_glob_and_predicate(tiny_model):
     tokens = torch.randint(0, 512, (1, 5))
     _, a = tiny_model.run_with_cache(tokens, names="blocks.*.attn.hook_pattern")
