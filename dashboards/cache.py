@@ -42,10 +42,12 @@ def freeze_imports() -> None:
     with pandas, plotly (and torch, once the ablation view is open) loaded, that walks ~250k
     long-lived objects, 0.1-0.25 s added to every slider move on a 2-core machine. After new
     imports, move what exists now (modules, mostly) out of the collector's sight; later
-    collections then cost a millisecond."""
+    collections then cost a millisecond. The young generations are swept first (cheap), so
+    little of this run's garbage is kept for good; a full sweep here would cost the first
+    view what it saves the slider."""
     global _modules_frozen
     if len(sys.modules) != _modules_frozen:
-        gc.collect()  # what is garbage now is not frozen
+        gc.collect(1)
         gc.freeze()
         _modules_frozen = len(sys.modules)
 
@@ -67,20 +69,22 @@ def run_of(path: str) -> Run:
 @st.cache_data(max_entries=4096, show_spinner=False)
 def read(path: str, step: int, mtime: int, name: str):
     """One dataset of one snapshot, or one group as {name: array}; float16 stays float16 here."""
-    return run_of(str(path)).read(name, step)
+    return run_of(path).read(name, step)
 
 
-@st.cache_data(max_entries=96, show_spinner=False)
-def acts(path: str, step: int, mtime: int, hook: str) -> np.ndarray:
-    """Stored activations (probe subset) of one hook at one snapshot, (K, ...) float16."""
-    return run_of(str(path)).acts(hook, step)
+@st.cache_data(max_entries=512, show_spinner=False)
+def acts(path: str, step: int, mtime: int, hook: str, k: int | None = None) -> np.ndarray:
+    """Stored activations of one hook at one snapshot, float16: the whole probe subset (K, ...),
+    or only its row k as (1, ...): a view draws one probe, and reading one row decompresses
+    only its chunks (a fifth of the bytes for the guppy preset's residual stream)."""
+    return run_of(path).acts(hook, step, rows=None if k is None else slice(k, k + 1))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def snapshot_check(path: str, step: int, mtime: int) -> str:
     """'' if the snapshot file is readable, else the reason (shown in the page)."""
     try:
-        run_of(str(path)).read("loss/mean", step)
+        run_of(path).read("loss/mean", step)
         return ""
     except READ_ERRORS as e:
         return str(e)
@@ -90,7 +94,7 @@ def snapshot_check(path: str, step: int, mtime: int) -> str:
 def snapshot_table(path: str, key: tuple) -> pd.DataFrame:
     """step, epoch, tokens, time of every snapshot (key: the files' (step, mtime) pairs)."""
     try:
-        return run_of(str(path)).snapshots.reset_index(drop=True)
+        return run_of(path).snapshots.reset_index(drop=True)
     except READ_ERRORS:  # a broken file among them: the readable steps, without attributes
         import pandas as pd
 
@@ -99,7 +103,7 @@ def snapshot_table(path: str, key: tuple) -> pd.DataFrame:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def metrics(path: str, mtime: int) -> pd.DataFrame:
-    return run_of(str(path)).metrics
+    return run_of(path).metrics
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -117,12 +121,12 @@ def head_cube(path: str, key: tuple) -> tuple[list[int], dict[str, np.ndarray]]:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def probes(path: str, mtime: int):
-    return run_of(str(path)).probes
+    return run_of(path).probes
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def tokenizer(path: str, mtime: int):
-    return run_of(str(path)).tokenizer
+    return run_of(path).tokenizer
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -137,7 +141,7 @@ def vocab(path: str, mtime: int, d_vocab: int) -> list[str]:
 @st.cache_resource(max_entries=2, show_spinner=False)
 def model(path: str, step: int, mtime: int):
     """A snapshot's model (weights held while in use; at most two at a time)."""
-    return run_of(str(path)).model(step)
+    return run_of(path).model(step)
 
 
 @dataclass
@@ -172,17 +176,18 @@ class RunHandle:
         return tuple(self.snaps.items())
 
     def read(self, name: str, step: int):
-        """A small dataset of one snapshot ('heads/induction'), read with the rest of its group."""
+        """A small dataset of one snapshot ('heads/induction'), read with the rest of its group
+        (never the activations group: that one is megabytes; see `acts`)."""
         group, _, leaf = name.rpartition("/")
-        if not group:
+        if not group or group.split("/")[0] == "acts":
             return read(str(self.path), step, self.snaps[step], name)
         values = read(str(self.path), step, self.snaps[step], group)
         if leaf not in values:
             raise RunError(f"{self.run.snapshot_files[step]}: no dataset {name!r}")
         return values[leaf]
 
-    def acts(self, hook: str, step: int) -> np.ndarray:
-        return acts(str(self.path), step, self.snaps[step], hook)
+    def acts(self, hook: str, step: int, k: int | None = None) -> np.ndarray:
+        return acts(str(self.path), step, self.snaps[step], hook, k)
 
     def over_training(self, name: str) -> dict[int, np.ndarray]:
         """A small per-snapshot dataset at every snapshot, {step: array}."""

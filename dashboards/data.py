@@ -77,6 +77,15 @@ def param_label(name: str) -> str:
     return f"L{m.group(1)} {m.group(2)}" if m else name
 
 
+def param_group(name: str) -> str:
+    """A parameter's family, for colouring many lines: attention, MLP, layer norm, embedding."""
+    n = name.lower()
+    for key, group in (("attn", "attention"), ("mlp", "MLP"), ("ln", "layer norm")):
+        if key in n:
+            return group
+    return "embedding"
+
+
 def visible(text: str) -> str:
     """A token's text with whitespace made visible, so a space token is not an empty label."""
     return text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥") or "∅"

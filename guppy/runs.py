@@ -220,24 +220,27 @@ class Run:
         aliases = [f"blocks.{i}.hook_resid_post" for i in range(L - 1) if resid_alias(f"blocks.{i}.hook_resid_post") in stored]
         return stored + [a for a in aliases if a not in stored]
 
-    def _read_act(self, name: str, snapshot) -> np.ndarray:
+    def _read_act(self, name: str, snapshot, rows=()) -> np.ndarray:
         from guppy.probeset import resid_alias
 
         with self._open(self.snapshot_files[self._step(snapshot)]) as f:  # one open per read
             key = f"acts/{name}" if f"acts/{name}" in f else f"acts/{resid_alias(name)}"
-            return f[key][()]
+            return f[key][rows]
 
-    def acts(self, name: str, snapshot: int | str = "latest"):
+    def acts(self, name: str, snapshot: int | str = "latest", rows: int | slice | None = None):
         """Stored activations of the probe subset (`probe_subset`): numpy for one hook name,
-        {name: numpy} for a glob; snapshot='all' stacks every snapshot on a new first axis."""
+        {name: numpy} for a glob; snapshot='all' stacks every snapshot on a new first axis.
+        `rows` reads only those rows of the subset (an index or a slice): only their chunks are
+        read and decompressed."""
         names = self.hook_names(snapshot if snapshot != "all" else "latest")
         matches = [n for n in names if fnmatch.fnmatchcase(n, name)]
         if not matches:
             raise RunError(f"{self.path}: no stored hook matches {name!r}; stored: {', '.join(names) or 'none'}")
+        rows = () if rows is None else rows
         if snapshot == "all":
-            got = {n: np.stack([self._read_act(n, s) for s in self.snapshot_files]) for n in matches}
+            got = {n: np.stack([self._read_act(n, s, rows) for s in self.snapshot_files]) for n in matches}
         else:
-            got = {n: self._read_act(n, snapshot) for n in matches}
+            got = {n: self._read_act(n, snapshot, rows) for n in matches}
         return got[name] if name in got and len(got) == 1 else got
 
     def head_metrics(self, metrics: tuple[str, ...] | None = None) -> pd.DataFrame:

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         written = A.write_outputs(run, "head_types", {"": df}, figure(df))
         print(f"wrote {', '.join(str(w) for w in written)} ({time.perf_counter() - t0:.1f} s)")
 
-    return run_main(PROG, body)
+    return run_main(PROG, A.with_threads(body, args.threads))
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def figure(df: pd.DataFrame):
 
     fig = px.line(df, x="point", y="loss", color=df.step.astype(str), markers=True,
                   hover_data=["accuracy"], labels={"color": "step", "point": "residual stream point"},
-                  color_discrete_sequence=px.colors.sequential.Viridis)
+                  color_discrete_map=A.step_colours(df.step.unique()))
     fig.update_layout(title="Logit lens: held-out reply loss when decoding each layer's residual stream",
                       yaxis_title="loss (nats / token)")
     return fig
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         written = A.write_outputs(run, "logit_lens", {"": df, "top": top}, figure(df))
         print(f"wrote {', '.join(str(w) for w in written)} ({time.perf_counter() - t0:.1f} s)")
 
-    return run_main(PROG, body)
+    return run_main(PROG, A.with_threads(body, args.threads))
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                                   figure(resid[resid.position >= 0], heads, title))
         print(f"wrote {', '.join(str(w) for w in written)} ({time.perf_counter() - t0:.1f} s)")
 
-    return run_main(PROG, body)
+    return run_main(PROG, A.with_threads(body, args.threads))
 
 
 if __name__ == "__main__":

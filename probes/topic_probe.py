@@ -70,11 +70,14 @@ def probe_layers(X: torch.Tensor, y: torch.Tensor, train: np.ndarray, test: np.n
 def figure(df: pd.DataFrame):
     import plotly.express as px
 
-    long = df.melt(id_vars=["step", "point"], value_vars=["test_acc", "control_test_acc", "chance"], var_name="measure")
+    long = df.melt(id_vars=["step", "point"], value_vars=["test_acc", "control_test_acc"], var_name="measure")
     fig = px.line(long, x="point", y="value", color=long.step.astype(str), line_dash="measure", markers=True,
                   labels={"color": "step", "value": "accuracy", "point": "residual stream point"}, range_y=[0, 1.02],
-                  color_discrete_sequence=px.colors.sequential.Viridis)
-    fig.update_layout(title="Topic read off the residual stream by a linear probe (held-out prompts)")
+                  color_discrete_map=A.step_colours(df.step.unique()))
+    fig.add_hline(y=float(df.chance.iloc[0]), line_dash="dot", line_color="grey",
+                  annotation_text="chance (the most frequent test topic)")
+    fig.update_layout(title="Topic read off the residual stream by a linear probe (held-out prompts; "
+                            "dashed: the same probe on shuffled labels)")
     return fig
 
 
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         written = A.write_outputs(run, "topic_probe", {"": df}, figure(df))
         print(f"wrote {', '.join(str(w) for w in written)} ({time.perf_counter() - t0:.1f} s)")
 
-    return run_main(PROG, body)
+    return run_main(PROG, A.with_threads(body, args.threads))
 
 
 if __name__ == "__main__":

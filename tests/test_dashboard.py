@@ -296,6 +296,8 @@ def test_gradients_mark_the_healthy_range(runs_dir, monkeypatch):
     assert len(figs) == 4
     lines = figs[-1]
     assert any(s.get("type") == "rect" for s in lines["layout"]["shapes"])
+    assert {t for trace in lines["data"] for t in trace["text"]} == set(figs[0]["data"][0]["y"])  # a line each
+    assert len(lines["data"]) <= 4  # ... drawn as one trace per family
     assert any("L0 attn" in y for y in figs[0]["data"][0]["y"])  # parameters named by layer
 
 

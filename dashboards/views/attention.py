@@ -34,7 +34,7 @@ def render(h: RunHandle, others=()) -> None:
     labels = token_labels(h.vocab(), p.tokens[k_probe, :length])
 
     def draw(step: int) -> None:
-        patterns = [probe_pattern(h.acts(name, step), k, length) for name in hooks]  # L x (H, n, n)
+        patterns = [probe_pattern(h.acts(name, step, k), 0, length) for name in hooks]  # L x (H, n, n)
         chart(grid(patterns, labels, step), key="attn_grid")
         chart(enlarged(patterns[layer][head], labels, layer, head, step), key="attn_head_chart")
 

@@ -41,7 +41,7 @@ def render(h: RunHandle, others=()) -> None:
         chart(lens_chart(*lens, tok_labels, [f"{l}<br>loss {v:.2f}" for l, v in zip(labels, lens_loss)], step),
               key="resid_lens")
         if all(x in stored for x in points):
-            sim = layer_similarity([h.acts(x, step) for x in points], k, length)
+            sim = layer_similarity([h.acts(x, step, k) for x in points], 0, length)
             chart(similarity_chart(sim, labels, step), key="resid_sim")
         else:
             st.info("Layer similarity needs the residual stream stored (`--record-hooks blocks.*.hook_resid_pre`).")
