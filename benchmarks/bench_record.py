@@ -1,6 +1,6 @@
 """What recording costs: the same run with and without --record, measured in one process.
 
-    python benchmarks/bench_record.py                      # make demo's run: demo preset, 2 epochs (~6 min)
+    python benchmarks/bench_record.py                      # make demo's run: demo preset, 2 epochs, loss on all
     python benchmarks/bench_record.py --epochs 1           # the default guppy-train run (~3 min)
     python benchmarks/bench_record.py --steps 200          # a quick look (the schedule is denser per step)
 
@@ -51,6 +51,7 @@ def main() -> None:
     p.add_argument("--epochs", type=float, default=2.0, help="epochs of the timed runs (default 2, as make demo)")
     p.add_argument("--steps", type=int, default=0, help="steps instead of epochs (0 = use --epochs)")
     p.add_argument("--eval-prompts", type=int, default=1, help="persona-eval prompts per topic, as guppy-train")
+    p.add_argument("--loss-on", default="all", choices=("reply", "all"), help="as guppy-train (default all, as make demo)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each kind, interleaved (best kept)")
     p.add_argument("--disk-preset", default="guppy", help="also measure snapshot sizes of this preset (8 steps)")
     args = p.parse_args()
@@ -59,7 +60,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     try:
         base = TrainConfig(preset=args.preset, epochs=args.epochs, steps=args.steps, eval_prompts=args.eval_prompts,
-                           runs_dir=str(root))
+                           loss_on=args.loss_on, runs_dir=str(root))
         start_run(TrainConfig(**{**base.to_dict(), "steps": 1, "run_name": "warm"}), show_progress=False)  # data cache
         plain_t, rec_t = [], []
         for i in range(args.repeats):
