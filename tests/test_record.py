@@ -77,7 +77,7 @@ def test_recorded_metrics_match_a_fresh_computation(tiny_recorded_run):
     mask = (pos >= start) & (pos < lengths[:, None])
     assert float(run.read("loss/mean", step)) == pytest.approx(float(losses[mask].mean()), abs=1e-4)
     # parameter norms of the saved weights
-    norms = [float(p.norm()) for p in model.parameters()]
+    norms = [float(p.detach().norm()) for p in model.parameters()]
     np.testing.assert_allclose(run.read("params/norm", step), norms, rtol=1e-5)
 
 
