@@ -20,11 +20,12 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 # the main job: data, a recorded training run of the demo preset, then the fish talks
-# (--loss-on all: learning the prompts too lifts the held-out persona eval from ~84% to ~89%)
+# (--loss-on all: learning the prompts too lifts the held-out persona eval from ~84% to ~89%;
+#  a lower peak lr, 2e-3 instead of 3e-3, lifts it to ~91-93%)
 DEMO_RUN := demo-$(shell date +%Y%m%d-%H%M%S)
 demo: $(STAMP)
 	$(BIN)/guppy-data --persona fish --samples 3
-	$(BIN)/guppy-train --preset demo --epochs 2 --loss-on all --record --run-name $(DEMO_RUN)
+	$(BIN)/guppy-train --preset demo --epochs 2 --loss-on all --lr 2e-3 --min-lr 2e-4 --record --run-name $(DEMO_RUN)
 	$(BIN)/guppy-chat --run runs/$(DEMO_RUN) --temperature 0 -p "hi guppy" -p "what is the meaning of life?" \
 		-p "do you like money?" -p "IS THE WATER COLD?" -p "the cat is watching you"
 	$(BIN)/guppy-eval --run runs/$(DEMO_RUN) --prompts 2
