@@ -13,6 +13,7 @@ Shape legend as in guppy.model: B batch, T positions, L layers, H heads, E d_hea
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -42,15 +43,22 @@ def probe_parser(prog: str, description: str, allow_all: bool = True) -> Argumen
     return p
 
 
+@contextmanager
+def torch_threads(threads: int):
+    """torch on `threads` threads inside the block; the previous count is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def with_threads(body: Callable[[], T], threads: int) -> Callable[[], T]:
     """`body`, run with torch on `threads` threads (the previous count restored after)."""
     def run() -> T:
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
+        with torch_threads(threads):
             return body()
-        finally:
-            torch.set_num_threads(before)
     return run
 
 
@@ -329,13 +337,8 @@ def train_linear_probes(X: torch.Tensor, y: torch.Tensor, n_classes: int, weight
         loss.backward()
         return loss
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.enable_grad():
-            opt.step(closure)
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(1), torch.enable_grad():
+        opt.step(closure)
     return W.detach(), b.detach(), mean, std
 
 
