@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from guppy.config import model_preset  # noqa: E402
 from guppy.generate import generate  # noqa: E402
 from guppy.model import GuppyLM  # noqa: E402
+from machine import load_note  # noqa: E402  (benchmarks/machine.py)
 
 
 class PlainGPT(nn.Module):
@@ -272,10 +273,7 @@ def main() -> None:
             print(f"  {label:<26} plain {ms['plain']:6.1f} ms ({f['plain']:>6} faults); no hooks {x['guppy']:.3f}x; "
                   f"full cache {x['cache']:.3f}x ({f['cache']:>6} faults); without hook_result {x['no_result']:.3f}x  "
                   f"({before} before, {load()} after)", flush=True)
-    cores = os.cpu_count()
-    busy = os.getloadavg()[0] > cores
-    print(f"\n{load()} on {cores} cores" + ("  ** other processes compete for the CPU: timings are noisy **"
-                                             if busy else ""))
+    print("\n" + load_note())
 
 
 if __name__ == "__main__":

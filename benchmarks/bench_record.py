@@ -28,6 +28,7 @@ import guppy  # noqa: E402
 from guppy.config import TrainConfig, model_preset  # noqa: E402
 from guppy.record import snapshot_schedule  # noqa: E402
 from guppy.train import start_run  # noqa: E402
+from machine import load_note  # noqa: E402  (benchmarks/machine.py)
 
 
 def train(cfg: TrainConfig) -> tuple[float, Path, object]:
@@ -103,9 +104,7 @@ def main() -> None:
                   f"{h5_bytes / 2**20:.2f} MiB HDF5 + {w_bytes / 2**20:.2f} MiB weights")
             print(f"default 1-epoch {args.disk_preset} run: {full_n} snapshots -> {total / 2**30:.2f} GiB "
                   f"with the training state (target < 1 GB)")
-        load = max(load_before, os.getloadavg()[0])
-        print(f"load average {load:.1f} on {os.cpu_count()} cores"
-              + ("  ** other processes compete for the CPU: timings are noisy **" if load > os.cpu_count() + 0.5 else ""))
+        print(load_note(max(load_before, os.getloadavg()[0])))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

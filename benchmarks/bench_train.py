@@ -13,7 +13,6 @@ Throughput counts non-padding target tokens per second. MFU compares the model F
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from guppy.config import model_preset  # noqa: E402
 from guppy.data import DataConfig, bucket_batches, collate, load_dataset, random_batches  # noqa: E402
 from guppy.model import GuppyLM  # noqa: E402
 from guppy.train import TrainConfig, build_optimizer, masked_loss, pick_precision  # noqa: E402
+from machine import load_note  # noqa: E402  (benchmarks/machine.py)
 
 
 def matmul_flops(dtype: torch.dtype, n: int = 2048, reps: int = 8) -> float:
@@ -125,9 +125,7 @@ def main() -> None:
     print(f"speedup (tokens/s): {our_tps / ref_tps:.2f}x   (target >= 2x)")
     print(f"matmul peaks measured here: bf16 {peak_bf16 / 1e9:.0f} GFLOP/s, fp32 {peak_fp32 / 1e9:.0f} GFLOP/s; "
           f"model FLOPs/token {fpt / 1e6:.1f} M")
-    load = os.getloadavg()[0]
-    print(f"load average {load:.1f} on {os.cpu_count()} cores"
-          + ("  ** other processes compete for the CPU: timings are noisy **" if load > os.cpu_count() + 0.5 else ""))
+    print(load_note())
 
 
 if __name__ == "__main__":
