@@ -19,16 +19,17 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-# the main job: data, a recorded training run of the demo preset, then the fish talks
-# (--loss-on all: learning the prompts too lifts the held-out persona eval from ~84% to ~89%;
-#  a lower peak lr, 2e-3 instead of 3e-3, lifts it to ~91-93%)
+# the main job: data, a recorded training run of the demo preset, then the fish talks and is scored
+# (--loss-on all: learning the prompts too lifts the held-out persona eval from ~84% to ~89%; a peak lr
+#  of 2e-3 instead of 3e-3 helps a little; 12 held-out prompts per topic (720) measure the pass rate
+#  to about +-1%, where 2 per topic (120) scatter by +-3% between runs of one recipe)
 DEMO_RUN := demo-$(shell date +%Y%m%d-%H%M%S)
 demo: $(STAMP)
 	$(BIN)/guppy-data --persona fish --samples 3
 	$(BIN)/guppy-train --preset demo --epochs 2 --loss-on all --lr 2e-3 --min-lr 2e-4 --record --run-name $(DEMO_RUN)
 	$(BIN)/guppy-chat --run runs/$(DEMO_RUN) --temperature 0 -p "hi guppy" -p "what is the meaning of life?" \
 		-p "do you like money?" -p "IS THE WATER COLD?" -p "the cat is watching you"
-	$(BIN)/guppy-eval --run runs/$(DEMO_RUN) --prompts 2
+	$(BIN)/guppy-eval --run runs/$(DEMO_RUN) --prompts 12
 
 # the browser test drives Debian's Chromium (never a downloaded browser build)
 test: $(STAMP)
