@@ -111,6 +111,9 @@ def process_group(backend: str = "auto"):
     _backend = "gloo" if spec == "gloo" else "nccl"
     try:
         yield current()
+        # leave together: rank 0 still writes the last checkpoint and eval while the others are done,
+        # and a peer that exits (closing its sockets) under a busy gloo group can abort it
+        dist.barrier()
     finally:
         _backend = ""
         dist.destroy_process_group()
