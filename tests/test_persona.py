@@ -2,6 +2,7 @@
 
 import random
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,14 @@ def test_shipped_personas_compose_many_replies(name):
     for topic in p.topics:
         assert p.reply_space(topic) >= 1000, topic
         assert len(set(p.topics[topic].prompts)) >= 8, topic
+
+
+@pytest.mark.parametrize("name", list_personas())
+def test_shipped_prompt_templates_never_repeat(name):
+    """A template in two topics would teach one prompt two answers, and one topic's held-out
+    template would be another topic's train template."""
+    seen = Counter(t for topic in load_persona(name).topics.values() for t in topic.prompts)
+    assert not [t for t, n in seen.items() if n > 1]
 
 
 def test_expansion_fills_nested_slots_and_counts_them():
