@@ -196,6 +196,11 @@ class TokenArrays:
         return cls(*(np.load(folder / f"{split}.{f}.npy", mmap_mode=mode) for f in cls.FIELDS))
 
 
+def _joined(parts: list[np.ndarray], dtype) -> np.ndarray:
+    """Arrays gathered a chunk or topic at a time, as one; an empty array of `dtype` for none."""
+    return np.concatenate([np.zeros(0, dtype), *parts])
+
+
 class TokenWriter:
     """Appends tokenized chats to one split's `.npy` files a chunk at a time: the tokens go
     straight to disk, only the per-chat arrays (14 bytes a chat) wait in memory for `close`."""
@@ -214,7 +219,7 @@ class TokenWriter:
 
     def close(self) -> None:
         self.raw.close()
-        lengths = np.concatenate([np.zeros(0, np.int64), *self.lengths])
+        lengths = _joined(self.lengths, np.int64)
         offsets = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
         with open(self.folder / f"{self.split}.tokens.npy", "wb") as out, open(self.raw_path, "rb") as raw:
@@ -224,8 +229,8 @@ class TokenWriter:
             shutil.copyfileobj(raw, out, 1 << 22)
         self.raw_path.unlink()
         np.save(self.folder / f"{self.split}.offsets.npy", offsets)
-        np.save(self.folder / f"{self.split}.reply_start.npy", np.concatenate([np.zeros(0, np.int32), *self.reply_start]))
-        np.save(self.folder / f"{self.split}.topic.npy", np.concatenate([np.zeros(0, np.int16), *self.topic]))
+        np.save(self.folder / f"{self.split}.reply_start.npy", _joined(self.reply_start, np.int32))
+        np.save(self.folder / f"{self.split}.topic.npy", _joined(self.topic, np.int16))
 
 
 @dataclass
@@ -427,7 +432,7 @@ class _ChatStats:
         self.pairs.append(np.fromiter((hash((c.prompt, c.reply)) for c in train), np.int64, len(train)))
 
     def result(self, evals: list[Chat]) -> dict:
-        prompts, pairs = (np.unique(np.concatenate([np.zeros(0, np.int64), *x])) for x in (self.prompts, self.pairs))
+        prompts, pairs = (np.unique(_joined(x, np.int64)) for x in (self.prompts, self.pairs))
         held = np.unique(np.array([hash(c.prompt) for c in evals if c.heldout_prompt], np.int64))
         eval_pairs = np.array([hash((c.prompt, c.reply)) for c in evals], np.int64)
         uniq = sorted(self.unique_replies)
