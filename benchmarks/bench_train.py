@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from guppy.config import model_preset  # noqa: E402
 from guppy.data import DataConfig, bucket_batches, collate, load_dataset, random_batches  # noqa: E402
 from guppy.model import GuppyLM  # noqa: E402
-from guppy.train import TrainConfig, build_optimizer, masked_loss, pick_precision  # noqa: E402
+from guppy.train import TrainConfig, build_optimizer, pick_precision, target_loss  # noqa: E402
 from machine import load_note  # noqa: E402  (benchmarks/machine.py)
 
 
@@ -54,7 +54,7 @@ def plain_loss(model, x, y, m) -> torch.Tensor:
 
 def guppy_loss(model, x, y, m) -> torch.Tensor:
     """The Trainer's loss: the unembedding runs at real target positions only."""
-    return masked_loss(model, x, y, m, reduction="mean")
+    return target_loss(model, x, y, m, reduction="mean")
 
 
 def train_step(model, opt, loss_fn, data, idx, pad_id, dtype) -> int:

@@ -126,7 +126,7 @@ class TrainConfig:
     record_log_spaced: bool = _f(True, "also snapshot at steps 1, 2, 4, 8, ... when structure forms")
     record_hooks: str = _f("blocks.*.attn.hook_pattern,blocks.*.hook_resid_pre,blocks.*.hook_resid_post",
                            "comma-separated hook names or globs whose full tensors are stored")
-    record_probes: int = _f(12, "probes whose full tensors are stored (metrics always use every probe)")
+    record_inputs: int = _f(12, "inputs of the watch set whose full tensors are stored (metrics use every input)")
     run_name: str = _f("", "run folder name under --runs-dir; empty = preset and timestamp")
     runs_dir: str = _f("runs", "where runs are written")
 
@@ -138,7 +138,7 @@ class TrainConfig:
             "weight_decay": self.weight_decay >= 0, "grad_clip": self.grad_clip >= 0,
             "dropout": self.dropout < 1, "eval_every": self.eval_every >= 0, "eval_chats": self.eval_chats >= 1,
             "eval_prompts": self.eval_prompts >= 0, "log_every": self.log_every >= 1,
-            "record_every": self.record_every >= 0, "record_probes": self.record_probes >= 3,
+            "record_every": self.record_every >= 0, "record_inputs": self.record_inputs >= 3,
         }
         for name, ok in checks.items():
             if not ok:
@@ -155,10 +155,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        d = {LEGACY_TRAIN_KEYS.get(k, k): v for k, v in d.items()}
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown TrainConfig keys: {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+# run.json files of schema 1 name some fields as they were then
+LEGACY_TRAIN_KEYS = {"record_probes": "record_inputs"}
 
 
 def fields_help() -> dict[str, str]:

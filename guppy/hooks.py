@@ -5,8 +5,9 @@
     with model.hooks(fwd_hooks=[...], bwd_hooks=[...]):   # spans .backward() too
         loss = model(tokens)...; loss.backward()
 
-A hook function is `fn(tensor, hook) -> tensor | None`; returning a tensor replaces the
-activation (or, for a backward hook, the gradient). An idle HookPoint is a plain object whose
+A hook function is `fn(tensor, hook) -> tensor | None`, called as TransformerLens calls it,
+`fn(tensor, hook=hook_point)`, so a hook written for TransformerLens (`def f(x, *, hook)`) works
+unchanged; returning a tensor replaces the activation (or, for a backward hook, the gradient). An idle HookPoint is a plain object whose
 call is one attribute check, so an unhooked model runs at full speed. Backward hooks attach
 to the activation tensor itself (`Tensor.register_hook`), so they fire for the forward they
 were attached in, whenever its backward runs.
@@ -45,7 +46,7 @@ class HookPoint:
         if not (self.fwd or self.bwd):
             return x
         for fn in self.fwd:
-            out = fn(x, self)
+            out = fn(x, hook=self)
             if out is not None:
                 x = out
         if self.bwd and x.requires_grad:
@@ -58,7 +59,7 @@ class HookPoint:
 
 
 def _backward(fn: HookFn, hook: HookPoint, grad: torch.Tensor):
-    return fn(grad, hook)
+    return fn(grad, hook=hook)
 
 
 def name_hook_points(root: torch.nn.Module) -> dict[str, HookPoint]:

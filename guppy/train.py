@@ -6,7 +6,7 @@
 
 A run folder holds run.json (config, versions, status), tokenizer.json, metrics.csv (one row
 per logged step) and checkpoints/ (safetensors). The loop knows nothing about recording:
-observers plug in through `Callback`.
+observers plug in through `guppy.callbacks.Callback` and see a frozen `TrainView`.
 
 Under torchrun (see guppy.distributed) --batch-size is the global batch: every rank walks the
 same batches in the same order and takes every world_size-th chat of each, and the loss is
@@ -25,25 +25,16 @@ import torch
 import torch.nn.functional as F
 
 from guppy import distributed, runfiles
-from guppy.checkpoint import checkpoint_path, list_checkpoints, load_state, read_weights, save_state, save_weights, state_path
+from guppy.callbacks import TrainView
+from guppy.checkpoint import load_state, read_weights, save_state, save_weights
 from guppy.config import TrainConfig, model_preset
-from guppy.data import DataConfig, Dataset, bucket_batches, collate, count_targets, load_dataset
+from guppy.data import Dataset, bucket_batches, collate, count_targets, data_config, load_dataset
 from guppy.model import GuppyLM
+from guppy.runformat import METRICS_CSV, checkpoint_path, list_checkpoints, state_path
 
 
 class Diverged(RuntimeError):
     pass
-
-
-class Callback:
-    """Observes training. Each method gets the Trainer; all are optional. Under torchrun every
-    rank runs the callbacks it is given (start_run gives the Recorder to rank 0 only)."""
-
-    def on_train_start(self, trainer: "Trainer") -> None: ...
-    def on_after_backward(self, trainer: "Trainer") -> None: ...  # p.grad holds this step's gradients (unclipped)
-    def on_step_end(self, trainer: "Trainer") -> None: ...
-    def on_eval(self, trainer: "Trainer", metrics: dict) -> None: ...
-    def on_train_end(self, trainer: "Trainer", status: str) -> None: ...
 
 
 def pick_device(name: str) -> torch.device:
@@ -89,8 +80,8 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def masked_loss(model: torch.nn.Module, inputs, targets, mask, reduction: str = "sum") -> torch.Tensor:
-    """Cross entropy of the masked positions (fp32).
+def target_loss(model: torch.nn.Module, inputs, targets, mask, reduction: str = "sum") -> torch.Tensor:
+    """Cross entropy of the target tokens where `mask` holds (fp32), summed by default.
 
     The unembedding is the largest matmul of a small model (d_vocab x d_model), so it runs only
     where the loss is taken: at the reply tokens, never at padding (46% of a demo-preset step
@@ -111,9 +102,7 @@ class Trainer:
         self.ranks = distributed.current()
         self.device = distributed.rank_device(pick_device(cfg.device), self.ranks)
         self.dtype = pick_precision(cfg.precision, self.device)
-        mcfg = model_preset(cfg.preset)
-        if cfg.dropout >= 0:
-            mcfg = mcfg.replace(dropout=cfg.dropout)
+        mcfg = model_config(cfg)
         if dataset.tokenizer.vocab_size > mcfg.d_vocab:
             raise ValueError(f"tokenizer has {dataset.tokenizer.vocab_size} tokens but preset {cfg.preset} "
                              f"has d_vocab {mcfg.d_vocab}; pass a smaller --vocab-size")
@@ -129,7 +118,7 @@ class Trainer:
         # loop position: everything needed to continue exactly where a stop left off
         self.step, self.epoch, self.batch_index, self.tokens, self.elapsed = 0, 0, 0, 0, 0.0
         self.window_loss, self.window_steps = 0.0, 0  # training loss summed since the last metrics row
-        self.metrics = runfiles.MetricsWriter(self.run_dir / "metrics.csv")
+        self.metrics = runfiles.MetricsWriter(self.run_dir / METRICS_CSV)
         self.last_checkpoint: Path | None = None
 
     # ---- data order --------------------------------------------------------------------------
@@ -216,7 +205,7 @@ class Trainer:
         status, position = "finished", None
         try:
             for cb in self.callbacks:
-                cb.on_train_start(self)
+                cb.on_train_start(self.view())
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
                 position = (self.epoch, self.batch_index)  # restored if this step is interrupted
@@ -236,7 +225,7 @@ class Trainer:
                     x, y, m = (torch.from_numpy(a).to(self.device) for a in (inputs, targets, mask))
                     with distributed.no_sync(self.train_model, skip=k < len(micro) - 1):
                         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                            loss = masked_loss(self.train_model, x, y, m) / n_targets
+                            loss = target_loss(self.train_model, x, y, m) / n_targets
                         # DDP averages the gradients of the ranks; times world_size gives their sum
                         self.scaler.scale(loss * self.ranks.world_size).backward()
                     loss_sum += loss.item()
@@ -247,7 +236,7 @@ class Trainer:
                     raise Diverged(f"loss became {loss_sum} at step {self.step + 1}")
                 self.scaler.unscale_(self.optimizer)
                 for cb in self.callbacks:
-                    cb.on_after_backward(self)
+                    cb.on_after_backward(self.view())
                 clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
                 self.scaler.step(self.optimizer)
@@ -261,7 +250,7 @@ class Trainer:
                 self.window_steps += 1
                 window_tokens += n_tokens
                 for cb in self.callbacks:
-                    cb.on_step_end(self)
+                    cb.on_step_end(self.view())
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     tps = window_tokens / max(time.perf_counter() - window_start, 1e-9)
                     row = {"step": self.step, "epoch": self.epoch_progress, "tokens": self.tokens, "lr": lr,
@@ -304,8 +293,13 @@ class Trainer:
         if main:
             runfiles.update_run_json(self.run_dir, status=status, step=self.step, message=self.message)
         for cb in self.callbacks:
-            cb.on_train_end(self, status)
+            cb.on_train_end(self.view(), status)
         return status
+
+    def view(self) -> TrainView:
+        """What callbacks see of the run now."""
+        return TrainView(self.run_dir, self.model, self.data, self.total_steps, self.batches_per_epoch,
+                         self.step, self.epoch, self.batch_index, self.tokens, self.elapsed)
 
     @property
     def epoch_progress(self) -> float:
@@ -326,7 +320,7 @@ class Trainer:
                                             cfg.loss_on == "reply")
             x, y, m = (torch.from_numpy(a).to(self.device) for a in (inputs, targets, mask))
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                total += float(masked_loss(model, x, y, m))
+                total += float(target_loss(model, x, y, m))
             count += int(mask.sum())
         metrics = {"step": self.step, "epoch": self.epoch_progress, "tokens": self.tokens,
                    "eval_loss": total / count, "eval_ppl": math.exp(min(total / count, 50))}
@@ -336,33 +330,47 @@ class Trainer:
             metrics["persona_pass"] = result.pass_rate
         self.metrics.write(metrics)
         for cb in self.callbacks:
-            cb.on_eval(self, metrics)
+            cb.on_eval(self.view(), metrics)
         return metrics
 
 
-def data_config(cfg: TrainConfig) -> DataConfig:
-    vocab = cfg.vocab_size or model_preset(cfg.preset).d_vocab
-    return DataConfig(persona=cfg.persona, n_chats=cfg.n_chats, seed=cfg.data_seed, vocab_size=vocab)
+def model_config(cfg: TrainConfig):
+    """The model a TrainConfig trains: its preset, with the dropout it asks for."""
+    mcfg = model_preset(cfg.preset)
+    return mcfg.replace(dropout=cfg.dropout) if cfg.dropout >= 0 else mcfg
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """What TrainConfig cannot check alone, checked before anything is written: the model
+    builds, and --record-hooks names hook points it has."""
+    if cfg.record:
+        from guppy.record import stored_hooks
+
+        with torch.device("meta"):  # hook names only: no memory, no initialisation
+            names = GuppyLM(model_config(cfg)).hook_names
+        stored_hooks(names, cfg.record_hooks)
 
 
 def start_run(cfg: TrainConfig, callbacks=(), show_progress: bool = True, resume_dir: str | Path | None = None,
               cache_dir=None) -> Trainer:
     """Create (or reopen, with `resume_dir`) a run folder and a Trainer for it. Under torchrun
-    rank 0 names the folder and reads it; the other ranks are told."""
+    rank 0 names the folder and reads it; the other ranks are told. Every setting is checked
+    before the run folder exists."""
     ranks = distributed.current()
     if resume_dir is not None:
         run_dir = Path(resume_dir)
         cfg = distributed.share(lambda: runfiles.read_train_config(run_dir))
-    else:
+    else:  # named, not made: the folder appears in write_new_run, after every check
         run_dir = distributed.share(lambda: runfiles.new_run_dir(cfg))  # one timestamp for all ranks
     if cfg.batch_size < ranks.world_size:
         raise ValueError(f"batch_size: {cfg.batch_size} chats per step cannot be shared by {ranks.world_size} "
                          f"ranks; --batch-size is the global batch, use {ranks.world_size} or more")
+    check_config(cfg)
     data = distributed.main_first(lambda: load_dataset(data_config(cfg), cache_dir=cache_dir))
     if cfg.record and ranks.is_main:
         from guppy.record import Recorder
 
-        callbacks = [*callbacks, Recorder(cfg.record_every, cfg.record_hooks, cfg.record_probes, cfg.record_log_spaced)]
+        callbacks = [*callbacks, Recorder(cfg.record_every, cfg.record_hooks, cfg.record_inputs, cfg.record_log_spaced)]
     trainer = Trainer(cfg, run_dir, data, callbacks, show_progress and ranks.is_main)
     if resume_dir is not None:
         trainer.resume()

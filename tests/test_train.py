@@ -13,9 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from guppy.checkpoint import list_checkpoints, state_path
+from guppy.runformat import list_checkpoints, state_path
 import guppy
-from guppy.train import Callback, TrainConfig, build_optimizer, lr_at, pick_precision, start_run
+from guppy.callbacks import Callback
+from guppy.train import TrainConfig, build_optimizer, lr_at, pick_precision, start_run
 from tests.conftest import tiny_train_config
 
 

@@ -9,6 +9,8 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from guppy import runformat as R
+
 from dashboards.cache import READ_ERRORS, RunHandle
 from dashboards.data import CURVES, user_prompt
 from dashboards.views.common import chart
@@ -77,9 +79,9 @@ def replies_table(r: RunHandle) -> None:
     if not r.steps:
         return
     try:
-        p = r.probes()
+        p = r.watch()
         chats = [i for i, k in enumerate(p.kind) if k == "chat"]
-        replies = {s: r.read("samples/replies", s) for s in r.steps}
+        replies = {s: r.read(R.REPLIES, s) for s in r.steps}
     except READ_ERRORS as e:
         st.warning(f"{r.name}: no sampled replies ({e})")
         return
