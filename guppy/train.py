@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from guppy import distributed, runfiles
 from guppy.checkpoint import checkpoint_path, list_checkpoints, load_state, read_weights, save_state, save_weights, state_path
-from guppy.config import TrainConfig, model_preset
+from guppy.config import TrainConfig, model_config, model_preset
 from guppy.data import DataConfig, Dataset, bucket_batches, collate, count_targets, load_dataset
 from guppy.model import GuppyLM
 
@@ -111,9 +111,7 @@ class Trainer:
         self.ranks = distributed.current()
         self.device = distributed.rank_device(pick_device(cfg.device), self.ranks)
         self.dtype = pick_precision(cfg.precision, self.device)
-        mcfg = model_preset(cfg.preset)
-        if cfg.dropout >= 0:
-            mcfg = mcfg.replace(dropout=cfg.dropout)
+        mcfg = model_config(cfg)  # the preset with the architecture flags applied
         if dataset.tokenizer.vocab_size > mcfg.d_vocab:
             raise ValueError(f"tokenizer has {dataset.tokenizer.vocab_size} tokens but preset {cfg.preset} "
                              f"has d_vocab {mcfg.d_vocab}; pass a smaller --vocab-size")
