@@ -169,6 +169,8 @@ def test_each_flag_trains_records_and_generates(tmp_path, flags):
     L, H = run.model_config.n_layers, run.model_config.n_heads
     assert list(run.snapshots.step) == [0, 1, 2, 3]
     assert run.read("heads/entropy", 3).shape == (L, H)
+    resumed = start_run(cfg, show_progress=False, resume_dir=trainer.run_dir)  # rebuilt from run.json alone
+    assert resumed.model.cfg == run.model_config and resumed.step == 3
     model, tok, _ = load_for_inference(trainer.run_dir)
     prompt = tok.encode_prompt("hello pebble")
     assert generate(model, prompt, 20, temperature=0) == generate(model, prompt, 20, temperature=0, use_kv_cache=False)
@@ -221,3 +223,19 @@ def test_an_old_run_without_the_new_fields_loads_as_it_was(tmp_path):
     model, _, _ = load_for_inference(run_dir)
     tokens = torch.randint(0, 400, (1, 9))
     torch.testing.assert_close(model(tokens), trainer.model.eval()(tokens))
+
+
+def test_readme_lists_every_architecture_flag_and_its_example_holds():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("### Changing the architecture")[1].split("\n### ")[0]
+    for name in NEW_TRAIN_KEYS:
+        assert f"--{name.replace('_', '-')}" in section, name
+    (example,) = re.findall(r"^guppy-train (.*?)\s+#", section, re.M)
+    from guppy.train import build_parser
+
+    given = {k: v for k, v in vars(build_parser().parse_args(example.split())).items()
+             if v is not None and k not in ("resume", "quiet", "dist_backend")}
+    cfg = model_config(TrainConfig(**given))
+    assert (cfg.n_heads, cfg.d_head, cfg.positional, cfg.act) == (1, 256, "rotary", "gelu")
