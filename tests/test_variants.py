@@ -176,6 +176,24 @@ def test_each_flag_trains_records_and_generates(tmp_path, flags):
     assert generate(model, prompt, 20, temperature=0) == generate(model, prompt, 20, temperature=0, use_kv_cache=False)
 
 
+def test_every_dashboard_view_renders_a_variant_run(tmp_path, monkeypatch):
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+    from test_dashboard import APP, VIEWS
+
+    flags = dict(positional="rotary", norm="post", act="gelu", n_layers=3, n_heads=2)
+    trainer = start_run(tiny_train_config(tmp_path, steps=4, run_name="v", record=True, record_probes=3,
+                                          eval_prompts=0, **flags), show_progress=False)
+    assert trainer.fit() == "finished"
+    monkeypatch.setenv("GUPPY_RUNS_DIR", str(trainer.run_dir.parent))
+    for view in VIEWS:
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.query_params["run"], at.query_params["view"] = "v", view
+        at.run()
+        assert not at.exception and not at.error, (view, [e.value for e in [*at.exception, *at.error]])
+        assert at.get("plotly_chart"), view
+
+
 # ---- bad combinations: one line, exit 1, no run folder ------------------------------------------
 
 
