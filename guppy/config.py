@@ -203,7 +203,7 @@ class TrainConfig:
 
 
 def model_config(cfg: TrainConfig) -> ModelConfig:
-    """The run's model: its preset with the architecture flags applied (0 or negative = the preset's)."""
+    """The run's model: its preset with the architecture flags applied (0 = the preset's)."""
     base = model_preset(cfg.preset)
     d_model, n_heads, d_head = _attention_shape(base, cfg.d_model, cfg.n_heads, cfg.d_head)
     # a wider model keeps the preset's MLP ratio, so width sweeps change one thing
@@ -225,7 +225,8 @@ def _attention_shape(base: ModelConfig, d_model: int, n_heads: int, d_head: int)
     alone keeps the preset's d_model (d_model alone keeps the preset's n_heads)."""
     if d_model and n_heads and d_head:
         if n_heads * d_head != d_model:
-            raise ValueError(f"d_model: {d_model} is not n_heads * d_head ({n_heads} * {d_head}); give two of the three")
+            raise ValueError(f"d_model: {d_model} is not n_heads * d_head ({n_heads} * {d_head}); "
+                             f"give two of the three")
         return d_model, n_heads, d_head
     if n_heads and d_head:
         return n_heads * d_head, n_heads, d_head

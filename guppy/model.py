@@ -1,7 +1,7 @@
 """The guppy transformer: decoder-only, every activation through a named HookPoint.
 
-token + learned position embeddings -> n_layers x [pre-LN attention, pre-LN ReLU MLP]
--> final LayerNorm -> unembedding tied to the token embedding. Pure: no I/O, no printing.
+By default: token + learned position embeddings -> n_layers x [pre-LN attention, pre-LN ReLU
+MLP] -> final LayerNorm -> unembedding tied to the token embedding. Pure: no I/O, no printing.
 
 Variants (ModelConfig.positional / norm / act) are chosen once, at construction: positions
 added as a fixed sinusoid table, or turned into q and k (`RotaryAttention`, which adds
@@ -71,9 +71,9 @@ class KVCache:
 # hook names in the order the forward pass reaches them (within a block, then overall); a
 # variant has the ones that apply to it (rotary adds hook_rot_q/k, no table drops hook_pos_embed)
 BLOCK_ORDER = ("hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k",
-               "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "attn.hook_result",
-               "hook_attn_out", "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized", "mlp.hook_pre",
-               "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
+               "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_attn_scores", "attn.hook_pattern",
+               "attn.hook_z", "attn.hook_result", "hook_attn_out", "hook_resid_mid", "ln2.hook_scale",
+               "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
 
 
 class LayerNorm(nn.Module):
@@ -137,7 +137,8 @@ class Attention(nn.Module):
         return self.out.bias
 
     def positions(self, q: torch.Tensor, k: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Where q and k learn their positions; here they do not (see RotaryAttention)."""
+        """q and k (B, T, H, E) at positions start.. as the scores see them: unchanged here, the
+        positions are in the residual (or nowhere); RotaryAttention turns them."""
         return q, k
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:

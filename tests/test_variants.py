@@ -58,7 +58,8 @@ def test_rotary_turns_q_and_k_by_their_position(tiny_cfg):
     _, cache = model.run_with_cache(tokens, names="blocks.0.attn.hook_*")
     E = tiny_cfg.d_head
     theta = 10_000 ** (-torch.arange(E // 2, dtype=torch.float64) / (E // 2))
-    turn = torch.polar(torch.ones(10, E // 2, dtype=torch.float64), torch.arange(10.0, dtype=torch.float64)[:, None] * theta)
+    angle = torch.arange(10, dtype=torch.float64)[:, None] * theta  # (T, E/2)
+    turn = torch.polar(torch.ones_like(angle), angle)
     for raw, rot in (("hook_q", "hook_rot_q"), ("hook_k", "hook_rot_k")):
         x = cache[f"blocks.0.attn.{raw}"].double()  # (B, T, H, E)
         z = torch.complex(x[..., :E // 2], x[..., E // 2:]) * turn[None, :, None]
