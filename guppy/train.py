@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from guppy import distributed, runfiles
 from guppy.callbacks import TrainView
 from guppy.checkpoint import load_state, read_weights, save_state, save_weights
-from guppy.config import TrainConfig, model_preset
+from guppy.config import TrainConfig, model_config
 from guppy.data import Dataset, bucket_batches, collate, count_targets, data_config, load_dataset
 from guppy.model import GuppyLM
 from guppy.runformat import METRICS_CSV, checkpoint_path, list_checkpoints, state_path
@@ -102,7 +102,7 @@ class Trainer:
         self.ranks = distributed.current()
         self.device = distributed.rank_device(pick_device(cfg.device), self.ranks)
         self.dtype = pick_precision(cfg.precision, self.device)
-        mcfg = model_config(cfg)
+        mcfg = model_config(cfg)  # the preset with the architecture flags applied
         if dataset.tokenizer.vocab_size > mcfg.d_vocab:
             raise ValueError(f"tokenizer has {dataset.tokenizer.vocab_size} tokens but preset {cfg.preset} "
                              f"has d_vocab {mcfg.d_vocab}; pass a smaller --vocab-size")
@@ -334,20 +334,15 @@ class Trainer:
         return metrics
 
 
-def model_config(cfg: TrainConfig):
-    """The model a TrainConfig trains: its preset, with the dropout it asks for."""
-    mcfg = model_preset(cfg.preset)
-    return mcfg.replace(dropout=cfg.dropout) if cfg.dropout >= 0 else mcfg
-
-
 def check_config(cfg: TrainConfig) -> None:
     """What TrainConfig cannot check alone, checked before anything is written: the model
     builds, and --record-hooks names hook points it has."""
+    mcfg = model_config(cfg)  # a bad combination of architecture flags is one ValueError here
     if cfg.record:
         from guppy.record import stored_hooks
 
         with torch.device("meta"):  # hook names only: no memory, no initialisation
-            names = GuppyLM(model_config(cfg)).hook_names
+            names = GuppyLM(mcfg).hook_names
         stored_hooks(names, cfg.record_hooks)
 
 

@@ -79,7 +79,8 @@ def build_watch_set(data, n_ctx: int, full: int = 12, n_repeat: int = 4, period:
         period=np.array([0] * n_chat + [period] * n_repeat),
         kind=["chat"] * n_chat + ["repeat"] * n_repeat,
         topic=[c.topic for c in chats] + [""] * n_repeat,
-        text=[tok.decode(s, skip_special=False) for s in seqs],
+        # a random token may be the NUL byte, which HDF5 strings cannot hold: shown as the NUL symbol
+        text=[tok.decode(s, skip_special=False).replace("\x00", "\u2400") for s in seqs],
         subset=np.array(subset),
     )
 

@@ -127,6 +127,19 @@ def test_attribution_terms_sum_to_the_logit(tiny_model, centered):
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("positional", ["rotary", "none"])
+def test_attribution_without_a_position_table(tiny_cfg, positional):
+    attribution = load_probe("attribution")
+    torch.manual_seed(0)
+    model = GuppyLM(tiny_cfg.replace(positional=positional)).eval()
+    tokens, positions, targets = torch.randint(3, 512, (2, 9)), torch.tensor([8, 3]), torch.tensor([5, 9])
+    terms, labels, bias, logit = attribution.attribute(model, tokens, positions, targets)
+    assert labels[:2] == ["embed", "L0H0"]
+    torch.testing.assert_close(terms.sum(1) + bias, logit, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="needs a pre-LN model"):
+        attribution.attribute(GuppyLM(tiny_cfg.replace(norm="post")), tokens, positions, targets)
+
+
 def test_patching_the_whole_residual_recovers_everything(copy_model):
     patching = load_probe("patching")
     gen = torch.Generator().manual_seed(3)

@@ -24,7 +24,9 @@ def render(h: RunHandle, others: list[RunHandle]) -> None:
     status = h.run.status
     cols = st.columns(5)
     cols[0].metric("status", status)
-    cols[1].metric("layers × heads", f"{cfg.n_layers} × {cfg.n_heads}", help=f"d_model {cfg.d_model}, d_mlp {cfg.d_mlp}, n_ctx {cfg.n_ctx}")
+    shape = (f"d_model {cfg.d_model}, d_mlp {cfg.d_mlp}, n_ctx {cfg.n_ctx}; "
+             f"{cfg.positional} positions, {cfg.norm}-LN, {cfg.act}")
+    cols[1].metric("layers × heads", f"{cfg.n_layers} × {cfg.n_heads}", help=shape)
     cols[2].metric("parameters", f"{cfg.num_params():,}")
     m = h.metrics()
     cols[3].metric("last step", int(m.step.max()) if len(m) else 0)
