@@ -25,7 +25,7 @@ import torch
 from guppy import metrics as M
 from guppy.ablate import ablation_sites, each_site_ablated
 from guppy.runfiles import atomic_write
-from guppy.runformat import PROBE_OUTPUTS_DIR
+from guppy.runformat import PROBE_OUTPUTS_DIR, act_name
 from guppy.cli import ArgumentParser, positive_int
 
 T = TypeVar("T")
@@ -236,7 +236,7 @@ def head_scores(model, tokens: torch.Tensor, lengths: torch.Tensor, period: torc
     _, cache = model.run_with_cache(tokens, names="blocks.*.attn.hook_pattern")
     scores: dict[str, list] = {}
     for l in range(model.cfg.n_layers):
-        pattern = cache[f"blocks.{l}.attn.hook_pattern"]  # (B, H, T, T)
+        pattern = cache[act_name("pattern", l)]  # (B, H, T, T)
         values = M.head_metrics(pattern, lengths, period) | {"local": local_score(pattern, lengths)}
         for name, v in values.items():
             scores.setdefault(name, []).append(v.numpy())

@@ -24,6 +24,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from guppy.runformat import act_name
+
 HookFn = Callable[[torch.Tensor, "HookPoint"], "torch.Tensor | None"]
 Names = "str | Iterable[str] | Callable[[str], bool] | None"
 
@@ -150,11 +152,11 @@ class ActivationCache(Mapping):
             raise ValueError(f"accumulated_resid: layer {layer} is not in 0..{n}")
         names = []
         for l in range(min(layer + 1, n)):
-            names.append(f"blocks.{l}.hook_resid_pre")
+            names.append(act_name("resid_pre", l))
             if incl_mid and l < layer:
-                names.append(f"blocks.{l}.hook_resid_mid")
+                names.append(act_name("resid_mid", l))
         if layer == n:
-            names.append(f"blocks.{n - 1}.hook_resid_post")
+            names.append(act_name("resid_post", n - 1))
         resid = torch.stack([self[name] for name in names])
         if apply_ln:
             ln = self.model.ln_final  # its weights only: hooks on ln_final must not fire here
@@ -165,7 +167,7 @@ class ActivationCache(Mapping):
     def head_results(self, layer: int) -> torch.Tensor:
         """Each head's contribution to blocks.{layer}.hook_attn_out -> (B, T, H, D).
         Their sum over heads plus b_O is the attention output. Needs hook_z cached."""
-        z = self[f"blocks.{layer}.attn.hook_z"]  # (B, T, H, d_head)
+        z = self[act_name("z", layer)]  # (B, T, H, d_head)
         W_O = self.model.blocks[layer].attn.W_O.detach().to(z.device, z.dtype)  # (H, d_head, D)
         return torch.einsum("bthe,hed->bthd", z, W_O)
 

@@ -29,6 +29,7 @@ import torch
 
 from guppy import analysis as A
 from guppy.cli import positive_int, run_main
+from guppy.runformat import act_name
 
 PROG = "attribution.py"
 
@@ -53,7 +54,7 @@ def components(model, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[to
         labels += [f"L{l}H{h}" for h in range(cfg.n_heads)]
         parts.append(model.blocks[l].attn.b_O.expand(len(positions), 1, -1))
         labels.append(f"L{l} attn bias")
-        parts.append(cache[f"blocks.{l}.hook_mlp_out"][rows, positions][:, None])
+        parts.append(cache[act_name("mlp_out", l)][rows, positions][:, None])
         labels.append(f"L{l} MLP")
     scale = cache["ln_final.hook_scale"][rows, positions]  # (B, 1)
     return torch.cat(parts, 1), labels, scale, logits[rows, positions]
