@@ -76,10 +76,15 @@ def load_for_inference(run_dir: str | Path, which: str | int = "latest", device:
 
 def load_eval_data(run_dir: str | Path):
     """The persona and held-out chats a run was trained against (regenerated, cached)."""
-    from guppy.data import load_dataset
+    from guppy.data import DataConfig, load_dataset
     from guppy.train import data_config
 
-    data = load_dataset(data_config(read_train_config(Path(run_dir))))
+    meta = read_run_json(Path(run_dir))
+    if "train_config" not in meta and "data_config" in meta:  # an imported run: the persona it is judged by
+        cfg = DataConfig(**meta["data_config"])
+    else:
+        cfg = data_config(read_train_config(Path(run_dir)))
+    data = load_dataset(cfg)
     return data.persona, data.chats.eval
 
 

@@ -1,0 +1,422 @@
+"""GuppyLM checkpoints in and out: files written here in GuppyLM's formats (random weights under
+its keys, a byte-level BPE with its specials, a hub config.json, a step_<N>.pt series), checked
+against a forward written from its state-dict layout, round trips, ONNX and transformers exports,
+post-hoc recording, and bad files as one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import guppy
+from guppy.config import ModelConfig
+from guppy.data import DataConfig
+from guppy.guppylm import GuppyLMConfig, refuse_unexpressible
+from guppy.importer import import_guppylm
+from guppy.importer import main as import_main
+from guppy.runs import load_for_inference
+
+ROOT = Path(__file__).resolve().parents[1]
+MINI = ROOT / "tests" / "data" / "mini.toml"
+MINI_DATA = DataConfig(persona=str(MINI), n_chats=600)
+SPECIALS = ["<pad>", "<|im_start|>", "<|im_end|>"]
+# tiny GuppyLM shapes: d_model 32 in 4 heads of 8; the vocabulary is larger than the tokenizer's, as
+# GuppyLM's 4096 are (about 2.4K used)
+TINY = dict(vocab_size=400, max_seq_len=48, d_model=32, n_layers=2, n_heads=4, ffn_hidden=64, dropout=0.1,
+            pad_id=0, bos_id=1, eos_id=2)
+CHATS = [("Hi Guppy", "hello. the water is nice today."), ("what is the meaning of life?", "food. always food."),
+         ("do you like cats?", "cats are big. i hide in the plant."), ("IS IT COLD?", "the water is a bit cold.")]
+
+
+# ---- GuppyLM's files, made here -------------------------------------------------------------
+
+
+def guppylm_tokenizer(path: Path) -> Path:
+    """A byte-level BPE as GuppyLM trains its own: no normalizer, <pad>=0 <|im_start|>=1 <|im_end|>=2."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    texts = [f"<|im_start|>user\n{p}<|im_end|>\n<|im_start|>assistant\n{r}<|im_end|>" for p, r in CHATS] * 20
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=4096, special_tokens=SPECIALS, min_frequency=2,
+                                                       show_progress=False))
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return path
+
+
+def guppylm_state(cfg: dict, seed: int) -> dict[str, torch.Tensor]:
+    """Random weights under GuppyLM's keys, LayerNorms non-trivial, lm_head tied (one tensor)."""
+    g = torch.Generator().manual_seed(seed)
+    D, M, V = cfg["d_model"], cfg["ffn_hidden"], cfg["vocab_size"]
+
+    def r(*shape, scale=0.2):
+        return torch.randn(*shape, generator=g) * scale
+
+    sd = {"tok_emb.weight": r(V, D), "pos_emb.weight": r(cfg["max_seq_len"], D),
+          "norm.weight": 1 + r(D), "norm.bias": r(D)}
+    for i in range(cfg["n_layers"]):
+        p = f"blocks.{i}."
+        sd |= {p + "norm1.weight": 1 + r(D), p + "norm1.bias": r(D), p + "attn.qkv.weight": r(3 * D, D),
+               p + "attn.qkv.bias": r(3 * D), p + "attn.out.weight": r(D, D), p + "attn.out.bias": r(D),
+               p + "norm2.weight": 1 + r(D), p + "norm2.bias": r(D), p + "ffn.up.weight": r(M, D),
+               p + "ffn.up.bias": r(M), p + "ffn.down.weight": r(D, M), p + "ffn.down.bias": r(D)}
+    sd["lm_head.weight"] = sd["tok_emb.weight"]
+    return sd
+
+
+def guppylm_forward(sd: dict, cfg: dict, idx: torch.Tensor) -> torch.Tensor:
+    """GuppyLM's forward, written plainly from its state-dict layout (eval mode: no dropout)."""
+    B, T = idx.shape
+    D, H = cfg["d_model"], cfg["n_heads"]
+    hd = D // H
+    x = F.embedding(idx, sd["tok_emb.weight"]) + sd["pos_emb.weight"][:T]
+    mask = torch.tril(torch.ones(T, T))
+    for i in range(cfg["n_layers"]):
+        p = f"blocks.{i}."
+        h = F.layer_norm(x, (D,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], 1e-5)
+        qkv = F.linear(h, sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"]).reshape(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
+        att = F.softmax(att.masked_fill(mask == 0, float("-inf")), dim=-1)
+        x = x + F.linear((att @ v).transpose(1, 2).reshape(B, T, D), sd[p + "attn.out.weight"], sd[p + "attn.out.bias"])
+        h = F.layer_norm(x, (D,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], 1e-5)
+        up = F.relu(F.linear(h, sd[p + "ffn.up.weight"], sd[p + "ffn.up.bias"]))
+        x = x + F.linear(up, sd[p + "ffn.down.weight"], sd[p + "ffn.down.bias"])
+    return F.linear(F.layer_norm(x, (D,), sd["norm.weight"], sd["norm.bias"], 1e-5), sd["lm_head.weight"])
+
+
+def training_layout(root: Path, steps=(2, 4, 6), final=7) -> dict[int, dict]:
+    """GuppyLM's training output: checkpoints/step_<N>.pt, best_model.pt, final_model.pt; data/tokenizer.json."""
+    guppylm_tokenizer(root / "data" / "tokenizer.json")
+    ck = root / "checkpoints"
+    ck.mkdir(parents=True)
+    states = {}
+    for n in (*steps, final):
+        states[n] = guppylm_state(TINY, seed=n)
+    for n in steps:
+        torch.save({"step": n, "model_state_dict": states[n], "config": dict(TINY)}, ck / f"step_{n}.pt")
+    best = steps[len(steps) // 2]
+    torch.save({"step": best, "model_state_dict": states[best], "config": dict(TINY), "eval_loss": 2.5},
+               ck / "best_model.pt")
+    losses = [5.0 - 0.1 * i for i in range(final)]
+    torch.save({"step": final, "model_state_dict": states[final], "config": dict(TINY), "train_losses": losses},
+               ck / "final_model.pt")
+    return states
+
+
+def hub_layout(root: Path, cfg: dict, seed: int = 11) -> dict:
+    """The published model as its download step stores it: checkpoints/best_model.pt (a bare state
+    dict), checkpoints/config.json in Hugging Face keys, data/tokenizer.json."""
+    guppylm_tokenizer(root / "data" / "tokenizer.json")
+    (root / "checkpoints").mkdir(parents=True)
+    sd = guppylm_state(cfg, seed)
+    torch.save(sd, root / "checkpoints" / "best_model.pt")
+    hub = GuppyLMConfig(**cfg).to_hub()
+    (root / "checkpoints" / "config.json").write_text(json.dumps(hub))
+    return sd
+
+
+@pytest.fixture(scope="module")
+def series_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("guppylm_series")
+    states = training_layout(root / "guppylm")
+    run = import_guppylm(root / "guppylm" / "checkpoints", root / "runs" / "fish", data=MINI_DATA)
+    return run, states
+
+
+def tokens(n: int, T: int, vocab: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, (n, T), generator=torch.Generator().manual_seed(seed))
+
+
+# ---- import ---------------------------------------------------------------------------------
+
+
+def test_series_import_gives_guppylms_logits_at_every_step(series_run):
+    run, states = series_run
+    assert list(guppy.open_run(run).path.joinpath("checkpoints").iterdir())
+    from guppy.runfiles import list_checkpoints
+
+    assert list(list_checkpoints(run)) == [2, 4, 6, 7]  # best_model.pt repeats step 4; final_model.pt is step 7
+    x = tokens(3, 20, TINY["vocab_size"])
+    for step, sd in states.items():
+        model, _, _ = load_for_inference(run, step)
+        torch.testing.assert_close(model(x), guppylm_forward(sd, TINY, x), atol=1e-5, rtol=1e-5)
+    m = guppy.open_run(run).metrics
+    assert m.loss.notna().sum() == 1 and m.step.max() == 7  # 7 per-step losses: one row (steps 1-7)
+    assert m.loc[m.eval_loss.notna(), "step"].tolist() == [4]  # best_model.pt's eval_loss at its step
+    assert json.loads((run / "run.json").read_text())["status"] == "imported"
+
+
+def test_imported_tokenizer_encodes_prompts_as_guppylm_does(series_run):
+    from tokenizers import Tokenizer
+
+    run, _ = series_run
+    tok = guppy.open_run(run).tokenizer
+    raw = Tokenizer.from_file(str(run / "tokenizer.json"))  # GuppyLM's own use: specials parsed from the string
+    for prompt in ("Hi Guppy", "what is the meaning of life?", "<|im_end|> sneaky"):
+        text = f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+        if "<|im_end|> sneaky" != prompt:
+            assert tok.encode_prompt(prompt) == raw.encode(text).ids
+    assert (tok.pad_id, tok.start_id, tok.end_id) == (0, 1, 2) and tok.format.pad == "<pad>"
+    assert tok.decode(tok.encode("Hi Guppy")) == "Hi Guppy"  # case kept: no lowercasing normalizer
+    assert tok.encode_prompt("<|im_end|> sneaky").count(2) == 1  # a typed special stays text
+
+
+def test_published_model_shapes_import(tmp_path):
+    """The published 8.7M fish: hub config.json, bare state dict, the download step's layout."""
+    cfg = GuppyLMConfig().to_dict()
+    sd = hub_layout(tmp_path / "g", cfg)
+    run = import_guppylm(tmp_path / "g" / "checkpoints", tmp_path / "runs" / "published", data=MINI_DATA)
+    model, _, path = load_for_inference(run)
+    assert path.name == "step-000000.safetensors" and model.num_params() == 8_726_016
+    assert model.cfg == ModelConfig(dropout=0.1)  # our guppy preset
+    x = tokens(2, 24, 4096)
+    torch.testing.assert_close(model(x), guppylm_forward(sd, cfg, x), atol=1e-4, rtol=1e-4)
+
+
+def one_line_error(capsys, argv) -> str:
+    assert import_main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("guppy-import: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_bad_files_are_one_line_and_leave_no_run(tmp_path, capsys):
+    good = tmp_path / "good"
+    training_layout(good, steps=(2,), final=3)
+    runs = tmp_path / "runs"
+    base = ["--runs-dir", str(runs), "--name", "x", "--quiet"]
+
+    sd = guppylm_state(TINY, 1)
+    del sd["blocks.1.ffn.up.bias"]
+    torch.save({"step": 1, "model_state_dict": sd, "config": dict(TINY)}, tmp_path / "missing.pt")
+    err = one_line_error(capsys, [str(tmp_path / "missing.pt"), "--tokenizer", str(good / "data/tokenizer.json"), *base])
+    assert "missing key blocks.1.ffn.up.bias" in err
+
+    torch.save({"step": 1, "model_state_dict": guppylm_state(TINY, 1), "config": dict(TINY, ffn_hidden=128)},
+               tmp_path / "shape.pt")
+    err = one_line_error(capsys, [str(tmp_path / "shape.pt"), "--tokenizer", str(good / "data/tokenizer.json"), *base])
+    assert "blocks.0.ffn.up.weight has shape (64, 32)" in err and "(128, 32)" in err
+
+    untied = guppylm_state(TINY, 1)
+    untied["lm_head.weight"] = untied["tok_emb.weight"] + 1
+    torch.save({"step": 1, "model_state_dict": untied, "config": dict(TINY)}, tmp_path / "untied.pt")
+    err = one_line_error(capsys, [str(tmp_path / "untied.pt"), "--tokenizer", str(good / "data/tokenizer.json"), *base])
+    assert "lm_head.weight differs from tok_emb.weight" in err
+
+    # a pickle that needs code to load (an argparse.Namespace) is refused, never unpickled
+    torch.save({"step": 1, "model_state_dict": guppylm_state(TINY, 1), "config": argparse.Namespace(**TINY)},
+               tmp_path / "code.pt")
+    err = one_line_error(capsys, [str(tmp_path / "code.pt"), "--tokenizer", str(good / "data/tokenizer.json"), *base])
+    assert "refused" in err and "weights_only" in err
+
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    assert "not a readable PyTorch checkpoint" in one_line_error(capsys, [str(tmp_path / "text.pt"), *base])
+
+    (tmp_path / "bare").mkdir()
+    torch.save(guppylm_state(TINY, 1), tmp_path / "bare" / "pytorch_model.bin")
+    err = one_line_error(capsys, [str(tmp_path / "bare"), "--tokenizer", str(good / "data/tokenizer.json"), *base])
+    assert "no config.json beside it; pass --config" in err
+    (tmp_path / "bare" / "config.json").write_text("{oops")
+    assert "unreadable config" in one_line_error(capsys, [str(tmp_path / "bare"), "--tokenizer",
+                                                          str(good / "data/tokenizer.json"), *base])
+    (tmp_path / "bare" / "config.json").write_text(json.dumps(GuppyLMConfig(**dict(TINY, pad_id=399)).to_hub()))
+    assert "pad_id = 399 is not a token" in one_line_error(capsys, [str(tmp_path / "bare"), "--tokenizer",
+                                                                    str(good / "data/tokenizer.json"), *base])
+
+    # a series whose later file is broken: nothing is left behind
+    (good / "checkpoints" / "step_9.pt").write_bytes(b"PK\x03\x04 truncated")
+    err = one_line_error(capsys, [str(good / "checkpoints"), *base])
+    assert "step_9.pt" in err and not (runs / "x").exists()
+
+
+def test_no_tokenizer_found_names_the_flag(tmp_path, capsys):
+    (tmp_path / "lone").mkdir()
+    torch.save({"step": 3, "model_state_dict": guppylm_state(TINY, 3), "config": dict(TINY)}, tmp_path / "lone" / "a.pt")
+    err = one_line_error(capsys, [str(tmp_path / "lone" / "a.pt"), "--runs-dir", str(tmp_path / "runs")])
+    assert "no tokenizer.json beside" in err and "pass --tokenizer" in err
+
+
+# ---- an imported run in every tool ----------------------------------------------------------
+
+
+def test_chat_and_eval_work_on_an_imported_run(series_run, capsys):
+    from guppy.chat import main as chat_main
+    from guppy.evaluate import main as eval_main
+
+    run, _ = series_run
+    assert chat_main(["--run", str(run), "-p", "Hi Guppy", "--temperature", "0", "--max-tokens", "8"]) == 0
+    assert capsys.readouterr().out.startswith("you: Hi Guppy\n")
+    assert eval_main(["--run", str(run), "--prompts", "1"]) == 0
+    assert "pass rate:" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def recorded_series(series_run):
+    from guppy.posthoc import record_run
+
+    run, _ = series_run
+    written = record_run(run, full_probes=4, show_progress=False)
+    return run, written
+
+
+def test_record_writes_a_snapshot_per_checkpoint_that_open_run_reads(recorded_series):
+    run, written = recorded_series
+    assert written == [2, 4, 6, 7]
+    r = guppy.open_run(run)
+    assert r.snapshots.step.tolist() == [2, 4, 6, 7]
+    hm = r.head_metrics()
+    assert set(hm.step) == {2, 4, 6, 7} and hm.value.notna().all()
+    assert r.acts("blocks.0.attn.hook_pattern", snapshot=7).shape[0] == 4
+    # measured from each checkpoint's own weights: later snapshots differ
+    assert r.read("loss/mean", 2) != r.read("loss/mean", 7)
+    # what only training knows is absent, not faked
+    assert np.isnan(r.read("grads/param_norm", 4)).all() and np.isnan(r.read("params/update_ratio", 4)).all()
+    assert set(r.read("absent", 4)) == {"grads/param_norm", "params/update_ratio"}
+    assert np.isfinite(r.read("grads/act_norm", 4)).all()  # one backward on the fixed inputs: measured
+    assert np.isnan(r.snapshots.epoch).all()  # GuppyLM's checkpoints do not say
+
+
+def test_record_resumes_and_skips_what_exists(recorded_series):
+    from guppy.posthoc import record_run
+
+    run, _ = recorded_series
+    before = (run / "snapshots" / "step-000004.h5").stat().st_mtime_ns
+    (run / "snapshots" / "step-000006.h5").unlink()
+    assert record_run(run, full_probes=4, show_progress=False) == [6]
+    assert (run / "snapshots" / "step-000004.h5").stat().st_mtime_ns == before
+    assert record_run(run, full_probes=4, show_progress=False) == []
+
+
+def test_record_of_a_guppy_run_trained_without_record(tiny_run, tmp_path):
+    import shutil
+
+    from guppy.posthoc import record_run
+
+    run = tmp_path / "plain"
+    shutil.copytree(tiny_run, run)
+    steps = record_run(run, full_probes=4, show_progress=False)
+    r = guppy.open_run(run)
+    assert steps and r.snapshots.step.tolist() == steps
+    assert r.snapshots.tokens.notna().all()  # guppy's own checkpoints fall on logged steps
+
+
+def test_a_probe_script_runs_on_an_imported_run(recorded_series, capsys):
+    import importlib.util
+
+    run, _ = recorded_series
+    spec = importlib.util.spec_from_file_location("probe_logit_lens", ROOT / "probes" / "logit_lens.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--run", str(run), "--snapshot", "all", "--chats", "4"]) == 0
+    assert (run / "probes" / "logit_lens.html").exists()
+
+
+def test_dashboard_replays_an_imported_series(recorded_series, tmp_path, monkeypatch):
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    run, _ = recorded_series
+    runs = tmp_path / "runs"
+    shutil.copytree(run, runs / "guppylm")
+    monkeypatch.setenv("GUPPY_RUNS_DIR", str(runs))
+    for view in ("Run overview", "Attention", "Head metrics", "Residual stream", "Gradients", "Ablation"):
+        at = AppTest.from_file(str(ROOT / "dashboards" / "app.py"), default_timeout=120)
+        at.query_params["run"], at.query_params["view"] = "guppylm", view
+        at.run()
+        assert not at.exception, (view, [e.value for e in at.exception])
+        assert not at.error, (view, [e.value for e in at.error])
+        assert at.get("plotly_chart") or view == "Ablation", view
+
+
+# ---- export ---------------------------------------------------------------------------------
+
+
+def test_guppylm_export_round_trips_and_matches_guppylms_forward(tiny_run, tmp_path):
+    from guppy.export import export_run
+
+    out = tmp_path / "hub"
+    export_run(tiny_run, "guppylm", out)
+    assert {f.name for f in out.iterdir()} == {"pytorch_model.bin", "model.safetensors", "config.json", "tokenizer.json"}
+    sd = torch.load(out / "pytorch_model.bin", weights_only=True)
+    assert sd["lm_head.weight"].data_ptr() == sd["tok_emb.weight"].data_ptr()  # tied, as GuppyLM saves it
+    hub = json.loads((out / "config.json").read_text())
+    assert hub["hidden_size"] == 32 and hub["num_attention_heads"] == 4 and hub["intermediate_size"] == 64
+    cfg = GuppyLMConfig.from_dict(hub, "hub").to_dict()
+    original, tok, _ = load_for_inference(tiny_run)
+    x = tokens(2, 30, original.cfg.d_vocab)
+    torch.testing.assert_close(guppylm_forward(sd, cfg, x), original(x), atol=1e-5, rtol=1e-5)
+    back = import_guppylm(out, tmp_path / "runs" / "back", data=MINI_DATA)
+    again, tok2, _ = load_for_inference(back)
+    assert torch.equal(again(x), original(x))  # identical logits after export -> import
+    assert tok2.encode_prompt("Hi Guppy") == tok.encode_prompt("Hi Guppy")
+
+
+def test_export_refuses_what_the_target_cannot_express(tiny_run, tmp_path, capsys):
+    from dataclasses import dataclass
+
+    from guppy.export import main as export_main
+
+    @dataclass(frozen=True)
+    class Rotary(ModelConfig):
+        positional: str = "learned"
+
+    with pytest.raises(ValueError, match="GPT-2 cannot express positional='rotary'"):
+        refuse_unexpressible(Rotary(positional="rotary"), "GPT-2")
+    refuse_unexpressible(Rotary(), "GPT-2")
+    with pytest.raises(ValueError, match="ln_eps"):
+        GuppyLMConfig.of_model(ModelConfig(ln_eps=1e-6), 0, 1, 2)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    assert export_main([str(tiny_run), "--to", "hf", str(tmp_path / "full")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("guppy-export: error:") and "already exists" in err and err.count("\n") == 1
+
+
+def test_onnx_export_matches_onnxruntime(tiny_run, tmp_path):
+    import onnxruntime
+
+    from guppy.export import export_run
+
+    facts = export_run(tiny_run, "onnx", tmp_path / "onnx")
+    assert facts["onnx_max_diff"] <= 1e-4
+    session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    model, _, _ = load_for_inference(tiny_run)
+    for B, T in ((1, 1), (4, 9), (2, model.cfg.n_ctx)):  # dynamic batch and length
+        x = tokens(B, T, model.cfg.d_vocab, seed=B)
+        got = session.run(None, {"input_ids": x.numpy()})[0]
+        np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-4, rtol=0)
+
+
+def test_transformers_export_gives_equal_logits_and_the_chat_prompt(tiny_run, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from guppy.export import export_run
+
+    export_run(tiny_run, "hf", tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+    model, tok, _ = load_for_inference(tiny_run)
+    x = tokens(3, 25, model.cfg.d_vocab)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, model(x), atol=1e-5, rtol=1e-5)
+    hf_tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    ids = hf_tok.apply_chat_template([{"role": "user", "content": "hi guppy"}], add_generation_prompt=True, tokenize=True)
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    assert list(ids) == tok.encode_prompt("hi guppy")
+    out = hf.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_id)
+    from guppy.generate import generate
+
+    want = generate(model, list(ids), max_new_tokens=5, temperature=0.0, stop_token=tok.end_id)
+    assert out[0, len(ids):].tolist()[:len(want)] == want
