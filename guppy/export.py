@@ -58,6 +58,9 @@ class _Logits(torch.nn.Module):
 def export_onnx(model, out: Path) -> float:
     """model.onnx with dynamic batch and length; returns the largest |logit difference| that
     onnxruntime shows on a batch of another shape than the one traced."""
+    import contextlib
+    import io
+    import logging
     import warnings
 
     import numpy as np
@@ -68,10 +71,18 @@ def export_onnx(model, out: Path) -> float:
     T = min(16, cfg.n_ctx)
     example = torch.randint(0, cfg.d_vocab, (2, T))
     batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("seq", min=1, max=cfg.n_ctx)
-    with warnings.catch_warnings():  # the exporter's notes on optional packages (torchvision) are noise here
-        warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, (example,), str(out / ONNX_FILE), input_names=["input_ids"], output_names=["logits"],
-                          dynamic_shapes=({0: batch, 1: seq},), dynamo=True, verbose=False)
+    quiet = logging.getLogger("torch.onnx")  # its notes on packages we do not use (torchvision) are noise here
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # and its progress lines
+            warnings.simplefilter("ignore")
+            # one file (external_data=False): a web page fetches one URL; fine below ONNX's 2 GB limit
+            torch.onnx.export(wrapper, (example,), str(out / ONNX_FILE), input_names=["input_ids"],
+                              output_names=["logits"], dynamic_shapes=({0: batch, 1: seq},), dynamo=True,
+                              external_data=False, verbose=False)
+    finally:
+        quiet.setLevel(level)
     check = torch.randint(0, cfg.d_vocab, (3, max(1, min(cfg.n_ctx, T + 5))))
     session = onnxruntime.InferenceSession(str(out / ONNX_FILE), providers=["CPUExecutionProvider"])
     got = session.run(None, {"input_ids": check.numpy()})[0]
@@ -114,6 +125,9 @@ def chat_template(fmt) -> str:
 def export_hf(model, tok, out: Path) -> None:
     from tokenizers import Tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one folder of one shard: a bar per file is noise
 
     cfg = model.cfg
     hf_cfg = GPT2Config(vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model, n_layer=cfg.n_layers,

@@ -261,10 +261,12 @@ def load_file(path: str | Path) -> GuppyLMFile:
 
 
 def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    useful = [ln for ln in lines if ln.lower().startswith("unsupported")]
-    text = (useful or lines or [type(e).__name__])[0]
-    return text[:200]
+    """The informative part of torch.load's many-line message: the global it refused, the operand."""
+    text = " ".join(str(e).split())
+    m = re.search(r"GLOBAL (\S+)", text) or re.search(r"(Unsupported operand \S+)", text)
+    if m:
+        return f"it asks for {m.group(1)}" if m.group(0).startswith("GLOBAL") else m.group(1)
+    return text[:200] or type(e).__name__
 
 
 def read_config_json(path: Path) -> dict:

@@ -105,7 +105,10 @@ def record_run(run_dir: str | Path, hooks: str | None = None, full_probes: int =
     checkpoints = runfiles.list_checkpoints(run_dir)
     if not checkpoints:
         raise ValueError(f"{run_dir}: the run has no checkpoint to record")
-    done = lambda n: (run_dir / "snapshots" / f"step-{n:06d}.h5").exists()  # noqa: E731
+
+    def done(step: int) -> bool:
+        return (run_dir / "snapshots" / f"step-{step:06d}.h5").exists()
+
     todo = [n for n in checkpoints if not done(n)]
     if not todo:
         return []
