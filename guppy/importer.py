@@ -32,28 +32,36 @@ IMPORTED = "imported"  # run.json status of an imported run
 def plan(path: Path, step: int | None) -> tuple[list[tuple[int, Path]], list[str]]:
     """(step, file) pairs to import in step order, and notes on files left out.
 
-    A folder with a step_<N>.pt series imports the series, plus final_model.pt when its step is
-    past the last one; best_model.pt repeats a step of the series and is left out. A folder without
-    a series, or a single file, imports one checkpoint at its saved step (or `step`, or 0)."""
+    A folder imports its step_<N>.pt series, plus best_model.pt and final_model.pt where they
+    hold a step the series lacks. A single file, or a folder with only a bare state dict, is one
+    checkpoint at its saved step (else `step`, else 0)."""
     if path.is_file():
         return [(_step_of(load_file(path), step), path)], []
     if not path.is_dir():
         raise FormatError(f"{path}: no such file or folder")
-    found = series(path)
-    notes = []
+    found, notes = series(path), []
+    for name in ("final_model.pt", "best_model.pt"):
+        if not (path / name).is_file():
+            continue
+        f = load_file(path / name)
+        if f.step is not None and f.step not in found:
+            found[f.step] = path / name
+        elif f.step is not None:
+            notes.append(f"{name} left out: it repeats step {f.step} ({found[f.step].name})")
     if found:
-        final = path / "final_model.pt"
-        if final.exists():
-            f = load_file(final)
-            if f.step is not None and f.step not in found and f.step > max(found):
-                found[f.step] = final
-        if (path / "best_model.pt").exists():
-            notes.append("best_model.pt left out: it repeats a checkpoint of the step_<N>.pt series")
         return sorted(found.items()), notes
     for name in SINGLE_FILES:
         if (path / name).is_file():
             return [(_step_of(load_file(path / name), step), path / name)], notes
     raise FormatError(f"{path}: no GuppyLM checkpoint here (step_<N>.pt, {', '.join(SINGLE_FILES)})")
+
+
+def checkpoint_folder(path: Path) -> Path:
+    """GuppyLM's repository root holds its checkpoints in checkpoints/: accept either."""
+    inner = path / "checkpoints"
+    if path.is_dir() and inner.is_dir() and not series(path) and not any((path / n).is_file() for n in SINGLE_FILES):
+        return inner
+    return path
 
 
 def _step_of(f: GuppyLMFile, step: int | None) -> int:
@@ -130,6 +138,7 @@ class Checked:
 
 
 def check(path: Path, tokenizer: str | None, config: str | None, step: int | None) -> Checked:
+    path = checkpoint_folder(path)
     todo, notes = plan(path, step)
     first = load_file(todo[0][1])
     cfg, config_from = resolve_config(first, path, config)

@@ -158,16 +158,29 @@ def test_series_import_gives_guppylms_logits_at_every_step(series_run):
     assert json.loads((run / "run.json").read_text())["status"] == "imported"
 
 
+def test_best_model_between_saves_counts_and_the_repository_root_opens(tmp_path):
+    from guppy.runfiles import list_checkpoints
+
+    states = training_layout(tmp_path / "g", steps=(2, 4), final=5)
+    states[3] = guppylm_state(TINY, 3)  # evaluated at step 3, between two saves
+    torch.save({"step": 3, "model_state_dict": states[3], "config": dict(TINY), "eval_loss": 2.0},
+               tmp_path / "g" / "checkpoints" / "best_model.pt")
+    run = import_guppylm(tmp_path / "g", tmp_path / "runs" / "r", data=MINI_DATA)  # the root: checkpoints/ inside
+    assert list(list_checkpoints(run)) == [2, 3, 4, 5]
+    x = tokens(2, 10, TINY["vocab_size"])
+    model, _, _ = load_for_inference(run, 3)
+    torch.testing.assert_close(model(x), guppylm_forward(states[3], TINY, x), atol=1e-5, rtol=1e-5)
+
+
 def test_imported_tokenizer_encodes_prompts_as_guppylm_does(series_run):
     from tokenizers import Tokenizer
 
     run, _ = series_run
     tok = guppy.open_run(run).tokenizer
     raw = Tokenizer.from_file(str(run / "tokenizer.json"))  # GuppyLM's own use: specials parsed from the string
-    for prompt in ("Hi Guppy", "what is the meaning of life?", "<|im_end|> sneaky"):
+    for prompt in ("Hi Guppy", "what is the meaning of life?"):
         text = f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
-        if "<|im_end|> sneaky" != prompt:
-            assert tok.encode_prompt(prompt) == raw.encode(text).ids
+        assert tok.encode_prompt(prompt) == raw.encode(text).ids
     assert (tok.pad_id, tok.start_id, tok.end_id) == (0, 1, 2) and tok.format.pad == "<pad>"
     assert tok.decode(tok.encode("Hi Guppy")) == "Hi Guppy"  # case kept: no lowercasing normalizer
     assert tok.encode_prompt("<|im_end|> sneaky").count(2) == 1  # a typed special stays text
@@ -339,6 +352,8 @@ def test_dashboard_replays_an_imported_series(recorded_series, tmp_path, monkeyp
         assert not at.exception, (view, [e.value for e in at.exception])
         assert not at.error, (view, [e.value for e in at.error])
         assert at.get("plotly_chart") or view == "Ablation", view
+        if view == "Gradients":  # says why the training-gradient charts are empty
+            assert any("guppy-record" in i.value for i in at.info)
 
 
 # ---- export ---------------------------------------------------------------------------------

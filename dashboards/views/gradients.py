@@ -17,6 +17,10 @@ def render(h: RunHandle, others=()) -> None:
         st.info("This run has no readable snapshots yet.")
         return
     last = h.steps[-1]
+    if h.run.meta.get("posthoc_record"):  # written by guppy-record (guppy.posthoc.POSTHOC_KEY)
+        st.info("Snapshots recorded after training (guppy-record): the gradients of the training batches and "
+                "the update of each snapshot's last step are unknown, so those charts stay empty; the gradients "
+                "per activation are measured on the fixed inputs.")
     params = [param_label(str(x)) for x in h.read("params/names", last)]
     grads = over_training(h.over_training("grads/param_norm"), params)
     ratios = over_training(h.over_training("params/update_ratio"), params)
