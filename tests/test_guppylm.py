@@ -254,6 +254,19 @@ def test_bad_files_are_one_line_and_leave_no_run(tmp_path, capsys):
     assert "step_9.pt" in err and not (runs / "x").exists()
 
 
+def test_record_and_export_errors_are_one_line(tmp_path, capsys):
+    from guppy.export import main as export_main
+    from guppy.posthoc import main as record_main
+
+    assert record_main([str(tmp_path / "nope"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("guppy-record: error:") and "no such file" in err and err.count("\n") == 1
+    assert export_main([str(tmp_path / "nope"), "--to", "guppylm", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("guppy-export: error:") and "no such run folder" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_no_tokenizer_found_names_the_flag(tmp_path, capsys):
     (tmp_path / "lone").mkdir()
     torch.save({"step": 3, "model_state_dict": guppylm_state(TINY, 3), "config": dict(TINY)}, tmp_path / "lone" / "a.pt")
@@ -415,23 +428,25 @@ def test_onnx_export_matches_onnxruntime(tiny_run, tmp_path):
         np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-4, rtol=0)
 
 
-def test_transformers_export_gives_equal_logits_and_the_chat_prompt(tiny_run, tmp_path):
+@pytest.mark.parametrize("which", ["guppy", "imported"])
+def test_transformers_export_gives_equal_logits_and_the_chat_prompt(which, tiny_run, series_run, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from guppy.export import export_run
+    from guppy.generate import generate
 
-    export_run(tiny_run, "hf", tmp_path / "hf")
+    run = tiny_run if which == "guppy" else series_run[0]  # ours, and GuppyLM's through import
+    export_run(run, "hf", tmp_path / "hf")
     hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
-    model, tok, _ = load_for_inference(tiny_run)
+    model, tok, _ = load_for_inference(run)
     x = tokens(3, 25, model.cfg.d_vocab)
     with torch.no_grad():
         torch.testing.assert_close(hf(x).logits, model(x), atol=1e-5, rtol=1e-5)
     hf_tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
-    ids = hf_tok.apply_chat_template([{"role": "user", "content": "hi guppy"}], add_generation_prompt=True,
+    prompt = "Hi Guppy" if which == "imported" else "hi guppy"
+    ids = hf_tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                      tokenize=True, return_dict=True)["input_ids"]
-    assert list(ids) == tok.encode_prompt("hi guppy")
+    assert list(ids) == tok.encode_prompt(prompt)
     out = hf.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_id)
-    from guppy.generate import generate
-
     want = generate(model, list(ids), max_new_tokens=5, temperature=0.0, stop_token=tok.end_id)
     assert out[0, len(ids):].tolist()[:len(want)] == want
