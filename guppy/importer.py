@@ -240,8 +240,9 @@ def write_metrics(run_dir: Path, losses: list[float], evals: dict[int, float]) -
         tail = losses[len(losses) - len(losses) % LOG_EVERY:]
         rows.append({"step": len(losses), "loss": sum(tail) / len(tail)})
     rows += [{"step": s, "eval_loss": v, "eval_ppl": math.exp(min(v, 50))} for s, v in sorted(evals.items())]
+    if not rows:  # a bare state dict says nothing of its training: no metrics.csv, an empty table for readers
+        return
     writer = runfiles.MetricsWriter(run_dir / "metrics.csv")
-    writer._open()  # a header even when there is no row: readers see an empty table
     for row in sorted(rows, key=lambda r: r["step"]):
         writer.write(row)
     writer.close()
