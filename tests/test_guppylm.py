@@ -172,6 +172,21 @@ def test_best_model_between_saves_counts_and_the_repository_root_opens(tmp_path)
     torch.testing.assert_close(model(x), guppylm_forward(states[3], TINY, x), atol=1e-5, rtol=1e-5)
 
 
+def test_cli_import_of_a_bare_state_dict_with_extra_buffers(tmp_path, capsys):
+    sd = hub_layout(tmp_path / "g", TINY)
+    sd = {"_orig_mod." + k: v for k, v in sd.items()} | {"_orig_mod.blocks.0.attn.mask": torch.ones(4, 4)}
+    torch.save(sd, tmp_path / "g" / "checkpoints" / "pytorch_model.bin")  # torch.compile'd, with a mask buffer
+    (tmp_path / "g" / "checkpoints" / "best_model.pt").unlink()
+    assert import_main([str(tmp_path / "g"), "--runs-dir", str(tmp_path / "runs"), "--name", "hub", "--step", "1000",
+                        "--persona", str(MINI), "--n-chats", "600", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("imported 1 checkpoint (steps 1000..1000) into") and "guppy-record" in out
+    assert "ignored blocks.0.attn.mask" in err
+    meta = json.loads((tmp_path / "runs" / "hub" / "run.json").read_text())
+    assert meta["source"]["ignored_keys"] == ["blocks.0.attn.mask"] and meta["data_config"]["n_chats"] == 600
+    assert not (tmp_path / "runs" / "hub" / "metrics.csv").exists()
+
+
 def test_imported_tokenizer_encodes_prompts_as_guppylm_does(series_run):
     from tokenizers import Tokenizer
 
