@@ -307,7 +307,7 @@ class ParamStats(Measure):
     fed by the recorder after each backward; a snapshot taken after the fact (no training
     seen) writes NaN for what it cannot know, never a made-up value."""
 
-    keys = (R.PARAM_NAMES, R.PARAM_NORM, R.PARAM_UPDATE_RATIO, R.PARAM_GRAD_NORM, R.GRAD_STEPS)
+    keys = (R.PARAM_NAMES, R.PARAM_NORM, R.PARAM_UPDATE_RATIO, R.PARAM_GRAD_NORM, R.GRAD_STEPS, R.ABSENT)
 
     def __init__(self):
         self.grad_sq: torch.Tensor | None = None
@@ -327,15 +327,22 @@ class ParamStats(Measure):
         names = [n for n, _ in p.model.named_parameters()]
         params = [q.detach() for q in p.model.parameters()]
         norms = torch.stack(torch._foreach_norm(params)).float().cpu()
-        absent = np.full(len(params), np.nan, np.float32)
+        nan = np.full(len(params), np.nan, np.float32)
         out[R.PARAM_NAMES], out[R.PARAM_NORM] = _strings(names), _np(norms)
+        absent = []
         if self.before is not None:
             deltas = torch._foreach_sub(params, self.before)
             out[R.PARAM_UPDATE_RATIO] = _np(torch.stack(torch._foreach_norm(deltas)).float().cpu() / norms.clamp(min=1e-12))
         else:
-            out[R.PARAM_UPDATE_RATIO] = absent
-        out[R.PARAM_GRAD_NORM] = _np((self.grad_sq / self.steps).sqrt()) if self.steps else absent
+            out[R.PARAM_UPDATE_RATIO] = nan
+            absent.append(R.PARAM_UPDATE_RATIO)
+        if self.steps:
+            out[R.PARAM_GRAD_NORM] = _np((self.grad_sq / self.steps).sqrt())
+        else:
+            out[R.PARAM_GRAD_NORM] = nan
+            absent.append(R.PARAM_GRAD_NORM)
         out[R.GRAD_STEPS] = np.int64(self.steps)
+        out[R.ABSENT] = _strings(absent)
         self.grad_sq, self.steps, self.before = None, 0, None
 
 

@@ -30,6 +30,7 @@ READS_SCHEMAS = (1, 2)  # 1: written before the watch set had its name (see LEGA
 
 RUN_JSON = "run.json"
 TOKENIZER_JSON = "tokenizer.json"
+CHAT_JSON = "chat.json"  # beside a foreign tokenizer.json: its special-token names and chat template
 METRICS_CSV = "metrics.csv"
 WATCH_FILE = "watch.h5"
 WATCH_FILE_V1 = "probes.h5"
@@ -83,6 +84,11 @@ def watch_path(run_dir: str | Path) -> Path:
     return old if not path.exists() and old.exists() else path
 
 
+# ---- run.json keys added by tools other than guppy-train ---------------------------------------
+
+POSTHOC_KEY = "posthoc_record"  # guppy-record ran: when, how many steps, what is absent
+IMPORTED_STATUS = "imported"  # the status of a run guppy-import wrote
+
 # ---- the watch set file (watch.h5) ------------------------------------------------------------
 
 WATCH_ARRAYS = ("tokens", "lengths", "reply_start", "period", "subset")
@@ -135,6 +141,7 @@ PARAM_NAMES = "params/names"
 PARAM_NORM = "params/norm"
 PARAM_UPDATE_RATIO = "params/update_ratio"
 REPLIES = "samples/replies"
+ABSENT = "absent"  # names of the datasets a snapshot could not measure (left NaN), e.g. after the fact
 
 # schema 1 -> 2: what a key was called before
 LEGACY_KEYS = {LOSS_BY_INPUT: "loss/by_probe"}

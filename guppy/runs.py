@@ -32,7 +32,7 @@ import numpy as np
 
 from guppy import runformat as R
 from guppy.config import ModelConfig
-from guppy.data import data_config, load_dataset
+from guppy.data import DataConfig, data_config, load_dataset
 from guppy.runfiles import read_run_json, read_train_config
 from guppy.tokenizer import ChatTokenizer
 from guppy.watchset import WatchSet
@@ -82,7 +82,12 @@ def load_for_inference(run_dir: str | Path, which: str | int = "latest", device:
 
 def load_eval_data(run_dir: str | Path):
     """The persona and held-out chats a run was trained against (regenerated, cached)."""
-    data = load_dataset(data_config(read_train_config(Path(run_dir))))
+    meta = read_run_json(Path(run_dir))
+    if "train_config" not in meta and "data_config" in meta:  # an imported run: the persona it is judged by
+        cfg = DataConfig(**meta["data_config"])
+    else:
+        cfg = data_config(read_train_config(Path(run_dir)))
+    data = load_dataset(cfg)
     return data.persona, data.chats.eval
 
 

@@ -19,6 +19,10 @@ def render(h: RunHandle, others=()) -> None:
         st.info("This run has no readable snapshots yet.")
         return
     last = h.steps[-1]
+    if h.run.meta.get(R.POSTHOC_KEY):  # written by guppy-record
+        st.info("Snapshots recorded after training (guppy-record): the gradients of the training batches and "
+                "the update of each snapshot's last step are unknown, so those charts stay empty; the gradients "
+                "per activation are measured on the fixed inputs.")
     params = [param_label(str(x)) for x in h.read(R.PARAM_NAMES, last)]
     grads = over_training(h.over_training(R.PARAM_GRAD_NORM), params)
     ratios = over_training(h.over_training(R.PARAM_UPDATE_RATIO), params)
