@@ -84,8 +84,8 @@ class Recorder(Callback):
         """Open (or make) the run's watch set and plan the snapshots; `data` is only needed
         when the run has no watch set yet (its held-out chats and tokenizer build one)."""
         self.run_dir = Path(run_dir)
+        self.store = stored_hooks(model.hook_names, self.hooks)  # a bad glob: nothing written yet
         (self.run_dir / R.SNAPSHOTS_DIR).mkdir(parents=True, exist_ok=True)
-        self.store = stored_hooks(model.hook_names, self.hooks)
         path = R.watch_path(self.run_dir)
         if path.exists():  # a resumed run keeps its watch set
             self.watch = WatchSet.load(path)
