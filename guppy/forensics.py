@@ -82,7 +82,8 @@ class StepRing:
         grad, update, weight = self.grad.cpu(), self.update.cpu(), self.weight.cpu()
         rows = []
         for i in sorted((i for i in range(self.size) if self.steps[i] >= 0), key=lambda i: self.steps[i]):
-            ratio = update[i] / weight[i].clamp(min=1e-12)
+            # a weight that starts at zero (biases) has no ratio on its first step: NaN, not 1e12
+            ratio = torch.where(weight[i] > 0, update[i] / weight[i].clamp(min=1e-30), float("nan"))
             rows += [{"step": self.steps[i], "param": n, "grad_norm": float(grad[i, j]), "update_ratio": float(ratio[j])}
                      for j, n in enumerate(self.names)]
         return rows

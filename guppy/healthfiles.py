@@ -48,6 +48,8 @@ RUN_KEYS = ("spikes", "divergence", "history")  # what run.json gains: lists / a
 HOOK_COLUMNS = ("order", "hook", "max_abs", "rms", "nonfinite", "baseline_max_abs", "growth",
                 "grad_max_abs", "grad_rms", "grad_nonfinite", "first_bad")
 PARAM_COLUMNS = ("step", "param", "grad_norm", "update_ratio")
+TABLE_COLUMNS = {HOOKS_FILE: HOOK_COLUMNS, PARAMS_FILE: PARAM_COLUMNS, REPLAY_PARAMS_FILE: ("param", "grad_norm"),
+                 BATCH_FILE: ("chat", "length", "tokens", "text")}  # the header even of an empty table
 
 
 def health_columns(n_layers: int) -> list[str]:
@@ -111,7 +113,7 @@ def write_forensics(run_dir: Path, step: int, files: dict[str, object], weights_
     shutil.rmtree(tmp, ignore_errors=True)  # a folder a killed process left half-written
     tmp.mkdir()
     for name, content in files.items():
-        atomic_write(tmp / name, lambda path, c=content: _write_content(path, c))
+        atomic_write(tmp / name, lambda path, c=content, n=name: _write_content(path, c, TABLE_COLUMNS.get(n, ())))
     if weights_writer is not None:
         weights_writer(tmp / WEIGHTS_FILE)
     _fsync_dir(tmp)
@@ -122,7 +124,7 @@ def write_forensics(run_dir: Path, step: int, files: dict[str, object], weights_
     return final
 
 
-def _write_content(path: Path, content) -> None:
+def _write_content(path: Path, content, columns=()) -> None:
     if isinstance(content, dict):
         path.write_text(json.dumps(content, indent=1, default=str))
     elif hasattr(content, "to_csv"):
@@ -130,7 +132,7 @@ def _write_content(path: Path, content) -> None:
     else:
         rows = list(content)
         with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+            w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else list(columns))
             w.writeheader()
             w.writerows(rows)
 

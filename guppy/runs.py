@@ -8,6 +8,8 @@
     run.head_metrics()                                 # long frame: step, layer, head, metric, value
     run.model(64)                                      # a hooked GuppyLM with that snapshot's weights
     run.probe_outputs()                                # {probe name: ProbeOutput}: what probes/*.py wrote
+    run.health                                         # pandas, per-layer health signals per logged step
+    run.forensics()                                    # what the latest divergence left (a Forensics of pandas)
 
 Opening is lazy: nothing is read from a snapshot until asked, and each snapshot file is opened
 only for the moment it is read, so a run still training can be read at the same time.
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
+from guppy.healthfiles import Forensics, read_forensics, read_health
 from guppy.runfiles import checkpoint_path, list_checkpoints, read_run_json, read_train_config
 from guppy.tokenizer import ChatTokenizer
 
@@ -147,6 +150,24 @@ class Run:
             return pd.read_csv(io.StringIO(text))
         except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise RunError(f"{path}: unreadable metrics table ({e})") from None
+
+    @property
+    def health(self) -> pd.DataFrame:
+        """One row per logged step: loss, grad_norm, loss_scale and per layer `blocks.L.<signal>`
+        (attn_logit_max, resid_rms, grad_norm, update_ratio); empty for a run without health.csv."""
+        try:
+            return read_health(self.path)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+
+    def forensics(self, step: int | str = "latest") -> Forensics:
+        """What a divergence left: .summary (the facts), .hooks (every hook point of the fp32
+        replay, forward order), .params (per-parameter norms of the last steps), .replay_params,
+        .batch (the chats that broke it), .weights (the last good weights' file)."""
+        try:
+            return read_forensics(self.path, step)
+        except ValueError as e:
+            raise RunError(str(e)) from None
 
     # ---- snapshots -----------------------------------------------------------------------------
 

@@ -71,8 +71,8 @@ class Watchdog:
         self.forward.stop()
         # fp16's GradScaler skips a step with inf gradients and lowers its scale: that is no break
         if not trainer.scaler.is_enabled() and not bool(torch.isfinite(grads).all()):
-            bad = self.ring.names[int((~torch.isfinite(grads)).nonzero()[0])]
-            self.cause = f"gradient non-finite (first: {bad})"
+            bad = int((~torch.isfinite(grads)).sum())
+            self.cause = f"gradient non-finite in {bad} of {len(grads)} parameters"
             raise Diverged(f"gradient became non-finite at step {trainer.step + 1}")
 
     def on_step_end(self, trainer) -> None:
@@ -170,9 +170,9 @@ class Watchdog:
             named["first_bad"] = True
         ring = self.ring.table()
         top = max((r for r in ring if math.isfinite(r["update_ratio"])), key=lambda r: r["update_ratio"], default=None)
-        lengths = data.train.lengths[idx]
-        batch = [{"chat": int(i), "length": int(n), "tokens": " ".join(map(str, inputs[j, :n].tolist())),
-                  "text": data.tokenizer.decode(inputs[j, :n].tolist())} for j, (i, n) in enumerate(zip(idx, lengths))]
+        chats = [data.train.chat(int(i))[: model.cfg.n_ctx + 1].tolist() for i in idx]  # as the step saw them
+        batch = [{"chat": int(i), "length": len(ids), "tokens": " ".join(map(str, ids)),
+                  "text": data.tokenizer.decode(ids)} for i, ids in zip(idx, chats)]
         folder = Path(FORENSICS_DIR) / f"step-{step:06d}"
         facts = {
             "step": step, "cause": cause, "loss": trainer.step_loss, "replay_loss": replay_loss,
