@@ -160,6 +160,14 @@ class Run:
         except ValueError as e:
             raise RunError(str(e)) from None
 
+    @property
+    def events(self) -> dict:
+        """What went wrong and what was done, from run.json read afresh (a live run adds to it):
+        {"spikes": [...], "divergence": {...} or None, "history": [resumes with changed flags]}."""
+        meta = read_run_json(self.path)
+        return {"spikes": meta.get("spikes") or [], "divergence": meta.get("divergence"),
+                "history": meta.get("history") or []}
+
     def forensics(self, step: int | str = "latest") -> Forensics:
         """What a divergence left: .summary (the facts), .hooks (every hook point of the fp32
         replay, forward order), .params (per-parameter norms of the last steps), .replay_params,

@@ -222,3 +222,61 @@ def test_replay_reports_every_hook_point_in_forward_order(tiny_model):
     assert all(r["nonfinite"] == 0 and r["max_abs"] > 0 for r in rows) and math.isfinite(loss)
     assert list(grads)[0] in ("hook_logits",) and set(param_grads) == {n for n, _ in tiny_model.named_parameters()}
     assert all(p.grad is None for p in tiny_model.parameters())  # the replay leaves no gradients behind
+
+
+# ---- the dashboard's Health view ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def health_runs(tmp_path_factory, tiny_run):
+    import shutil
+
+    root = tmp_path_factory.mktemp("health_runs")
+    cfg = tiny_train_config(root.parent, steps=12, eval_every=4, eval_prompts=0, log_every=2, runs_dir=str(root),
+                            run_name="broken")
+    assert start_run(cfg, callbacks=[InjectFault("blocks.1.mlp.hook_pre", step=9)], show_progress=False).fit() == "diverged"
+    shutil.copytree(tiny_run, root / "healthy")
+    shutil.copytree(tiny_run, root / "old")
+    (root / "old" / "health.csv").unlink()
+    return root
+
+
+def health_page(root, monkeypatch, run):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("GUPPY_RUNS_DIR", str(root))
+    at = AppTest.from_file(os.path.join(os.getcwd(), "dashboards", "app.py"), default_timeout=120)
+    at.query_params["run"], at.query_params["view"] = run, "Health"
+    at = at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_health_view_marks_the_divergence_and_highlights_the_first_bad_hook(health_runs, monkeypatch):
+    at = health_page(health_runs, monkeypatch, "broken")
+    assert "first non-finite: blocks.1.mlp.hook_pre" in at.error[0].value
+    (fig,) = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+    layers = {t["name"] for t in fig["data"] if t["name"].startswith("layer")}
+    assert layers == {"layer 0", "layer 1"}
+    marks = [s for s in fig["layout"]["shapes"]]
+    assert any(s.get("fillcolor") == "red" for s in marks) and any(s.get("x0") == 9 for s in marks)
+    assert [m.value for m in at.metric][0] == "blocks.1.mlp.hook_pre"
+    hooks, params, batch = at.dataframe
+    assert "blocks.1.mlp.hook_pre" in hooks.value.index and len(batch.value) == 16
+    styles = hooks.proto.arrow_data.styler.styles  # CSS rules by row: only the first bad hook's row is styled
+    row = list(hooks.value.index).index("blocks.1.mlp.hook_pre")
+    assert BAD_STYLE in styles and f"_row{row}_col0" in styles and styles.count("_col0") == 1
+
+
+BAD_STYLE = "background-color: #ffd0d0"
+
+
+@pytest.mark.parametrize("run, note", [("healthy", None), ("old", "No health rows yet")])
+def test_health_view_of_a_healthy_and_an_old_run(health_runs, monkeypatch, run, note):
+    at = health_page(health_runs, monkeypatch, run)
+    assert not at.error
+    if note:
+        assert note in at.info[0].value and not at.get("plotly_chart")
+    else:
+        (fig,) = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+        assert len(fig["data"]) == 1 + 4 * 2  # the loss, then 4 signals x 2 layers
