@@ -70,11 +70,16 @@ class ForwardSignals:
             self.last = self._values()
 
     def _on_q(self, x, hook):
-        self._q[_layer(hook.name)] = x.detach()
+        # the watch opens after the previous step, so evaluation and generation (eval mode) can
+        # pass before this step's forward does: only training forwards count
+        if self.model.training:
+            self._q[_layer(hook.name)] = x.detach()
 
     @torch.no_grad()
     def _on_k(self, k, hook):
         layer = _layer(hook.name)
+        if layer not in self._q:  # an eval-mode forward
+            return
         q = self._q.pop(layer).float()  # (B, T, H, E)
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k.detach().float()) / math.sqrt(q.shape[-1])  # (B, H, T, T)
         T = scores.shape[-1]
@@ -84,6 +89,8 @@ class ForwardSignals:
 
     @torch.no_grad()
     def _on_resid(self, x, hook):
+        if not self.model.training:
+            return
         layer = _layer(hook.name)
         self.sumsq[layer] = self.sumsq[layer] + torch.linalg.vector_norm(x.detach(), dtype=torch.float32) ** 2
         self.count[layer] += x.numel()

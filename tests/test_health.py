@@ -38,6 +38,8 @@ def test_forward_signals_match_the_attention_scores_and_residual(tiny_model):
     tokens = torch.randint(0, tiny_model.cfg.d_vocab, (3, 20))
     signals = ForwardSignals(tiny_model)
     signals.start()
+    tiny_model.eval()(torch.randint(0, tiny_model.cfg.d_vocab, (8, 60)))  # an evaluation in between: not counted
+    tiny_model.train()  # the tiny preset has no dropout: the same numbers as eval mode
     _, cache = tiny_model.run_with_cache(tokens, names=lambda n: n.endswith(("hook_attn_scores", "hook_resid_post")))
     signals.stop()
     for l in range(tiny_model.cfg.n_layers):
