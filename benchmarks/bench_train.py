@@ -135,8 +135,8 @@ def main() -> None:
     p.add_argument("--log-every", type=int, default=10, help="health rows every N steps, as guppy-train's default")
     args = p.parse_args()
 
-    data = load_dataset(DataConfig())
     cfg = model_preset(args.preset)
+    data = load_dataset(DataConfig(vocab_size=min(DataConfig().vocab_size, cfg.d_vocab)))  # demo: 2304 tokens
     pad = data.tokenizer.pad_id
     rng = np.random.default_rng(0)
     lengths = data.train.lengths

@@ -44,7 +44,8 @@ WEIGHTS_FILE = "weights.safetensors"
 LAYER_SIGNALS = ("attn_logit_max", "resid_rms", "grad_norm", "update_ratio")
 SIGNAL_TITLES = {"attn_logit_max": "largest |pre-softmax attention logit|", "resid_rms": "residual RMS (resid_post)",
                  "grad_norm": "gradient norm", "update_ratio": "update / weight ratio"}
-RUN_KEYS = ("spikes", "divergence", "history")  # what run.json gains: lists / a dict of facts
+# what run.json gains: a list of spikes, the facts of the latest divergence, a list of resumes
+SPIKES_KEY, DIVERGENCE_KEY, HISTORY_KEY = "spikes", "divergence", "history"
 HOOK_COLUMNS = ("order", "hook", "max_abs", "rms", "nonfinite", "baseline_max_abs", "growth",
                 "grad_max_abs", "grad_rms", "grad_nonfinite", "first_bad")
 PARAM_COLUMNS = ("step", "param", "grad_norm", "update_ratio")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
-from guppy.healthfiles import Forensics, read_forensics, read_health
+from guppy.healthfiles import DIVERGENCE_KEY, HISTORY_KEY, SPIKES_KEY, Forensics, read_forensics, read_health
 from guppy.runfiles import checkpoint_path, list_checkpoints, read_run_json, read_train_config
 from guppy.tokenizer import ChatTokenizer
 
@@ -165,8 +165,8 @@ class Run:
         """What went wrong and what was done, from run.json read afresh (a live run adds to it):
         {"spikes": [...], "divergence": {...} or None, "history": [resumes with changed flags]}."""
         meta = read_run_json(self.path)
-        return {"spikes": meta.get("spikes") or [], "divergence": meta.get("divergence"),
-                "history": meta.get("history") or []}
+        return {"spikes": meta.get(SPIKES_KEY) or [], "divergence": meta.get(DIVERGENCE_KEY),
+                "history": meta.get(HISTORY_KEY) or []}
 
     def forensics(self, step: int | str = "latest") -> Forensics:
         """What a divergence left: .summary (the facts), .hooks (every hook point of the fp32

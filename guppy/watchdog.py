@@ -33,8 +33,9 @@ from guppy.checkpoint import list_checkpoints, read_weights, save_weights, state
 from guppy.config import TrainConfig
 from guppy.forensics import Diverged, SpikeDetector, StepRing, first_bad, hook_table, replay
 from guppy.health import ForwardSignals, health_row, is_logged
-from guppy.healthfiles import (BATCH_FILE, FORENSICS_DIR, HEALTH_FILE, HOOKS_FILE, PARAMS_FILE, REPLAY_PARAMS_FILE,
-                               SUMMARY_FILE, HealthWriter, health_columns, write_forensics)
+from guppy.healthfiles import (BATCH_FILE, DIVERGENCE_KEY, FORENSICS_DIR, HEALTH_FILE, HISTORY_KEY, HOOKS_FILE,
+                               PARAMS_FILE, REPLAY_PARAMS_FILE, SPIKES_KEY, SUMMARY_FILE, HealthWriter, health_columns,
+                               step_dir_name, write_forensics)
 
 RING_STEPS = 16  # steps of per-parameter norms kept for the forensics
 RESUME_CHANGES = ("lr", "warmup_steps", "grad_clip", "min_lr")  # what a diverged run may resume with
@@ -60,9 +61,9 @@ class Watchdog:
         self.health = HealthWriter(Path(trainer.run_dir) / HEALTH_FILE, health_columns(model.cfg.n_layers))
         if self.main:  # a resumed run writes its rows and spikes after the checkpoint again
             self.health.truncate_after(trainer.step)
-            spikes = runfiles.read_run_json(trainer.run_dir).get("spikes", [])
+            spikes = runfiles.read_run_json(trainer.run_dir).get(SPIKES_KEY, [])
             if any(s["step"] > trainer.step for s in spikes):
-                runfiles.update_run_json(trainer.run_dir, spikes=[s for s in spikes if s["step"] <= trainer.step])
+                runfiles.update_run_json(trainer.run_dir, **{SPIKES_KEY: [s for s in spikes if s["step"] <= trainer.step]})
         if is_logged(trainer.step + 1, trainer.total_steps, trainer.cfg.log_every):
             self.forward.start()
 
@@ -110,8 +111,8 @@ class Watchdog:
             done = Path(trainer.run_dir) / "snapshots" / f"step-{trainer.step:06d}.h5"
             snapshot = (done if done.exists() else recorder.snapshot(trainer)).name
         note = {"step": trainer.step, "loss": loss, "median": median, "factor": loss / median, "snapshot": snapshot}
-        spikes = runfiles.read_run_json(trainer.run_dir).get("spikes", [])
-        runfiles.update_run_json(trainer.run_dir, spikes=[*spikes, note])
+        spikes = runfiles.read_run_json(trainer.run_dir).get(SPIKES_KEY, [])
+        runfiles.update_run_json(trainer.run_dir, **{SPIKES_KEY: [*spikes, note]})
         if trainer.show_progress:
             print(f"\nspike at step {trainer.step}: loss {loss:.3g} is {loss / median:.1f}x the recent median "
                   f"{median:.3g}" + (f"; snapshot {snapshot}" if snapshot else ""), file=sys.stderr)
@@ -120,6 +121,7 @@ class Watchdog:
 
     def diverged(self, trainer, micro: list[np.ndarray]) -> str:
         """Write the forensics of the step that broke; return the one-line account."""
+        self.forward.stop()  # a loss that broke before the backward left this step's watch open
         step = trainer.step + 1
         loss = trainer.step_loss
         cause = f"loss {loss}" if not math.isfinite(loss) else (self.cause or "non-finite")
@@ -130,7 +132,7 @@ class Watchdog:
         try:
             facts = self._forensics(trainer, step, cause, micro)
         except Exception as e:  # the account must not hide the divergence itself
-            runfiles.update_run_json(trainer.run_dir, divergence={"step": step, "cause": cause, "error": repr(e)})
+            runfiles.update_run_json(trainer.run_dir, **{DIVERGENCE_KEY: {"step": step, "cause": cause, "error": repr(e)}})
             return f"diverged at step {step}: {cause}; forensics failed ({type(e).__name__}: {e}); {where}"
         hook, why = facts["first_bad_hook"], facts["first_bad_kind"]
         label = "max attention logit" if hook and hook.endswith("hook_attn_scores") else "max |x|"
@@ -143,7 +145,7 @@ class Watchdog:
               f"{facts['top_update_step']})" if facts["top_param"] else "no update ratios yet"
         message = f"diverged at step {step}: {cause}; {said}; {top}; forensics in {facts['forensics']}/; {where}"
         facts["message"] = message
-        runfiles.update_run_json(trainer.run_dir, divergence=facts)
+        runfiles.update_run_json(trainer.run_dir, **{DIVERGENCE_KEY: facts})
         return message
 
     def _forensics(self, trainer, step: int, cause: str, micro) -> dict:
@@ -173,7 +175,7 @@ class Watchdog:
         chats = [data.train.chat(int(i))[: model.cfg.n_ctx + 1].tolist() for i in idx]  # as the step saw them
         batch = [{"chat": int(i), "length": len(ids), "tokens": " ".join(map(str, ids)),
                   "text": data.tokenizer.decode(ids)} for i, ids in zip(idx, chats)]
-        folder = Path(FORENSICS_DIR) / f"step-{step:06d}"
+        folder = Path(FORENSICS_DIR) / step_dir_name(step)
         facts = {
             "step": step, "cause": cause, "loss": trainer.step_loss, "replay_loss": replay_loss,
             "first_bad_hook": hook, "first_bad_kind": why,
@@ -235,9 +237,9 @@ def resume_config(run_dir: Path, changes: dict) -> TrainConfig:
         raise ValueError(f"{run_dir}: diverged before its first checkpoint, so there is nothing good to resume "
                          f"from; start a new run with the changed flags (and --eval-every N for checkpoints)")
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed_from_step": max(usable),
-             "changes": {k: [getattr(cfg, k), v] for k, v in changes.items()}, "after": meta.get("divergence")}
-    runfiles.update_run_json(run_dir, train_config=new.to_dict(), history=[*meta.get("history", []), entry],
-                             divergence=None)
+             "changes": {k: [getattr(cfg, k), v] for k, v in changes.items()}, "after": meta.get(DIVERGENCE_KEY)}
+    runfiles.update_run_json(run_dir, train_config=new.to_dict(),
+                             **{HISTORY_KEY: [*meta.get(HISTORY_KEY, []), entry], DIVERGENCE_KEY: None})
     return new
 
 

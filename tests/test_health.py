@@ -11,8 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from dataclasses import replace
 
 import pytest
 import torch
@@ -282,3 +280,11 @@ def test_health_view_of_a_healthy_and_an_old_run(health_runs, monkeypatch, run, 
     else:
         (fig,) = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
         assert len(fig["data"]) == 1 + 4 * 2  # the loss, then 4 signals x 2 layers
+
+
+def test_readme_figure_is_drawn_from_a_diverged_run(health_runs, tmp_path):
+    out = tmp_path / "fig.png"
+    r = subprocess.run([sys.executable, "docs/health_figure.py", "--run", str(health_runs / "broken"), "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
