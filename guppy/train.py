@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{str(trainer.dtype).replace('torch.', '')}, {trainer.total_steps} steps)", file=sys.stderr)
             status = trainer.fit()
         if ranks.is_main:
-            line = trainer.message if trainer.message.startswith(status) else f"{status}: {trainer.message}"
+            line = trainer.message if status == "diverged" else f"{status}: {trainer.message}"  # "diverged at step N: ..."
             print(line, file=sys.stderr if status != "finished" else sys.stdout)
         return {"finished": 0, "interrupted": 130, "diverged": 3}[status]
 
