@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import guppy
-from guppy.forensics import StepRing, replay
+from guppy.forensics import SpikeDetector, StepRing, replay
 from guppy.health import ForwardSignals
 from guppy.healthfiles import FORENSICS_DIR, LAYER_SIGNALS, forensic_steps, read_forensics, write_forensics
 from guppy.runs import RunError
@@ -147,6 +147,17 @@ def test_resume_lr_is_refused_for_a_finished_run(tiny_run):
 
 
 # ---- spikes -------------------------------------------------------------------------------------
+
+
+def test_spike_detector_judges_against_the_recent_median():
+    d = SpikeDetector(3.0, window=4, min_history=3)
+    assert [d.observe(x) for x in (50.0, 2.0, 1.0)] == [None, None, None]  # too little history yet
+    assert d.observe(10.0) == 2.0  # median of 50, 2, 1 is 2: 10 > 3 x 2
+    assert d.observe(5.0) is None  # median of 50, 2, 1, 10 is 6
+    assert d.observe(1.0) is None and d.observe(1.0) is None
+    assert d.observe(6.0) is None and d.observe(100.0) == 3.0  # the window holds 5, 1, 1, 6: median 3
+    off = SpikeDetector(0.0, min_history=0)
+    assert all(off.observe(x) is None for x in (1.0, 1e9))
 
 
 def test_spike_is_snapshotted_and_training_goes_on(tmp_path):
