@@ -10,6 +10,7 @@
     run.probe_outputs()                                # {probe name: ProbeOutput}: what probes/*.py wrote
     run.health                                         # pandas, per-layer health signals per logged step
     run.forensics()                                    # what the latest divergence left (a Forensics of pandas)
+    run.events                                         # spikes, the divergence, resumes with changed flags
 
 Opening is lazy: nothing is read from a snapshot until asked, and each snapshot file is opened
 only for the moment it is read, so a run still training can be read at the same time.

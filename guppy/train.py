@@ -280,7 +280,7 @@ class Trainer:
                 if at_eval and main:
                     self.evaluate()
                     self.save_checkpoint()
-        except Diverged as e:
+        except Diverged:
             status = "diverged"
             self.optimizer.zero_grad(set_to_none=True)
             self.message = self.watchdog.diverged(self, micro)  # forensics written, the one line back
