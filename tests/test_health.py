@@ -249,6 +249,12 @@ def health_runs(tmp_path_factory, tiny_run):
     shutil.copytree(tiny_run, root / "healthy")
     shutil.copytree(tiny_run, root / "old")
     (root / "old" / "health.csv").unlink()
+    # a run still training: status running, its newest health row half-written
+    shutil.copytree(tiny_run, root / "live")
+    meta = json.loads((root / "live" / "run.json").read_text())
+    (root / "live" / "run.json").write_text(json.dumps(meta | {"status": "running"}))
+    with open(root / "live" / "health.csv", "a") as f:
+        f.write("65,4.1,0.9,,0.5")
     return root
 
 
@@ -282,8 +288,8 @@ def test_health_view_marks_the_divergence_and_highlights_the_first_bad_hook(heal
 BAD_STYLE = "background-color: #ffd0d0"
 
 
-@pytest.mark.parametrize("run, note", [("healthy", None), ("old", "No health rows yet")])
-def test_health_view_of_a_healthy_and_an_old_run(health_runs, monkeypatch, run, note):
+@pytest.mark.parametrize("run, note", [("healthy", None), ("live", None), ("old", "No health rows yet")])
+def test_health_view_of_a_healthy_a_live_and_an_old_run(health_runs, monkeypatch, run, note):
     at = health_page(health_runs, monkeypatch, run)
     assert not at.error
     if note:
@@ -291,6 +297,8 @@ def test_health_view_of_a_healthy_and_an_old_run(health_runs, monkeypatch, run, 
     else:
         (fig,) = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
         assert len(fig["data"]) == 1 + 4 * 2  # the loss, then 4 signals x 2 layers
+        steps = guppy.open_run(health_runs / run).health.step
+        assert list(steps) == list(range(5, 61, 5))  # every 5th step of 60; the torn row left out
 
 
 def test_readme_figure_is_drawn_from_a_diverged_run(health_runs, tmp_path):
