@@ -111,10 +111,10 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 class MetricsWriter:
-    """Appends rows to metrics.csv, one flushed line per row."""
+    """Appends rows to a table of logged steps (metrics.csv, health.csv), one flushed line per row."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, path: Path, columns=METRIC_COLUMNS):
+        self.path, self.columns = Path(path), list(columns)
         self.file = None
 
     def _open(self):
@@ -122,7 +122,7 @@ class MetricsWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             new = not self.path.exists() or self.path.stat().st_size == 0
             self.file = open(self.path, "a", newline="")
-            self.writer = csv.DictWriter(self.file, fieldnames=METRIC_COLUMNS, extrasaction="raise")
+            self.writer = csv.DictWriter(self.file, fieldnames=self.columns, extrasaction="raise")
             if new:
                 self.writer.writeheader()
         return self.writer
@@ -140,7 +140,7 @@ class MetricsWriter:
 
         def write(tmp):
             with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+                w = csv.DictWriter(f, fieldnames=self.columns)
                 w.writeheader()
                 w.writerows(rows)
         atomic_write(self.path, write)

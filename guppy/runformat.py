@@ -46,11 +46,11 @@ _WEIGHTS = re.compile(r"^step-(\d+)\.safetensors$")
 
 
 def snapshot_path(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / SNAPSHOTS_DIR / f"step-{step:06d}.h5"
+    return Path(run_dir) / SNAPSHOTS_DIR / f"{step_name(step)}.h5"
 
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINTS_DIR / f"step-{step:06d}.safetensors"
+    return Path(run_dir) / CHECKPOINTS_DIR / f"{step_name(step)}.safetensors"
 
 
 def state_path(weights: Path) -> Path:
@@ -88,6 +88,43 @@ def watch_path(run_dir: str | Path) -> Path:
 
 POSTHOC_KEY = "posthoc_record"  # guppy-record ran: when, how many steps, what is absent
 IMPORTED_STATUS = "imported"  # the status of a run guppy-import wrote
+
+# ---- health and forensics (guppy.watchdog writes them, guppy.healthfiles reads them) ---------
+
+HEALTH_FILE = "health.csv"  # one row per logged step: loss, grad norm, loss scale, per-layer signals
+FORENSICS_DIR = "forensics"  # forensics/step-000812/: what a divergence at step 812 left behind
+SUMMARY_FILE = "summary.json"  # the facts of the one-line message (also run.json's DIVERGENCE_KEY)
+HOOKS_FILE = "hooks.csv"  # every hook point of the fp32 replay, in forward order
+PARAMS_FILE = "params.csv"  # per-parameter gradient norms and update ratios of the last steps
+REPLAY_PARAMS_FILE = "replay_params.csv"  # per-parameter gradient norms of the fp32 replay
+BATCH_FILE = "batch.csv"  # the batch that broke: chat index, token ids, text
+WEIGHTS_FILE = "weights.safetensors"  # the last good weights, those the replay ran on
+# per-layer signals: a health.csv column is f"blocks.{layer}.{signal}"
+LAYER_SIGNALS = ("attn_logit_max", "resid_rms", "grad_norm", "update_ratio")
+SIGNAL_TITLES = {"attn_logit_max": "largest |pre-softmax attention logit|", "resid_rms": "residual RMS (resid_post)",
+                 "grad_norm": "gradient norm", "update_ratio": "update / weight ratio"}
+# what run.json gains: a list of spikes, the facts of the latest divergence, a list of resumes
+SPIKES_KEY, DIVERGENCE_KEY, HISTORY_KEY = "spikes", "divergence", "history"
+HOOK_COLUMNS = ("order", "hook", "max_abs", "rms", "nonfinite", "baseline_max_abs", "growth",
+                "grad_max_abs", "grad_rms", "grad_nonfinite", "first_bad")
+PARAM_COLUMNS = ("step", "param", "grad_norm", "update_ratio")
+TABLE_COLUMNS = {HOOKS_FILE: HOOK_COLUMNS, PARAMS_FILE: PARAM_COLUMNS, REPLAY_PARAMS_FILE: ("param", "grad_norm"),
+                 BATCH_FILE: ("chat", "length", "tokens", "text")}  # the header even of an empty table
+
+
+def health_columns(n_layers: int) -> list[str]:
+    per_layer = [f"blocks.{layer}.{signal}" for signal in LAYER_SIGNALS for layer in range(n_layers)]
+    return ["step", "loss", "grad_norm", "loss_scale", *per_layer]
+
+
+def step_name(step: int) -> str:
+    """How every per-step file and folder is named: step-000812 (.h5, .safetensors, a forensics folder)."""
+    return f"step-{step:06d}"
+
+
+def forensics_path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / FORENSICS_DIR / step_name(step)
+
 
 # ---- the watch set file (watch.h5) ------------------------------------------------------------
 

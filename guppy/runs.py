@@ -9,6 +9,9 @@
     run.model(64)                                      # a hooked GuppyLM with that snapshot's weights
     run.watch_table                                    # pandas: the watch set, the fixed inputs every snapshot measures
     run.probe_outputs()                                # {probe name: ProbeOutput}: what probes/*.py wrote
+    run.health                                         # pandas, per-layer health signals per logged step
+    run.forensics()                                    # what the latest divergence left (a Forensics of pandas)
+    run.events                                         # spikes, the divergence, resumes with changed flags
 
 Opening is lazy: nothing is read from a snapshot until asked, and each snapshot file is opened
 only for the moment it is read, so a run still training can be read at the same time.
@@ -33,6 +36,7 @@ import numpy as np
 from guppy import runformat as R
 from guppy.config import ModelConfig
 from guppy.data import DataConfig, data_config, load_dataset
+from guppy.healthfiles import DIVERGENCE_KEY, HISTORY_KEY, SPIKES_KEY, Forensics, read_forensics, read_health
 from guppy.runfiles import read_run_json, read_train_config
 from guppy.tokenizer import ChatTokenizer
 from guppy.watchset import WatchSet
@@ -154,6 +158,32 @@ class Run:
             return pd.read_csv(io.StringIO(text))
         except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise RunError(f"{path}: unreadable metrics table ({e})") from None
+
+    @property
+    def health(self) -> pd.DataFrame:
+        """One row per logged step: loss, grad_norm, loss_scale and per layer `blocks.L.<signal>`
+        (attn_logit_max, resid_rms, grad_norm, update_ratio); empty for a run without health.csv."""
+        try:
+            return read_health(self.path)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+
+    @property
+    def events(self) -> dict:
+        """What went wrong and what was done, from run.json read afresh (a live run adds to it):
+        {"spikes": [...], "divergence": {...} or None, "history": [resumes with changed flags]}."""
+        meta = read_run_json(self.path)
+        return {"spikes": meta.get(SPIKES_KEY) or [], "divergence": meta.get(DIVERGENCE_KEY),
+                "history": meta.get(HISTORY_KEY) or []}
+
+    def forensics(self, step: int | str = "latest") -> Forensics:
+        """What a divergence left: .summary (the facts), .hooks (every hook point of the fp32
+        replay, forward order), .params (per-parameter norms of the last steps), .replay_params,
+        .batch (the chats that broke it), .weights (the last good weights' file)."""
+        try:
+            return read_forensics(self.path, step)
+        except ValueError as e:
+            raise RunError(str(e)) from None
 
     # ---- snapshots -----------------------------------------------------------------------------
 

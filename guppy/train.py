@@ -29,12 +29,10 @@ from guppy.callbacks import TrainView
 from guppy.checkpoint import load_state, read_weights, save_state, save_weights
 from guppy.config import TrainConfig, model_config
 from guppy.data import Dataset, bucket_batches, collate, count_targets, data_config, load_dataset
+from guppy.forensics import Diverged  # noqa: F401 (re-exported: the loop raises it)
 from guppy.model import GuppyLM
 from guppy.runformat import METRICS_CSV, checkpoint_path, list_checkpoints, state_path
-
-
-class Diverged(RuntimeError):
-    pass
+from guppy.watchdog import Watchdog, resume_config
 
 
 def pick_device(name: str) -> torch.device:
@@ -97,6 +95,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, dataset: Dataset, callbacks=(), show_progress: bool = True):
         self.cfg, self.run_dir, self.data = cfg, Path(run_dir), dataset
+        self.watchdog = Watchdog(cfg.spike_factor)  # health rows, spikes, forensics: part of the loop, always on
         self.callbacks = list(callbacks)
         self.show_progress = show_progress
         self.ranks = distributed.current()
@@ -118,6 +117,7 @@ class Trainer:
         # loop position: everything needed to continue exactly where a stop left off
         self.step, self.epoch, self.batch_index, self.tokens, self.elapsed = 0, 0, 0, 0, 0.0
         self.window_loss, self.window_steps = 0.0, 0  # training loss summed since the last metrics row
+        self.step_loss = float("nan")  # the loss of the step just taken (or just broken)
         self.metrics = runfiles.MetricsWriter(self.run_dir / METRICS_CSV)
         self.last_checkpoint: Path | None = None
 
@@ -206,6 +206,7 @@ class Trainer:
         try:
             for cb in self.callbacks:
                 cb.on_train_start(self.view())
+            self.watchdog.on_train_start(self)
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
                 position = (self.epoch, self.batch_index)  # restored if this step is interrupted
@@ -232,11 +233,13 @@ class Trainer:
                 loss_sum, stop = distributed.all_sum(loss_sum, interrupts.requested)
                 if stop:
                     raise KeyboardInterrupt
+                self.step_loss = loss_sum
                 if not math.isfinite(loss_sum):
                     raise Diverged(f"loss became {loss_sum} at step {self.step + 1}")
                 self.scaler.unscale_(self.optimizer)
                 for cb in self.callbacks:
                     cb.on_after_backward(self.view())
+                self.watchdog.on_after_backward(self)
                 clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
                 self.scaler.step(self.optimizer)
@@ -251,6 +254,7 @@ class Trainer:
                 window_tokens += n_tokens
                 for cb in self.callbacks:
                     cb.on_step_end(self.view())
+                self.watchdog.on_step_end(self)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     tps = window_tokens / max(time.perf_counter() - window_start, 1e-9)
                     row = {"step": self.step, "epoch": self.epoch_progress, "tokens": self.tokens, "lr": lr,
@@ -268,10 +272,10 @@ class Trainer:
                 if at_eval and main:
                     self.evaluate()
                     self.save_checkpoint()
-        except Diverged as e:
+        except Diverged:
             status = "diverged"
-            where = self.last_checkpoint or "none (diverged before the first checkpoint)"
-            self.message = f"{e}; last good checkpoint: {where}"
+            self.optimizer.zero_grad(set_to_none=True)
+            self.message = self.watchdog.diverged(self, micro)  # forensics written, the one line back
         except KeyboardInterrupt:
             status = "interrupted"
             self.optimizer.zero_grad(set_to_none=True)  # drop a half-done step and its batches
@@ -294,6 +298,7 @@ class Trainer:
             runfiles.update_run_json(self.run_dir, status=status, step=self.step, message=self.message)
         for cb in self.callbacks:
             cb.on_train_end(self.view(), status)
+        self.watchdog.on_train_end(self, status)
         return status
 
     def view(self) -> TrainView:
@@ -331,6 +336,7 @@ class Trainer:
         self.metrics.write(metrics)
         for cb in self.callbacks:
             cb.on_eval(self.view(), metrics)
+        self.watchdog.on_eval(self, metrics)
         return metrics
 
 
@@ -347,14 +353,15 @@ def check_config(cfg: TrainConfig) -> None:
 
 
 def start_run(cfg: TrainConfig, callbacks=(), show_progress: bool = True, resume_dir: str | Path | None = None,
-              cache_dir=None) -> Trainer:
+              cache_dir=None, resume_changes: dict | None = None) -> Trainer:
     """Create (or reopen, with `resume_dir`) a run folder and a Trainer for it. Under torchrun
     rank 0 names the folder and reads it; the other ranks are told. Every setting is checked
-    before the run folder exists."""
+    before the run folder exists. `resume_changes` (a diverged run only: lr, warmup_steps,
+    grad_clip, min_lr) are kept in run.json's history."""
     ranks = distributed.current()
     if resume_dir is not None:
         run_dir = Path(resume_dir)
-        cfg = distributed.share(lambda: runfiles.read_train_config(run_dir))
+        cfg = distributed.share(lambda: resume_config(run_dir, resume_changes or {}))
     else:  # named, not made: the folder appears in write_new_run, after every check
         run_dir = distributed.share(lambda: runfiles.new_run_dir(cfg))  # one timestamp for all ranks
     if cfg.batch_size < ranks.world_size:
@@ -388,7 +395,9 @@ def build_parser():
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
         else:
             p.add_argument(flag, type=type(f.default), default=None, choices=f.metadata.get("choices"), help=help)
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the stopped run in RUN_DIR with its own config")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the stopped run in RUN_DIR with its own config "
+                   "(a diverged run: from its last good checkpoint, and --lr, --warmup-steps, --grad-clip, "
+                   "--min-lr may change)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--dist-backend", default="auto", choices=distributed.BACKENDS,
                    help="under torchrun: how ranks talk; auto = nccl for CUDA tensors where there are GPUs, "
@@ -405,12 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "quiet", "dist_backend")}
 
     def body():
-        if args.resume and given:
-            flags = ", ".join(f"--{k.replace('_', '-')}" for k in given)
-            raise ValueError(f"--resume continues a run with its own config; drop {flags}")
-        cfg = TrainConfig(**given)
+        cfg = TrainConfig() if args.resume else TrainConfig(**given)  # a resumed run's flags: resume_config judges
         with distributed.process_group(args.dist_backend) as ranks:
-            trainer = start_run(cfg, show_progress=not args.quiet, resume_dir=args.resume)
+            trainer = start_run(cfg, show_progress=not args.quiet, resume_dir=args.resume,
+                                resume_changes=given if args.resume else None)
             n_params = sum(p.numel() for p in trainer.model.parameters())
             on = f"{ranks.world_size} ranks, {ranks.backend}" if ranks.world_size > 1 else trainer.device
             if ranks.is_main:
@@ -418,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{str(trainer.dtype).replace('torch.', '')}, {trainer.total_steps} steps)", file=sys.stderr)
             status = trainer.fit()
         if ranks.is_main:
-            print(f"{status}: {trainer.message}", file=sys.stderr if status != "finished" else sys.stdout)
+            line = trainer.message if status == "diverged" else f"{status}: {trainer.message}"  # "diverged at step N: ..."
+            print(line, file=sys.stderr if status != "finished" else sys.stdout)
         return {"finished": 0, "interrupted": 130, "diverged": 3}[status]
 
     if distributed.is_main_process():
