@@ -156,6 +156,8 @@ class RecallMonitor(Callback):
             self.rows = old[old.step <= trainer.step].to_dict("records")
         if not self.rows or self.rows[-1]["step"] < trainer.step:
             self.measure(trainer)
+        else:
+            self._write()  # without the rows of steps the resumed run will take again
 
     def on_step_end(self, trainer) -> None:
         if trainer.step % self.every == 0 or trainer.step == trainer.total_steps:
@@ -167,9 +169,12 @@ class RecallMonitor(Callback):
         row = {"step": trainer.step, "tokens": trainer.tokens} | recall_scores(model, self.batch)
         row |= dense_head_scores(model, *self.repeats)
         self.rows.append(row)
+        self._write()
+        self.seconds += time.perf_counter() - t0
+
+    def _write(self) -> None:  # the whole table, atomically: a reader never sees a torn row
         table = pd.DataFrame(self.rows)
         atomic_write(self.path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.5g"))
-        self.seconds += time.perf_counter() - t0
 
 
 def read_recall(run_dir: str | Path) -> pd.DataFrame | None:
