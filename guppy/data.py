@@ -4,8 +4,8 @@
 
 Splits: a share of every topic's prompt templates is held out entirely (eval only), and no
 (prompt, reply) pair of the eval split appears in train. With `memory_fraction`, that share of
-the chats are multi-turn memory chats (`guppy.memorychats`), whose eval items never occur in train. Token arrays live on disk as flat
-`.npy` files (memory-mapped), keyed by the persona's content, seed and sizes, so a second
+the chats are multi-turn memory chats (`guppy.memorychats`), whose eval items never occur in
+train. Token arrays live on disk as flat `.npy` files (memory-mapped), keyed by the persona's content, seed and sizes, so a second
 run starts instantly and a changed persona invalidates the cache.
 
 Building streams: chats are written to disk as each topic is generated, then tokenized in
@@ -467,12 +467,14 @@ class _ChatStats:
 
     def __init__(self):
         self.n_train, self.unique_replies, self.prompts, self.pairs = 0, [], [], []
+        self.items: set[str] = set()  # memory chats' recalled items (a few thousand strings)
 
     def add(self, train: list[Chat]) -> None:
         self.n_train += len(train)
         self.unique_replies.append(len({c.reply for c in train}))
         self.prompts.append(np.fromiter((hash(c.prompt) for c in train), np.int64, len(train)))
         self.pairs.append(np.fromiter((hash((c.prompt, c.reply)) for c in train), np.int64, len(train)))
+        self.items.update(c.recall for c in train if c.recall)
 
     def result(self, evals: list[Chat]) -> dict:
         prompts, pairs = (np.unique(_joined(x, np.int64)) for x in (self.prompts, self.pairs))
@@ -489,6 +491,8 @@ class _ChatStats:
             "heldout_prompts": len(held),
             "eval_pairs_in_train": int(np.isin(eval_pairs, pairs).sum()),
             "heldout_prompts_in_train": int(np.isin(held, prompts).sum()),
+            "memory_chats_eval": sum(bool(c.recall) for c in evals),
+            "memory_eval_items_in_train": sum(c.recall in self.items for c in evals if c.recall),
         }
 
 
