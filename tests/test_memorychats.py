@@ -65,7 +65,7 @@ def test_items_must_be_copied_not_memorised():
     train items occur once, so recalling them means copying from the chat."""
     fish = load_persona("fish")
     mem = memory(generate_chats(fish, DataConfig(n_chats=3000, memory_fraction=0.5)).train)
-    for kind in ("recall_name", "recall_food"):
+    for kind in ("recall_name", "recall_food", "recall_words"):
         items = [c.recall for c in mem if c.topic == kind]
         assert len(set(items)) > 0.75 * len(items), kind
 
@@ -145,7 +145,8 @@ def test_bad_memory_tables_fail_in_one_line(tmp_path, bad, message):
 
 def test_fish_memory_pools_are_large():
     fish = load_persona("fish")
-    assert {k: fish.item_space(k) >= 900 for k in fish.memory} == {"name": True, "food": True, "flakes": True}
+    assert {k: fish.item_space(k) >= 900 for k in fish.memory} == {"name": True, "food": True, "flakes": True,
+                                                                    "words": True}
 
 
 def test_cached_dataset_keeps_history(tmp_path):
