@@ -109,6 +109,7 @@ class TrainConfig:
     n_chats: int = _f(60_000, "chats to generate, split equally over topics")
     data_seed: int = _f(0, "seed of the generated chats")
     memory_fraction: float = _f(0.0, "share of chats that are multi-turn memory chats (the persona's [memory] tables)")
+    memory_kinds: str = _f("", "comma-separated memory kinds to use (fish: name, food, flakes, words, poem); empty = all")
     vocab_size: int = _f(0, "BPE tokenizer target vocabulary; 0 = the preset's d_vocab")
     epochs: float = _f(1.0, "passes over the train split (ignored when --steps is given)")
     steps: int = _f(0, "optimizer steps to run; 0 = derive from --epochs")

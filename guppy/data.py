@@ -51,6 +51,7 @@ class DataConfig:
     heldout_prompt_fraction: float = 0.15  # share of each topic's prompt templates kept out of train
     vocab_size: int = 4096
     memory_fraction: float = 0.0  # share of chats that are multi-turn memory chats (the persona's [memory])
+    memory_kinds: str = ""  # comma-separated [memory.<kind>] names to use; "" = all of them
 
     def __post_init__(self):
         if self.n_chats < 1:
@@ -106,7 +107,7 @@ def iter_topic_chats(persona: Persona, cfg: DataConfig) -> Iterator[tuple[str, l
         yield name, train, evals
     if not n_memory:
         return
-    kinds = list(persona.memory)
+    kinds = memory_kinds(persona, cfg)
     base, extra = divmod(n_memory, len(kinds))
     for i, kind in enumerate(kinds):
         n = base + (i < extra)
@@ -115,9 +116,19 @@ def iter_topic_chats(persona: Persona, cfg: DataConfig) -> Iterator[tuple[str, l
         yield persona.memory[kind].topic, [Chat(**c) for c in train], [Chat(**c) for c in evals]
 
 
+def memory_kinds(persona: Persona, cfg: DataConfig) -> list[str]:
+    """The memory kinds `cfg` asks for, in the persona's order (all of them by default)."""
+    asked = [k.strip() for k in cfg.memory_kinds.split(",") if k.strip()]
+    unknown = [k for k in asked if k not in persona.memory]
+    if unknown:
+        raise ValueError(f"memory_kinds: {unknown[0]!r} is not a [memory.<kind>] table of {persona.source}; "
+                         f"expected some of: {', '.join(persona.memory) or 'none defined'}")
+    return [k for k in persona.memory if not asked or k in asked]
+
+
 def chat_topics(persona: Persona, cfg: DataConfig) -> list[str]:
     """Every topic label the chats carry: the persona's topics, then `recall_<kind>` per memory kind."""
-    memory = [m.topic for m in persona.memory.values()] if cfg.memory_fraction else []
+    memory = [persona.memory[k].topic for k in memory_kinds(persona, cfg)] if cfg.memory_fraction else []
     return list(persona.topics) + memory
 
 

@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=recipe().lr, help="peak learning rate (default %(default)s)")
     p.add_argument("--memory-fraction", type=float, default=recipe().memory_fraction,
                    help="share of memory chats (default %(default)s)")
+    p.add_argument("--memory-kinds", default=recipe().memory_kinds,
+                   help="comma-separated memory kinds (default %(default)s)")
     p.add_argument("--loss-on", default=recipe().loss_on, choices=("reply", "all"),
                    help="train on the last reply's tokens only, or on every token (default %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=recipe().batch_size, help="chats per step (default %(default)s)")
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = recipe(steps=args.steps, record_every=args.record_every, record=not args.no_record, lr=args.lr,
                      min_lr=args.lr / 10, memory_fraction=args.memory_fraction, seed=args.seed,
-                     loss_on=args.loss_on, batch_size=args.batch_size, preset=args.preset,
+                     loss_on=args.loss_on, memory_kinds=args.memory_kinds, batch_size=args.batch_size, preset=args.preset,
                      run_name=args.run_name, runs_dir=args.runs_dir)
         monitor = RecallMonitor(every=args.every)
         trainer = start_run(cfg, callbacks=[monitor], show_progress=not args.quiet)

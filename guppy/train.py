@@ -343,7 +343,7 @@ class Trainer:
 def data_config(cfg: TrainConfig) -> DataConfig:
     vocab = cfg.vocab_size or model_preset(cfg.preset).d_vocab
     return DataConfig(persona=cfg.persona, n_chats=cfg.n_chats, seed=cfg.data_seed, vocab_size=vocab,
-                      memory_fraction=cfg.memory_fraction)
+                      memory_fraction=cfg.memory_fraction, memory_kinds=cfg.memory_kinds)
 
 
 def start_run(cfg: TrainConfig, callbacks=(), show_progress: bool = True, resume_dir: str | Path | None = None,

@@ -158,3 +158,12 @@ def test_cached_dataset_keeps_history(tmp_path):
     i = next(i for i, c in enumerate(ds.chats.train) if c.recall)
     c = ds.chats.train[i]  # the trained reply is the last one, after the earlier turns
     assert int(ds.train.reply_start[i]) == len(ds.tokenizer.encode_prompt(c.prompt, history=c.history))
+
+
+def test_memory_kinds_pick_some_tables():
+    p = load_persona(MINI)
+    only = generate_chats(p, DataConfig(**{**CFG.__dict__, "memory_kinds": "number"}))
+    assert {c.topic for c in memory([*only.train, *only.eval])} == {"recall_number"}
+    assert chat_topics(p, DataConfig(**{**CFG.__dict__, "memory_kinds": "number"}))[-1] == "recall_number"
+    with pytest.raises(ValueError, match="'colour' is not a \\[memory"):
+        generate_chats(p, DataConfig(**{**CFG.__dict__, "memory_kinds": "name,colour"}))
