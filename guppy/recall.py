@@ -41,6 +41,8 @@ class RecallBatch:
     lengths: torch.Tensor  # (B,)
     item_mask: torch.Tensor  # (B, T-1) bool over next-token targets: the recalled item's tokens in the last reply
     chats: list  # the Chats, in order
+    copy_pairs: torch.Tensor  # (N, 3) int64: (row, query q, key k) where predicting the item's next token at q,
+    #  an induction head attends to k, the position after the last earlier occurrence of token q
 
 
 def item_token_span(tokenizer, reply: str, item: str) -> tuple[int, int]:
@@ -69,7 +71,15 @@ def recall_batch(tokenizer, chats, n_ctx: int) -> RecallBatch:
         tokens[row, :len(x)] = torch.tensor(x)
         first, end = item_token_span(tokenizer, c.reply, c.recall)
         item[row, s + first - 1:s + end - 1] = True  # target t is predicted at position t - 1
-    return RecallBatch(tokens, torch.tensor([len(x) for x in ids]), item, chats)
+    pairs = []
+    for row in range(len(ids)):
+        seq = tokens[row].tolist()
+        for q in torch.nonzero(item[row]).flatten().tolist():
+            earlier = [k for k in range(q - 1) if seq[k] == seq[q]]
+            if earlier:
+                pairs.append((row, q, earlier[-1] + 1))
+    return RecallBatch(tokens, torch.tensor([len(x) for x in ids]), item, chats,
+                       torch.tensor(pairs, dtype=torch.long).reshape(-1, 3))
 
 
 @torch.no_grad()
@@ -89,6 +99,31 @@ def recall_scores(model, batch: RecallBatch, fwd_hooks=()) -> dict[str, float]:
     chat_right = (right | ~m).all(1)  # every item token right
     return {"recall_loss": float(loss), "recall_token_acc": float(right[m].float().mean()),
             "recall_acc": float(chat_right.float().mean())}
+
+
+@torch.no_grad()
+def chat_induction(model, batch: RecallBatch) -> dict[str, float]:
+    """Every head's induction score inside the memory chats: its mean attention, from each position
+    that predicts a token of the recalled item, to the position after the last earlier occurrence
+    of the current token (the copy an induction head makes), as recall.csv columns
+    `chat_induction.L{l}H{h}`. Unlike the score on repeated random tokens, this is measured on the
+    model's own data, where a copying head may work before it generalises to any token."""
+    row, q, k = batch.copy_pairs.unbind(1)
+    out: dict[str, float] = {}
+
+    def on_pattern(pattern, hook):  # (B, H, T, T)
+        layer = int(hook.name.split(".")[1])
+        mass = pattern[row, :, q, k].float().mean(0) if len(row) else torch.zeros(pattern.shape[1])  # (H,)
+        for h, v in enumerate(mass.tolist()):
+            out[HEAD_COLUMN.format(metric="chat_induction", layer=layer, head=h)] = v
+
+    was_training = model.training
+    model.eval()
+    try:
+        model.run_with_hooks(batch.tokens[:, :-1], fwd_hooks=[("blocks.*.attn.hook_pattern", on_pattern)])
+    finally:
+        model.train(was_training)
+    return out
 
 
 def corrupted(chats, seed: int = 0) -> list:
@@ -167,7 +202,7 @@ class RecallMonitor(Callback):
         t0 = time.perf_counter()
         model = trainer.model
         row = {"step": trainer.step, "tokens": trainer.tokens} | recall_scores(model, self.batch)
-        row |= dense_head_scores(model, *self.repeats)
+        row |= dense_head_scores(model, *self.repeats) | chat_induction(model, self.batch)
         self.rows.append(row)
         self._write()
         self.seconds += time.perf_counter() - t0
@@ -183,11 +218,11 @@ def read_recall(run_dir: str | Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
-def formation(table: pd.DataFrame, threshold: float = 0.5) -> dict | None:
-    """When the induction head formed, from recall.csv: the head whose induction score rises
+def formation(table: pd.DataFrame, threshold: float = 0.5, metric: str = "induction") -> dict | None:
+    """When the induction head formed, from recall.csv: the head whose `metric` score rises
     highest, the first step it exceeds `threshold`, and the steps its score took to climb from
     10% to 90% of its rise. None if no head reaches the threshold."""
-    cols = [c for c in table.columns if c.startswith("induction.")]
+    cols = [c for c in table.columns if c.startswith(f"{metric}.")]
     if not cols:
         return None
     best = max(cols, key=lambda c: table[c].max())

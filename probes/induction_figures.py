@@ -3,9 +3,10 @@
     python probes/induction_figures.py --run runs/induction-demo --out docs/induction
 
 Writes into --out:
-  formation.png  every head's induction score on repeated random tokens over training (the
-                 earlier layer's best previous-token head dotted), and below it the loss on the
-                 recalled items' tokens of held-out memory chats and the training loss
+  formation.png  every head's induction score on repeated random tokens over training (layer 0's
+                 best previous-token head dotted), its induction score inside held-out memory chats
+                 (guppy.recall.chat_induction), and the loss on the recalled items' tokens and the
+                 training loss
   patterns.png   the induction head's attention on a repeated random sequence, before it formed,
                  just after, and at the end
 and prints the numbers the figures show.
@@ -23,39 +24,58 @@ from guppy.cli import ArgumentParser, run_main
 PROG = "induction_figures.py"
 
 
-def formation_figure(table, metrics, formed, path: Path) -> None:
+def chat_induction_table(run, table):
+    """recall.csv's chat_induction columns, or (for runs recorded before the monitor measured them)
+    the same scores computed from every snapshot's weights on 128 held-out memory chats."""
+    cols = [c for c in table.columns if c.startswith("chat_induction.")]
+    if cols:
+        return table[["step", *cols]]
+    import pandas as pd
+
+    from guppy.recall import chat_induction, recall_batch
+    from guppy.runs import load_eval_data
+
+    _, chats = load_eval_data(run.path)
+    batch = recall_batch(run.tokenizer, [c for c in chats if c.recall][:128], run.model_config.n_ctx)
+    return pd.DataFrame([{"step": s, **chat_induction(run.model(s), batch)} for s in run.snapshot_files])
+
+
+def formation_figure(table, chat, metrics, formed, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
-    others = False
-    for col in [c for c in table.columns if c.startswith("induction.")]:
-        head = col.split(".", 1)[1]
-        main = bool(formed) and head == formed["head"]
-        label = f"{head} induction" if main else (None if others else "other heads' induction")
-        others |= not main
-        top.plot(table.step, table[col], lw=2.5 if main else 0.8, color="C3" if main else "0.6", label=label)
+    fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True, gridspec_kw={"height_ratios": [3, 3, 2]})
+    for ax, t, prefix, what in ((axes[0], table, "induction.", "on repeated random tokens"),
+                                (axes[1], chat, "chat_induction.", "inside held-out memory chats")):
+        cols = [c for c in t.columns if c.startswith(prefix)]
+        best = max(cols, key=lambda c: t[c].iloc[-1])
+        for col in cols:
+            main = col == best
+            ax.plot(t.step, t[col], lw=2.5 if main else 0.8, color="C3" if main else "0.6",
+                    label=f"{col.split('.', 1)[1]} (highest at the end)" if main else None)
+        ax.axhline(0.5, ls="--", color="0.5", lw=0.8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(f"induction score\n{what}", fontsize=9)
+        ax.legend(loc="upper left", frameon=False, fontsize=8)
+    prev = [c for c in table.columns if c.startswith("prev_token.L0")]
+    if prev:
+        best = max(prev, key=lambda c: table[c].iloc[-1])
+        axes[0].plot(table.step, table[best], ":", color="C0", lw=1.5, label=f"{best.split('.', 1)[1]} previous-token")
+        axes[0].legend(loc="upper left", frameon=False, fontsize=8)
     if formed:
-        prev = [c for c in table.columns if c.startswith("prev_token.L") and int(c[12:].split("H")[0]) < formed["layer"]]
-        if prev:
-            best = max(prev, key=lambda c: table[c].iloc[-1])
-            top.plot(table.step, table[best], ":", color="C0", lw=2, label=f"{best.split('.', 1)[1]} previous-token")
-        for ax in (top, bottom):
+        for ax in axes:
             ax.axvspan(formed["rise_from"], formed["rise_to"], color="gold", alpha=0.3, lw=0)
-    top.axhline(0.5, ls="--", color="0.5", lw=0.8)
-    top.set_ylim(0, 1)
-    top.set_ylabel("score on repeated\nrandom tokens")
-    top.legend(loc="upper left", frameon=False)
-    bottom.plot(table.step, table.recall_loss, color="C3", lw=2, label="loss on recalled tokens (held-out items)")
+    axes[2].plot(table.step, table.recall_loss, color="C3", lw=2, label="loss on recalled tokens (held-out items)")
     if metrics is not None:
         m = metrics.dropna(subset=["loss"])
-        bottom.plot(m.step, m.loss, color="0.4", lw=1, label="training loss")
-    bottom.set_ylabel("loss (nats)")
-    bottom.set_xlabel("training step")
-    bottom.legend(loc="upper right", frameon=False)
-    title = f"{formed['head']} becomes an induction head at step {formed['step']}" if formed else "no induction head yet"
-    fig.suptitle(title + " (grey: the other heads; shaded: its score rising 10% -> 90%)", fontsize=10)
+        axes[2].plot(m.step, m.loss, color="0.4", lw=0.8, label="training loss")
+    axes[2].set_ylabel("loss (nats)")
+    axes[2].set_xlabel("training step")
+    axes[2].legend(loc="upper right", frameon=False, fontsize=8)
+    title = (f"{formed['head']} crosses 0.5 at step {formed['step']}" if formed
+             else "no head's induction score on repeated random tokens reaches 0.5")
+    fig.suptitle(title + " (grey: the other heads)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -103,8 +123,16 @@ def main(argv: list[str] | None = None) -> int:
         formed = formation(table)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        formation_figure(table, run.metrics, formed, out / "formation.png")
+        chat = chat_induction_table(run, table)
+        formation_figure(table, chat, run.metrics, formed, out / "formation.png")
         print(f"wrote {out / 'formation.png'}")
+        last = table.iloc[-1]
+        best_rand = max((c for c in table.columns if c.startswith("induction.")), key=lambda c: last[c])
+        best_chat = max((c for c in chat.columns if c.startswith("chat_induction.")), key=lambda c: chat[c].iloc[-1])
+        print(f"step {int(last.step)}: recall {last.recall_acc:.1%} of held-out chats ({last.recall_token_acc:.1%} of "
+              f"item tokens, loss {last.recall_loss:.3f}); best induction on random tokens {best_rand.split('.', 1)[1]} "
+              f"{last[best_rand]:.3f}; inside memory chats {best_chat.split('.', 1)[1]} {chat[best_chat].iloc[-1]:.3f} "
+              f"(step {int(chat.step.iloc[-1])})")
         if formed is None:
             print("no head's induction score reached 0.5: no pattern figure")
             return

@@ -34,7 +34,7 @@ def memory_run(tmp_path_factory) -> Path:
 def test_monitor_writes_a_row_every_few_steps(memory_run):
     table = read_recall(memory_run)
     assert table.step.tolist() == [0, 5, 10, 15, 20, 25, 30]
-    heads = [f"{m}.L{l}H{h}" for m in ("induction", "prev_token") for l in range(2) for h in range(4)]
+    heads = [f"{m}.L{l}H{h}" for m in ("induction", "prev_token", "chat_induction") for l in range(2) for h in range(4)]
     assert set(heads) <= set(table.columns)
     values = table[heads + ["recall_acc", "recall_token_acc"]].to_numpy()
     assert ((values >= 0) & (values <= 1)).all()

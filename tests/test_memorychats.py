@@ -9,7 +9,7 @@ import torch
 from guppy.data import DataConfig, chat_topics, generate_chats, load_dataset
 from guppy.memorychats import item_heldout
 from guppy.persona import PersonaError, load_persona
-from guppy.recall import corrupted, formation, recall_batch, recall_scores
+from guppy.recall import chat_induction, corrupted, formation, recall_batch, recall_scores
 from guppy.tokenizer import render_chat, train_tokenizer
 
 MINI = Path(__file__).parent / "data" / "mini.toml"
@@ -96,7 +96,16 @@ def test_recall_batch_marks_the_item_tokens(chats):
     for row, c in enumerate(batch.chats):
         targets = batch.tokens[row, 1:][batch.item_mask[row]]
         assert c.recall in tok.decode(targets.tolist())
-    scores = recall_scores(_model(tok), batch)
+    pairs = batch.copy_pairs
+    assert len(pairs) > len(batch.chats)  # most item tokens were said before
+    for row, q, k in pairs.tolist():  # key k follows an earlier copy of the query's token
+        assert k < q and batch.item_mask[row, q] and batch.tokens[row, k - 1] == batch.tokens[row, q]
+    model = _model(tok)
+    _, cache = model.run_with_cache(batch.tokens[:, :-1], names="blocks.1.attn.hook_pattern")
+    direct = cache["blocks.1.attn.hook_pattern"][pairs[:, 0], :, pairs[:, 1], pairs[:, 2]].mean(0)  # (H,)
+    ours = chat_induction(model, batch)
+    assert torch.allclose(torch.tensor([ours[f"chat_induction.L1H{h}"] for h in range(4)]), direct, atol=1e-6)
+    scores = recall_scores(model, batch)
     assert 0 <= scores["recall_acc"] <= scores["recall_token_acc"] <= 1 and scores["recall_loss"] > 0
     swapped = corrupted(batch.chats)
     assert all(c.recall not in "".join(u for u, _ in s.history) for c, s in zip(batch.chats, swapped))

@@ -1,7 +1,8 @@
 """Induction: when the induction head formed, on a run with memory chats (`make demo-induction`).
 
 From the run's recall.csv (guppy.recall.RecallMonitor, measured every few steps): every head's
-induction score on repeated random tokens over training, with the loss on the recalled items'
+induction score on repeated random tokens over training (and the best head's inside the memory
+chats, dashed), with the loss on the recalled items'
 tokens and the training loss below it on the same step axis (the bump); the step the score
 crossed 0.5; and the head's attention on a repeated sequence at the snapshots before and after.
 """
@@ -78,6 +79,11 @@ def curves(table: pd.DataFrame, metrics: pd.DataFrame | None, formed: dict | Non
             best = max(prev, key=lambda c: table[c].iloc[-1])
             fig.add_trace(go.Scatter(x=table.step, y=table[best], name=f"{best.split('.', 1)[1]} previous-token",
                                      mode="lines", line=dict(dash="dot", color="black")), row=1, col=1)
+    chat = [c for c in table.columns if c.startswith("chat_induction.")]
+    if chat:  # the same kind of score measured inside the memory chats, where copying is needed
+        best = max(chat, key=lambda c: table[c].iloc[-1])
+        fig.add_trace(go.Scatter(x=table.step, y=table[best], name=f"{best.split('.', 1)[1]} induction in memory chats",
+                                 mode="lines", line=dict(dash="dash", color="crimson")), row=1, col=1)
     fig.add_hline(y=THRESHOLD, line_dash="dash", line_color="grey", row=1, col=1)
     fig.add_trace(go.Scatter(x=table.step, y=table.recall_loss, name="recall loss (held out)", mode="lines",
                              line=dict(color="crimson", width=2)), row=2, col=1)
