@@ -5,8 +5,8 @@
 Splits: a share of every topic's prompt templates is held out entirely (eval only), and no
 (prompt, reply) pair of the eval split appears in train. With `memory_fraction`, that share of
 the chats are multi-turn memory chats (`guppy.memorychats`), whose eval items never occur in
-train. Token arrays live on disk as flat `.npy` files (memory-mapped), keyed by the persona's content, seed and sizes, so a second
-run starts instantly and a changed persona invalidates the cache.
+train. Token arrays live on disk as flat `.npy` files (memory-mapped), keyed by the persona's
+content, seed and sizes, so a second run starts instantly and a changed persona invalidates the cache.
 
 Building streams: chats are written to disk as each topic is generated, then tokenized in
 chunks and appended to the token files, so memory holds one topic, one chunk and the eval
@@ -387,7 +387,8 @@ def build_dataset(persona: Persona, cfg: DataConfig, folder: Path) -> dict:
     with open(folder / "eval.chats.jsonl", "w") as f:
         f.writelines(json.dumps(asdict(c)) + "\n" for c in evals)
     t3 = time.perf_counter()
-    stats = {"persona": persona.name, "topics": len(persona.topics), "memory_kinds": len(chat_topics(persona, cfg)) - len(persona.topics), **chat_stats.result(evals),
+    n_kinds = len(chat_topics(persona, cfg)) - len(persona.topics)
+    stats = {"persona": persona.name, "topics": len(persona.topics), "memory_kinds": n_kinds, **chat_stats.result(evals),
              **_token_stats(TokenArrays.load(folder, "train"), TokenArrays.load(folder, "eval"), tok.vocab_size),
              "tokenizer_sample_chats": n_sample,
              "seconds_generate": round(t1 - t0, 3), "seconds_tokenizer": round(t2 - t1, 3),

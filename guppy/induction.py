@@ -49,6 +49,10 @@ def summary(run_dir) -> str:
         if prev:
             best = max(prev, key=lambda c: last[c])
             lines.append(f"previous-token head of an earlier layer: {best.split('.', 1)[1]} (score {last[best]:.3f})")
+    chat = [c for c in table.columns if c.startswith("chat_induction.")]
+    if chat:
+        best = max(chat, key=lambda c: last[c])
+        lines.append(f"induction score inside held-out memory chats: {best.split('.', 1)[1]} {last[best]:.3f}")
     return "\n".join(lines)
 
 
@@ -57,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = ArgumentParser(prog="python -m guppy.induction", description="Train the induction demo run (see `recipe`).")
     p.add_argument("--steps", type=positive_int, default=recipe().steps, help="optimizer steps (default %(default)s)")
-    p.add_argument("--every", type=positive_int, default=20, help="measure recall and head scores every N steps (default 20)")
+    p.add_argument("--every", type=positive_int, default=20,
+                   help="measure recall and head scores every N steps (default 20)")
     p.add_argument("--record-every", type=positive_int, default=recipe().record_every,
                    help="snapshot every N steps (default %(default)s)")
     p.add_argument("--no-record", action="store_true", help="no snapshots (recall.csv only): for quick tries")
@@ -68,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated memory kinds (default %(default)s)")
     p.add_argument("--loss-on", default=recipe().loss_on, choices=("reply", "all"),
                    help="train on the last reply's tokens only, or on every token (default %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=recipe().batch_size, help="chats per step (default %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=recipe().batch_size,
+                   help="chats per step (default %(default)s)")
     p.add_argument("--preset", default=recipe().preset, help="model preset (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order (default 0)")
     p.add_argument("--run-name", default="", help="run folder name (default: induction-<timestamp>)")
@@ -82,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = recipe(steps=args.steps, record_every=args.record_every, record=not args.no_record, lr=args.lr,
                      min_lr=args.lr / 10, memory_fraction=args.memory_fraction, seed=args.seed,
-                     loss_on=args.loss_on, memory_kinds=args.memory_kinds, batch_size=args.batch_size, preset=args.preset,
+                     loss_on=args.loss_on, memory_kinds=args.memory_kinds, batch_size=args.batch_size,
+                     preset=args.preset,
                      run_name=args.run_name, runs_dir=args.runs_dir)
         monitor = RecallMonitor(every=args.every)
         trainer = start_run(cfg, callbacks=[monitor], show_progress=not args.quiet)
