@@ -10,8 +10,8 @@ in turn (mean ablation at its slice of `attn.hook_z`, means over the same chats)
 the accuracy when the item told earlier is swapped for another chat's item, i.e. what the model
 scores without the information. A head whose ablation drops recall to chance does the copying.
 
-Writes runs/<name>/probes/recall_ablation.csv (step, site, recall scores, induction score of the
-head at that snapshot) and recall_ablation.html (recall with each head ablated, over training).
+Writes runs/<name>/probes/recall_ablation.csv (step, site, recall scores, the head's induction
+score inside the chats (guppy.recall.chat_induction) and on the snapshot's repeated random tokens) and recall_ablation.html (recall with each head ablated, over training).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from guppy import analysis as A
 from guppy.ablate import METHODS, ablation_hooks
 from guppy.cli import positive_int, run_main
-from guppy.recall import corrupted, recall_batch, recall_scores
+from guppy.recall import chat_induction, corrupted, recall_batch, recall_scores
 
 PROG = "recall.py"
 
@@ -34,6 +34,7 @@ def recall_table(model, tokenizer, chats, method: str = "mean") -> pd.DataFrame:
     """One row per site: the model itself ('none'), the corrupted context ('chance'), each head ablated."""
     cfg = model.cfg
     batch = recall_batch(tokenizer, chats, cfg.n_ctx)
+    inside = chat_induction(model, batch)
     rows = [{"site": "none", "layer": -1, "head": -1, **recall_scores(model, batch)},
             {"site": "chance", "layer": -1, "head": -1,
              **recall_scores(model, recall_batch(tokenizer, corrupted(batch.chats), cfg.n_ctx))}]
@@ -43,7 +44,8 @@ def recall_table(model, tokenizer, chats, method: str = "mean") -> pd.DataFrame:
             hooks = ablation_hooks(model, heads=[(layer, head)], method=method, reference=reference,
                                    pad_id=tokenizer.pad_id)
             rows.append({"site": f"L{layer}H{head}", "layer": layer, "head": head,
-                         **recall_scores(model, batch, fwd_hooks=hooks)})
+                         **recall_scores(model, batch, fwd_hooks=hooks),
+                         "chat_induction": inside[f"chat_induction.L{layer}H{head}"]})
     return pd.DataFrame(rows)
 
 
@@ -51,7 +53,7 @@ def figure(df: pd.DataFrame):
     import plotly.express as px
 
     fig = px.line(df, x="step", y="recall_acc", color="site", markers=True, range_y=[0, 1],
-                  hover_data=["recall_token_acc", "recall_loss", "induction"])
+                  hover_data=["recall_token_acc", "recall_loss", "chat_induction", "induction"])
     fig.update_layout(title="Recall of held-out items with each head ablated ('none': the model; 'chance': "
                             "the item told earlier swapped for another)")
     return fig
@@ -86,12 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         A.print_table(f"step {steps[-1]}: {len(chats)} held-out memory chats, {args.method} ablation of one head:",
                       last.drop(columns=["step", "layer", "head"]), rows=len(last))
         heads_only = last[last.layer >= 0]
-        top = heads_only.loc[heads_only.induction.idxmax()]
+        top = heads_only.loc[heads_only.chat_induction.idxmax()]
         worst = heads_only.loc[heads_only.recall_acc.idxmin()]
         base, chance = (float(last[last.site == k].recall_acc.iloc[0]) for k in ("none", "chance"))
-        print(f"recall {base:.1%}, chance {chance:.1%}; ablating the top induction head {top.site} "
-              f"(score {top.induction:.2f}): {top.recall_acc:.1%}; the most harmful ablation: {worst.site} "
-              f"({worst.recall_acc:.1%})")
+        print(f"recall {base:.1%}, chance {chance:.1%}; ablating the head most induction-like inside the chats, "
+              f"{top.site} (score there {top.chat_induction:.2f}, on random tokens {top.induction:.2f}): "
+              f"{top.recall_acc:.1%}; the most harmful ablation: {worst.site} ({worst.recall_acc:.1%})")
         written = A.write_outputs(run, "recall_ablation", {"": df}, figure(df))
         print(f"wrote {', '.join(str(w) for w in written)} ({time.perf_counter() - t0:.1f} s)")
 

@@ -77,7 +77,7 @@ def test_recall_probe_ablates_every_head(memory_run, capsys):
 
     assert probe.main(["--run", str(memory_run), "--chats", "16"]) == 0
     out = capsys.readouterr().out
-    assert "chance" in out and "top induction head" in out
+    assert "chance" in out and "most induction-like" in out
     df = pd.read_csv(memory_run / "probes" / "recall_ablation.csv")
     assert df.site.tolist() == ["none", "chance"] + [f"L{l}H{h}" for l in range(2) for h in range(4)]
     assert df.induction.iloc[2:].between(0, 1).all()
