@@ -7,8 +7,10 @@ Writes into --out:
                  best previous-token head dotted), its induction score inside held-out memory chats
                  (guppy.recall.chat_induction), and the loss on the recalled items' tokens and the
                  training loss
-  patterns.png   the induction head's attention on a repeated random sequence, before it formed,
-                 just after, and at the end
+  chat_patterns.png  the head most induction-like inside the chats, on a held-out memory chat,
+                 at steps near 1,000, 2,000, 3,000 and the last (from the snapshots' weights)
+  patterns.png   once a head's score on repeated random tokens crosses 0.5: its attention on a
+                 repeated random sequence before it formed, just after, and at the end
 and prints the numbers the figures show.
 """
 
@@ -106,6 +108,42 @@ def patterns_figure(run, formed, path: Path) -> list[int]:
     return chosen
 
 
+def chat_patterns_figure(run, head: str, steps: list[int], path: Path) -> None:
+    """`head`'s attention on one held-out memory chat at `steps`, computed from the snapshots' weights:
+    rows are the positions that predict the recalled item, columns the whole chat."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from guppy.recall import recall_batch
+    from guppy.runs import load_eval_data
+
+    _, chats = load_eval_data(run.path)
+    recall = [c for c in chats if c.recall]
+    chat = next((c for c in recall if len(c.recall.split()) >= 4), recall[0])  # a long item shows the diagonal
+    batch = recall_batch(run.tokenizer, [chat], run.model_config.n_ctx)
+    n = int(batch.lengths[0]) - 1
+    rows = torch.nonzero(batch.item_mask[0]).flatten()
+    layer, h = (int(x) for x in head[1:].split("H"))
+    fig, axes = plt.subplots(len(steps), 1, figsize=(9, 1.3 * len(steps) + 0.8), sharex=True)
+    for ax, s in zip(np.atleast_1d(axes), steps):
+        _, cache = run.model(s).run_with_cache(batch.tokens[:, :n], names=f"blocks.{layer}.attn.hook_pattern")
+        pat = cache[f"blocks.{layer}.attn.hook_pattern"][0, h, rows, :n].float().numpy()  # (item tokens, n)
+        ax.imshow(pat, vmin=0, vmax=1, cmap="viridis", aspect="auto", interpolation="nearest")
+        ax.set_ylabel(f"step {s}", fontsize=9)
+        ax.set_yticks([])
+    ids = batch.tokens[0, :n].tolist()
+    told = [i for i in range(n) if any(int(k) == i for k in batch.copy_pairs[:, 2])]
+    last = np.atleast_1d(axes)[-1]
+    last.set_xticks(told)
+    last.set_xticklabels([run.tokenizer.decode([ids[i]]) for i in told], rotation=60, fontsize=7)
+    last.set_xlabel("key position (ticks: the tokens an induction head should attend to)")
+    fig.suptitle(f"{head} on a held-out chat: rows = positions predicting '{chat.recall}' in the last reply",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog=PROG, description="Draw the induction demo's figures (PNG) from its run.")
     p.add_argument("--run", required=True, help="a run made by make demo-induction")
@@ -133,8 +171,14 @@ def main(argv: list[str] | None = None) -> int:
               f"item tokens, loss {last.recall_loss:.3f}); best induction on random tokens {best_rand.split('.', 1)[1]} "
               f"{last[best_rand]:.3f}; inside memory chats {best_chat.split('.', 1)[1]} {chat[best_chat].iloc[-1]:.3f} "
               f"(step {int(chat.step.iloc[-1])})")
+        snaps = list(run.snapshot_files)
+        if snaps:  # the head most induction-like inside the chats, before, during and after its rise
+            head = best_chat.split(".", 1)[1]
+            picked = sorted({min(snaps, key=lambda s: abs(s - t)) for t in (1000, 2000, 3000, snaps[-1])})
+            chat_patterns_figure(run, head, picked, out / "chat_patterns.png")
+            print(f"wrote {out / 'chat_patterns.png'} ({head} at steps {', '.join(map(str, picked))})")
         if formed is None:
-            print("no head's induction score reached 0.5: no pattern figure")
+            print("no head's induction score on repeated random tokens reached 0.5: no patterns.png")
             return
         if run.snapshot_files:
             chosen = patterns_figure(run, formed, out / "patterns.png")

@@ -96,7 +96,8 @@ def test_figures_are_written(memory_run, tmp_path):
     import induction_figures
 
     assert induction_figures.main(["--run", str(memory_run), "--out", str(tmp_path)]) == 0
-    assert (tmp_path / "formation.png").read_bytes()[:4] == b"\x89PNG"
+    for name in ("formation.png", "chat_patterns.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_dashboard_view(memory_run, tiny_recorded_run, tmp_path, monkeypatch):
