@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 # torch is pinned here (a CPU wheel that lies on disk); the package itself asks only torch>=2.3.
 TORCH  := torch==2.13.0
 
-.PHONY: demo test venv clean
+.PHONY: demo demo-induction test venv clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,15 @@ demo: $(STAMP)
 	$(BIN)/guppy-chat --run runs/$(DEMO_RUN) --temperature 0 -p "hi guppy" -p "what is the meaning of life?" \
 		-p "do you like money?" -p "IS THE WATER COLD?" -p "the cat is watching you"
 	$(BIN)/guppy-eval --run runs/$(DEMO_RUN) --prompts 12
+
+# an induction head forming on multi-turn memory chats (README, "Watching an induction head form"):
+# train with recall and head scores measured every 10 steps, ablate each head, draw the README's figures
+INDUCTION_RUN := induction-$(shell date +%Y%m%d-%H%M%S)
+demo-induction: $(STAMP)
+	$(BIN)/python -m guppy.induction --run-name $(INDUCTION_RUN)
+	$(BIN)/python probes/recall.py --run runs/$(INDUCTION_RUN)
+	$(BIN)/python probes/head_types.py --run runs/$(INDUCTION_RUN)
+	$(BIN)/python probes/induction_figures.py --run runs/$(INDUCTION_RUN) --out docs/induction
 
 # the browser test drives Debian's Chromium (never a downloaded browser build): installed where this
 # user can (root with apt-get, as in CI); elsewhere that one test is skipped with its reason

@@ -29,7 +29,7 @@ import importlib  # noqa: E402
 # view modules load when first shown: the ablation view needs torch, the others only numpy
 VIEWS = {"Run overview": "overview", "Attention": "attention", "Head metrics": "heads",
          "Residual stream": "residual", "Gradients": "gradients", "Ablation": "ablation", "Probes": "probes",
-         "Health": "health"}
+         "Health": "health", "Induction": "induction"}
 
 
 def runs_dir_from(argv: list[str]) -> Path:

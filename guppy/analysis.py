@@ -155,7 +155,7 @@ class ChatBatch:
 
 
 def encode_batch(tokenizer, chats, n_ctx: int) -> ChatBatch:
-    ids, starts = tokenizer.encode_chats([c.prompt for c in chats], [c.reply for c in chats])
+    ids, starts = tokenizer.encode_chats([c.prompt for c in chats], [c.reply for c in chats], [c.history for c in chats])
     ids = [x[:n_ctx] for x in ids]
     tokens = torch.full((len(ids), max(map(len, ids))), tokenizer.pad_id, dtype=torch.long)
     for i, x in enumerate(ids):

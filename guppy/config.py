@@ -91,6 +91,13 @@ def demo() -> ModelConfig:
     return ModelConfig(d_vocab=2304, n_layers=2, d_model=256, n_heads=4, d_head=64, d_mlp=512, dropout=0.0)
 
 
+def induction() -> ModelConfig:
+    """For watching an induction head form on memory chats (`make demo-induction`): two layers (an
+    induction head needs a previous-token head in an earlier layer), a small vocabulary so the
+    remembered names and numbers are several tokens each, and room for a 4-turn chat (<= 167 tokens)."""
+    return ModelConfig(d_vocab=1024, n_ctx=192, d_model=128, n_layers=2, n_heads=4, d_head=32, d_mlp=512, dropout=0.0)
+
+
 def small() -> ModelConfig:
     return ModelConfig(n_layers=4, d_model=256, n_heads=8, d_head=32, d_mlp=1024)
 
@@ -100,7 +107,7 @@ def tiny() -> ModelConfig:
     return ModelConfig(d_vocab=512, n_ctx=64, d_model=32, n_layers=2, n_heads=4, d_head=8, d_mlp=64, dropout=0.0)
 
 
-PRESETS = {"guppy": guppy, "demo": demo, "small": small, "tiny": tiny}
+PRESETS = {"guppy": guppy, "demo": demo, "induction": induction, "small": small, "tiny": tiny}
 
 
 def model_preset(name: str) -> ModelConfig:
@@ -138,6 +145,8 @@ class TrainConfig:
     persona: str = _f("fish", "persona: a shipped name (fish, fern) or a path to a .toml file")
     n_chats: int = _f(60_000, "chats to generate, split equally over topics")
     data_seed: int = _f(0, "seed of the generated chats")
+    memory_fraction: float = _f(0.0, "share of chats that are multi-turn memory chats (the persona's [memory] tables)")
+    memory_kinds: str = _f("", "comma-separated memory kinds to use (fish: name, food, flakes, words, poem); empty = all")
     vocab_size: int = _f(0, "BPE tokenizer target vocabulary; 0 = the preset's d_vocab")
     epochs: float = _f(1.0, "passes over the train split (ignored when --steps is given)")
     steps: int = _f(0, "optimizer steps to run; 0 = derive from --epochs")
@@ -171,7 +180,7 @@ class TrainConfig:
 
     def __post_init__(self):
         checks = {
-            "n_chats": self.n_chats >= 1, "vocab_size": self.vocab_size == 0 or self.vocab_size >= 300, "epochs": self.epochs > 0, "steps": self.steps >= 0,
+            "n_chats": self.n_chats >= 1, "memory_fraction": 0 <= self.memory_fraction < 1, "vocab_size": self.vocab_size == 0 or self.vocab_size >= 300, "epochs": self.epochs > 0, "steps": self.steps >= 0,
             "batch_size": self.batch_size >= 1, "grad_accum": self.grad_accum >= 1, "lr": self.lr > 0,
             "warmup_steps": self.warmup_steps >= 0, "min_lr": 0 <= self.min_lr <= self.lr,
             "weight_decay": self.weight_decay >= 0, "grad_clip": self.grad_clip >= 0,

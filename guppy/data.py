@@ -1,11 +1,12 @@
-"""The fish's data: synthetic single-turn chats from a persona, split, tokenized, batched.
+"""The fish's data: synthetic chats from a persona, split, tokenized, batched.
 
     persona file --iter_topic_chats--> chats, a topic at a time --tokenize--> TokenArrays (on disk)
 
 Splits: a share of every topic's prompt templates is held out entirely (eval only), and no
-(prompt, reply) pair of the eval split appears in train. Token arrays live on disk as flat
-`.npy` files (memory-mapped), keyed by the persona's content, seed and sizes, so a second
-run starts instantly and a changed persona invalidates the cache.
+(prompt, reply) pair of the eval split appears in train. With `memory_fraction`, that share of
+the chats are multi-turn memory chats (`guppy.memorychats`), whose eval items never occur in
+train. Token arrays live on disk as flat `.npy` files (memory-mapped), keyed by the persona's
+content, seed and sizes, so a second run starts instantly and a changed persona invalidates the cache.
 
 Building streams: chats are written to disk as each topic is generated, then tokenized in
 chunks and appended to the token files, so memory holds one topic, one chunk and the eval
@@ -32,11 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
+from guppy.memorychats import memory_chats
 from guppy.persona import Persona, load_persona
 from guppy.runformat import TOKENIZER_JSON
 from guppy.tokenizer import ChatTokenizer, train_tokenizer
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: chats carry history and recall (multi-turn memory chats)
 TOKENIZER_SAMPLE = 60_000  # train chats the tokenizer learns from, at most: equal shares of every topic
 ENCODE_CHUNK = 5_000  # train chats tokenized at a time while streaming to disk (~40 MB of Python objects)
 
@@ -49,6 +51,8 @@ class DataConfig:
     eval_fraction: float = 0.05
     heldout_prompt_fraction: float = 0.15  # share of each topic's prompt templates kept out of train
     vocab_size: int = 4096
+    memory_fraction: float = 0.0  # share of chats that are multi-turn memory chats (the persona's [memory])
+    memory_kinds: str = ""  # comma-separated [memory.<kind>] names to use; "" = all of them
 
     def __post_init__(self):
         if self.n_chats < 1:
@@ -57,16 +61,19 @@ class DataConfig:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
         if not 0 < self.heldout_prompt_fraction < 1:
             raise ValueError(f"heldout_prompt_fraction must be in (0, 1), got {self.heldout_prompt_fraction}")
+        if not 0 <= self.memory_fraction < 1:
+            raise ValueError(f"memory_fraction must be in [0, 1), got {self.memory_fraction}")
         if self.vocab_size < 300:
             raise ValueError(f"vocab_size must be >= 300 (256 bytes + specials + merges), got {self.vocab_size}")
 
 
 def data_config(cfg) -> DataConfig:
-    """The data a TrainConfig trains on (its persona, chats, seed and tokenizer size)."""
+    """The data a TrainConfig trains on (its persona, chats, seed, tokenizer size, memory chats)."""
     from guppy.config import model_preset
 
     vocab = cfg.vocab_size or model_preset(cfg.preset).d_vocab
-    return DataConfig(persona=cfg.persona, n_chats=cfg.n_chats, seed=cfg.data_seed, vocab_size=vocab)
+    return DataConfig(persona=cfg.persona, n_chats=cfg.n_chats, seed=cfg.data_seed, vocab_size=vocab,
+                      memory_fraction=cfg.memory_fraction, memory_kinds=cfg.memory_kinds)
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,11 @@ class Chat:
     prompt: str
     reply: str
     heldout_prompt: bool = False  # the prompt's template never appears in train
+    history: tuple[tuple[str, str], ...] = ()  # earlier (user, assistant) turns of a multi-turn chat
+    recall: str = ""  # memory chats: the item told earlier that the reply must repeat
+
+    def __post_init__(self):  # JSON gives lists: keep chats comparable and hashable
+        object.__setattr__(self, "history", tuple(tuple(turn) for turn in self.history))
 
 
 @dataclass(frozen=True)
@@ -91,11 +103,43 @@ def iter_topic_chats(persona: Persona, cfg: DataConfig) -> Iterator[tuple[str, l
     train templates with replies never paired with that prompt in train.
     """
     topics = list(persona.topics)
-    base, extra = divmod(cfg.n_chats, len(topics))
+    if cfg.memory_fraction and not persona.memory:
+        raise ValueError(f"{persona.source}: memory_fraction {cfg.memory_fraction} asks for memory chats, "
+                         "but the persona has no [memory.<kind>] tables")
+    n_memory = round(cfg.n_chats * cfg.memory_fraction)
+    base, extra = divmod(cfg.n_chats - n_memory, len(topics))
+    fillers = {}
     for i, name in enumerate(topics):
         n = base + (i < extra)
         n_eval = max(1, round(n * cfg.eval_fraction)) if n > 1 else 0
-        yield name, *_topic_chats(persona, name, n - n_eval, n_eval, cfg)
+        train, evals = _topic_chats(persona, name, n - n_eval, n_eval, cfg)
+        fillers[name] = _template_split(persona, name, cfg, random.Random(f"{cfg.seed}:{name}"))[1]
+        yield name, train, evals
+    if not n_memory:
+        return
+    kinds = memory_kinds(persona, cfg)
+    base, extra = divmod(n_memory, len(kinds))
+    for i, kind in enumerate(kinds):
+        n = base + (i < extra)
+        n_eval = max(1, round(n * cfg.eval_fraction)) if n > 1 else 0
+        train, evals = memory_chats(persona, kind, n - n_eval, n_eval, cfg.seed, cfg.heldout_prompt_fraction, fillers)
+        yield persona.memory[kind].topic, [Chat(**c) for c in train], [Chat(**c) for c in evals]
+
+
+def memory_kinds(persona: Persona, cfg: DataConfig) -> list[str]:
+    """The memory kinds `cfg` asks for, in the persona's order (all of them by default)."""
+    asked = [k.strip() for k in cfg.memory_kinds.split(",") if k.strip()]
+    unknown = [k for k in asked if k not in persona.memory]
+    if unknown:
+        raise ValueError(f"memory_kinds: {unknown[0]!r} is not a [memory.<kind>] table of {persona.source}; "
+                         f"expected some of: {', '.join(persona.memory) or 'none defined'}")
+    return [k for k in persona.memory if not asked or k in asked]
+
+
+def chat_topics(persona: Persona, cfg: DataConfig) -> list[str]:
+    """Every topic label the chats carry: the persona's topics, then `recall_<kind>` per memory kind."""
+    memory = [persona.memory[k].topic for k in memory_kinds(persona, cfg)] if cfg.memory_fraction else []
+    return list(persona.topics) + memory
 
 
 def generate_chats(persona: Persona, cfg: DataConfig) -> Chats:
@@ -144,14 +188,19 @@ class ChatFile(Sequence):
     __hash__ = None
 
 
-def _topic_chats(persona: Persona, topic: str, n_train: int, n_eval: int, cfg: DataConfig):
-    rng = random.Random(f"{cfg.seed}:{topic}")
+def _template_split(persona: Persona, topic: str, cfg: DataConfig, rng: random.Random) -> tuple[list[str], list[str]]:
+    """(held-out, kept) prompt templates of a topic, shuffled by `rng`."""
     templates = list(dict.fromkeys(persona.topics[topic].prompts))
     rng.shuffle(templates)
     n_held = max(1, round(len(templates) * cfg.heldout_prompt_fraction))
     if n_held >= len(templates):
         raise ValueError(f"{persona.source}: topics.{topic}.prompts: expected at least 2 distinct prompts to hold one out")
-    held, kept = templates[:n_held], templates[n_held:]
+    return templates[:n_held], templates[n_held:]
+
+
+def _topic_chats(persona: Persona, topic: str, n_train: int, n_eval: int, cfg: DataConfig):
+    rng = random.Random(f"{cfg.seed}:{topic}")
+    held, kept = _template_split(persona, topic, cfg, rng)
 
     train = [Chat(topic, persona.sample_prompt(rng.choice(kept), rng), persona.sample_reply(topic, rng))
              for _ in range(n_train)]
@@ -258,7 +307,7 @@ class Dataset:
 
     @property
     def topics(self) -> list[str]:
-        return list(self.persona.topics)
+        return chat_topics(self.persona, self.config)
 
 
 def default_cache_dir() -> Path:
@@ -318,12 +367,12 @@ def build_dataset(persona: Persona, cfg: DataConfig, folder: Path) -> dict:
     """
     folder = Path(folder)
     t0 = time.perf_counter()
-    share = math.ceil(TOKENIZER_SAMPLE / len(persona.topics))
+    share = math.ceil(TOKENIZER_SAMPLE / len(chat_topics(persona, cfg)))
     sample, evals, chat_stats = [], [], _ChatStats()
     with open(folder / "train.chats.jsonl", "w") as f:
         for _, train, ev in iter_topic_chats(persona, cfg):
             f.writelines(json.dumps(asdict(c)) + "\n" for c in train)
-            sample += [f"user\n{c.prompt}\nassistant\n{c.reply}" for c in train[:share]]
+            sample += [chat_text(c) for c in train[:share]]
             evals += ev
             chat_stats.add(train)
     random.Random(f"{cfg.seed}:order").shuffle(evals)
@@ -333,12 +382,13 @@ def build_dataset(persona: Persona, cfg: DataConfig, folder: Path) -> dict:
     n_sample = len(sample)
     del sample
     t2 = time.perf_counter()
-    topic_index = {t: i for i, t in enumerate(persona.topics)}
+    topic_index = {t: i for i, t in enumerate(chat_topics(persona, cfg))}
 
     def encode(split: str, chats: Iterator[Chat]) -> None:
         writer = TokenWriter(folder, split)
         for chunk in iter(lambda: list(itertools.islice(chats, ENCODE_CHUNK)), []):
-            ids, starts = tok.encode_chats([c.prompt for c in chunk], [c.reply for c in chunk])
+            ids, starts = tok.encode_chats([c.prompt for c in chunk], [c.reply for c in chunk],
+                                           [c.history for c in chunk])
             writer.append(ids, starts, [topic_index[c.topic] for c in chunk])
         writer.close()
 
@@ -347,13 +397,19 @@ def build_dataset(persona: Persona, cfg: DataConfig, folder: Path) -> dict:
     with open(folder / "eval.chats.jsonl", "w") as f:
         f.writelines(json.dumps(asdict(c)) + "\n" for c in evals)
     t3 = time.perf_counter()
-    stats = {"persona": persona.name, "topics": len(persona.topics), **chat_stats.result(evals),
+    n_kinds = len(chat_topics(persona, cfg)) - len(persona.topics)
+    stats = {"persona": persona.name, "topics": len(persona.topics), "memory_kinds": n_kinds, **chat_stats.result(evals),
              **_token_stats(TokenArrays.load(folder, "train"), TokenArrays.load(folder, "eval"), tok.vocab_size),
              "tokenizer_sample_chats": n_sample,
              "seconds_generate": round(t1 - t0, 3), "seconds_tokenizer": round(t2 - t1, 3),
              "seconds_encode": round(t3 - t2, 3)}
     (folder / "meta.json").write_text(json.dumps({"config": asdict(cfg), "stats": stats}, indent=1))
     return stats
+
+
+def chat_text(c: Chat) -> str:
+    """A chat's text without special tokens: what the tokenizer learns from."""
+    return "\n".join(f"user\n{u}\nassistant\n{a}" for u, a in (*c.history, (c.prompt, c.reply)))
 
 
 def _read_cache(folder: Path, cfg: DataConfig, persona: Persona) -> Dataset:
@@ -433,12 +489,14 @@ class _ChatStats:
 
     def __init__(self):
         self.n_train, self.unique_replies, self.prompts, self.pairs = 0, [], [], []
+        self.items: set[str] = set()  # memory chats' recalled items (a few thousand strings)
 
     def add(self, train: list[Chat]) -> None:
         self.n_train += len(train)
         self.unique_replies.append(len({c.reply for c in train}))
         self.prompts.append(np.fromiter((hash(c.prompt) for c in train), np.int64, len(train)))
         self.pairs.append(np.fromiter((hash((c.prompt, c.reply)) for c in train), np.int64, len(train)))
+        self.items.update(c.recall for c in train if c.recall)
 
     def result(self, evals: list[Chat]) -> dict:
         prompts, pairs = (np.unique(_joined(x, np.int64)) for x in (self.prompts, self.pairs))
@@ -455,6 +513,8 @@ class _ChatStats:
             "heldout_prompts": len(held),
             "eval_pairs_in_train": int(np.isin(eval_pairs, pairs).sum()),
             "heldout_prompts_in_train": int(np.isin(held, prompts).sum()),
+            "memory_chats_eval": sum(bool(c.recall) for c in evals),
+            "memory_eval_items_in_train": sum(c.recall in self.items for c in evals if c.recall),
         }
 
 

@@ -62,6 +62,7 @@ def persona_eval(model, tokenizer, persona, chats, per_topic: int = 3, max_new_t
     was_training = model.training
     model.eval()
     rows = []
+    chats = [c for c in chats if c.topic in persona.topics]  # memory chats are scored by guppy.recall
     for topic, prompt in eval_prompts(chats, per_topic):
         new = generate(model, tokenizer.encode_prompt(prompt), max_new_tokens=max_new_tokens,
                        temperature=0.0, stop_token=tokenizer.end_id)

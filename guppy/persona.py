@@ -5,6 +5,12 @@ the prompts a person might say, the keywords a good reply shows, and the reply a
 sequence of parts, each a list of alternatives. `{pool}` slots expand from the pools.
 Swapping the character means pointing at another file; nothing here knows about fish.
 
+Optional `[memory.<kind>]` tables describe multi-turn chats in which the model must recall
+something the user said earlier: how the remembered `{item}` is drawn (templates over pools,
+large enough that it must be copied from context, not memorised), the user turn that tells
+it, the model's acknowledgement, the user turn that asks for it back, and the answer, in which
+`{item}` must appear. `guppy.data` builds the chats (`DataConfig.memory_fraction`).
+
 `load_persona` validates strictly: any mistake ends in one `PersonaError` line naming the
 file, the place (`topics.food.reply[2][0]`) and what was expected.
 """
@@ -16,7 +22,7 @@ import math
 import random
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 if sys.version_info >= (3, 11):
@@ -26,6 +32,7 @@ else:  # pragma: no cover
 
 PERSONA_DIR = Path(__file__).parent / "personas"
 SLOT = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+ITEM = "item"  # the slot of a memory table that holds the remembered thing (never a pool name)
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
@@ -42,6 +49,23 @@ class Topic:
 
 
 @dataclass(frozen=True)
+class Memory:
+    """One kind of thing to remember (`[memory.<kind>]`): a chat tells it, later asks it back."""
+
+    kind: str
+    item: tuple[str, ...]  # templates that draw the remembered thing ({pool} slots)
+    tell: tuple[str, ...]  # user turns that say it: templates with {item}
+    ack: tuple[tuple[str, ...], ...]  # the model's reply to the tell, as parts ({item} allowed)
+    ask: tuple[str, ...]  # user turns that ask for it back (no {item}: it must come from context)
+    answer: tuple[tuple[str, ...], ...]  # the reply, as parts; one part says {item} in every alternative
+
+    @property
+    def topic(self) -> str:
+        """The chats' topic label: `recall_<kind>` (kept apart from the persona's own topics)."""
+        return f"recall_{self.kind}"
+
+
+@dataclass(frozen=True)
 class Persona:
     name: str
     description: str
@@ -49,6 +73,7 @@ class Persona:
     topics: dict[str, Topic]
     source: str
     digest: str  # sha256 of the file's bytes: names caches built from this persona
+    memory: dict[str, Memory] = field(default_factory=dict)  # kind -> Memory; empty without [memory]
 
     def expand(self, template: str, rng: random.Random) -> str:
         """Fill every `{pool}` slot (recursively) with a random entry of that pool."""
@@ -60,6 +85,18 @@ class Persona:
     def sample_reply(self, topic: str, rng: random.Random) -> str:
         parts = (self.expand(rng.choice(alts), rng) for alts in self.topics[topic].reply)
         return " ".join(" ".join(p for p in parts if p).split())
+
+    def fill(self, template: str, item: str, rng: random.Random) -> str:
+        """A memory template with `{item}` set to `item` and every other slot expanded."""
+        return self.sample_prompt(template.replace("{" + ITEM + "}", item), rng)
+
+    def sample_parts(self, parts: tuple[tuple[str, ...], ...], item: str, rng: random.Random) -> str:
+        """One alternative per part (memory replies), `{item}` set, joined by spaces."""
+        return " ".join(p for p in (self.fill(rng.choice(alts), item, rng) for alts in parts) if p)
+
+    def item_space(self, kind: str) -> int:
+        """How many distinct items a memory kind can draw."""
+        return sum(self.count(t) for t in self.memory[kind].item)
 
     def count(self, template: str) -> int:
         """How many distinct fillings a template has (an upper bound on distinct strings)."""
@@ -188,7 +225,60 @@ class _Validator:
             if all(not a.strip() for part in parts for a in part):
                 self.fail(f"{place}.reply", "expected at least one non-empty alternative")
             topics[tname] = Topic(tname, keywords, prompts, tuple(parts))
-        return Persona(name, description, pools, topics, self.source, digest)
+        memory = self.memory(doc.get("memory", {}), pools, topics)
+        return Persona(name, description, pools, topics, self.source, digest, memory)
+
+    def memory(self, raw, pools, topics) -> dict[str, Memory]:
+        if not isinstance(raw, dict):
+            self.fail("memory", "expected [memory.<kind>] tables")
+        if ITEM in pools:
+            self.fail(f"pools.{ITEM}", f"{{{ITEM}}} is the remembered thing of [memory] tables; rename the pool")
+        with_item = {**pools, ITEM: ()}
+        out = {}
+        for kind, m in raw.items():
+            place = f"memory.{kind}"
+            if not _NAME.match(kind) or not isinstance(m, dict):
+                self.fail(place, "expected a table named by lowercase letters, digits, _")
+            keys = ("item", "tell", "ack", "ask", "answer")
+            for key in keys:
+                if key not in m:
+                    self.fail(f"{place}.{key}", "missing key")
+            extra = set(m) - set(keys)
+            if extra:
+                self.fail(f"{place}.{sorted(extra)[0]}", f"unknown key; expected {', '.join(keys)}")
+            if f"recall_{kind}" in topics:
+                self.fail(place, f"its chats are labelled recall_{kind}, which is already a topic")
+            item = self.strings(m["item"], f"{place}.item")
+            for i, t in enumerate(item):
+                self.template(t, f"{place}.item[{i}]", pools)  # no {item} inside an item
+            tell, ask = self.strings(m["tell"], f"{place}.tell"), self.strings(m["ask"], f"{place}.ask")
+            for i, t in enumerate(tell):
+                self.template(t, f"{place}.tell[{i}]", with_item)
+                if "{item}" not in t:
+                    self.fail(f"{place}.tell[{i}]", "expected {item}: the user turn must say what to remember")
+            for i, t in enumerate(ask):
+                if "{item}" in t:
+                    self.fail(f"{place}.ask[{i}]", "must not say {item}: the answer has to come from earlier turns")
+                self.template(t, f"{place}.ask[{i}]", pools)
+            for key, n in (("tell", len(set(tell))), ("ask", len(set(ask)))):
+                if n < 2:
+                    self.fail(f"{place}.{key}", "expected at least 2 distinct templates to hold one out")
+            ack, answer = (self.parts(m[k], f"{place}.{k}", with_item) for k in ("ack", "answer"))
+            if not any(all("{item}" in a for a in part) for part in answer):
+                self.fail(f"{place}.answer", "expected a part whose every alternative says {item}")
+            out[kind] = Memory(kind, item, tell, ack, ask, answer)
+        return out
+
+    def parts(self, value, place: str, pools) -> tuple[tuple[str, ...], ...]:
+        if not isinstance(value, list) or not value:
+            self.fail(place, "expected a non-empty list of parts (lists of alternatives)")
+        parts = []
+        for j, alts in enumerate(value):
+            part = self.strings(alts, f"{place}[{j}]", allow_empty=True)
+            for i, a in enumerate(part):
+                self.template(a, f"{place}[{j}][{i}]", pools)
+            parts.append(part)
+        return tuple(parts)
 
     def no_cycles(self, pools: dict[str, tuple[str, ...]]) -> None:
         state: dict[str, int] = {}  # 1 = on the stack, 2 = done

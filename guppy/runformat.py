@@ -126,6 +126,12 @@ def forensics_path(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / FORENSICS_DIR / step_name(step)
 
 
+# ---- recall of memory chats (guppy.recall writes it; the Induction view reads it) ------------
+
+RECALL_FILE = "recall.csv"  # run folder: one row per measured step
+RECALL_COLUMNS = ("step", "tokens", "recall_loss", "recall_token_acc", "recall_acc")
+HEAD_COLUMN = "{metric}.L{layer}H{head}"  # per-head columns of recall.csv: induction.L1H2, prev_token.L0H3
+
 # ---- the watch set file (watch.h5) ------------------------------------------------------------
 
 WATCH_ARRAYS = ("tokens", "lengths", "reply_start", "period", "subset")

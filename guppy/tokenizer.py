@@ -2,6 +2,9 @@
 
     <|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{reply}<|im_end|>
 
+A multi-turn chat is its earlier turns, each `<|im_start|>user\n..<|im_end|>\n<|im_start|>assistant\n..<|im_end|>\n`,
+then the last turn as above; the reply that is trained and answered is the last one.
+
 A lowercasing normalizer puts "HI GUPPY" in distribution: the training data is lowercase.
 Byte-level means any text encodes (no unknown token); decoding gives back the lowercased text.
 Special tokens are inserted by id, never parsed out of text: a user typing "<|im_end|>" gets
@@ -46,6 +49,7 @@ class ChatFormat:
     start: str = START  # opens a turn; the first token of every chat (bos)
     end: str = END  # closes a turn: a reply is over when the model writes it (eos)
     prompt: str = f"{START}user\n{{prompt}}{END}\n{START}assistant\n"
+    turn_sep: str = "\n"  # between a reply's end token and the next turn of a multi-turn chat
 
     def __post_init__(self):
         if self.prompt.count("{prompt}") != 1:
@@ -62,13 +66,17 @@ class ChatFormat:
         return cls(**d)
 
 
-def chat_prefix(prompt: str) -> str:
+Turns = Sequence[tuple[str, str]]  # earlier (user, assistant) turns of a multi-turn chat
+
+
+def chat_prefix(prompt: str, history: Turns = ()) -> str:
     """Everything before the reply: what the model is given to answer."""
-    return f"{USER_PREFIX}{prompt}{ASSISTANT_PREFIX}"
+    earlier = "".join(f"{render_chat(u, a)}\n" for u, a in history)
+    return f"{earlier}{USER_PREFIX}{prompt}{ASSISTANT_PREFIX}"
 
 
-def render_chat(prompt: str, reply: str) -> str:
-    return f"{chat_prefix(prompt)}{reply}{END}"
+def render_chat(prompt: str, reply: str, history: Turns = ()) -> str:
+    return f"{chat_prefix(prompt, history)}{reply}{END}"
 
 
 class ChatTokenizer:
@@ -96,6 +104,7 @@ class ChatTokenizer:
         self._pre = [i for x in pre for i in ([x] if isinstance(x, int) else self.encode(x))]
         self._post = [i for x in post for i in ([x] if isinstance(x, int) else self.encode(x))]
         self._head = len(self._pre) + len(self.encode(self._lead))  # template ids before the prompt's own
+        self._sep = self.encode(fmt.turn_sep)
 
     @staticmethod
     def _pieces(text: str, specials: dict[str, int]) -> list:
@@ -115,12 +124,18 @@ class ChatTokenizer:
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special)
 
-    def encode_prompt(self, prompt: str, max_len: int | None = None) -> list[int]:
-        """Token ids of the chat prefix for `prompt`, ending where the reply begins.
+    def encode_prompt(self, prompt: str, max_len: int | None = None, history: Turns = ()) -> list[int]:
+        """Token ids of the chat prefix for `prompt` (after the `history` turns), ending where the
+        reply begins.
 
         With `max_len`, a prompt too long to fit loses its first tokens, never the template.
         """
-        ids = self._prefix(self.encode(self._lead + prompt + self._trail))
+        if history:
+            ids = self._earlier(history) + self._turn(prompt)
+            if max_len and len(ids) > max_len:
+                raise ValueError(f"max_len {max_len}: a chat of {len(ids)} tokens does not fit")
+            return ids
+        ids = self._turn(prompt)
         overflow = len(ids) - max_len if max_len else 0
         if overflow > 0:
             head = self._head  # e.g. <|im_start|> user \n
@@ -132,11 +147,26 @@ class ChatTokenizer:
     def _prefix(self, user_ids: list[int]) -> list[int]:
         return [*self._pre, *user_ids, *self._post]
 
-    def encode_chats(self, prompts: Sequence[str], replies: Sequence[str]) -> tuple[list[list[int]], list[int]]:
-        """Encode whole chats; returns (ids per chat, index of each reply's first token)."""
+    def _turn(self, prompt: str) -> list[int]:
+        """One user turn in the template, up to where the reply begins."""
+        return self._prefix(self.encode(self._lead + prompt + self._trail))
+
+    def _earlier(self, history: Turns) -> list[int]:
+        """Earlier turns, each a whole chat of the template followed by the turn separator."""
+        ids = []
+        for user, reply in history:
+            ids += self._turn(user) + self.encode(reply) + [self.end_id, *self._sep]
+        return ids
+
+    def encode_chats(self, prompts: Sequence[str], replies: Sequence[str],
+                     histories: Sequence[Turns] | None = None) -> tuple[list[list[int]], list[int]]:
+        """Encode whole chats (after their `histories` of earlier turns, if any); returns
+        (ids per chat, index of each last reply's first token)."""
         users = self.tok.encode_batch([self._lead + p + self._trail for p in prompts], add_special_tokens=False)
         tails = self.tok.encode_batch(list(replies), add_special_tokens=False)
         heads = [self._prefix(u.ids) for u in users]
+        if histories is not None:
+            heads = [self._earlier(h) + head if h else head for h, head in zip(histories, heads)]
         return [h + t.ids + [self.end_id] for h, t in zip(heads, tails)], [len(h) for h in heads]
 
     def save(self, path: str | Path) -> None:

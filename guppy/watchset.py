@@ -56,7 +56,7 @@ def build_watch_set(data, n_ctx: int, full: int = 12, n_repeat: int = 4, period:
         by_topic.setdefault(c.topic, c)
     order = [t for t in SHOWCASE_TOPICS if t in by_topic] + [t for t in data.topics if t not in SHOWCASE_TOPICS]
     chats = [by_topic[t] for t in order if t in by_topic]
-    ids, starts = tok.encode_chats([c.prompt for c in chats], [c.reply for c in chats])
+    ids, starts = tok.encode_chats([c.prompt for c in chats], [c.reply for c in chats], [c.history for c in chats])
     rng = np.random.default_rng(seed)
     period = min(period, (n_ctx - 1) // 2)
     vocab = np.arange(3, tok.vocab_size)  # never a special token

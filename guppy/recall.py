@@ -1,0 +1,236 @@
+"""Recall on memory chats: can the model repeat what the user told it earlier in the chat?
+
+    batch = recall_batch(tokenizer, chats, n_ctx)        # held-out memory chats (guppy.memorychats)
+    recall_scores(model, batch)                          # {"loss", "token_acc", "acc"}
+    recall_scores(model, batch, fwd_hooks=ablation_hooks(model, heads=[(1, 2)]))   # the same, one head off
+
+Scored teacher-forced on the tokens of the recalled item in the last reply (`Chat.recall`): its
+loss, the share of its tokens predicted exactly (argmax), and `acc`, the share of chats whose
+item is right in every token. Held-out items are never in train, so only copying scores.
+
+`RecallMonitor` is a training callback that measures this every few steps, together with each
+head's induction and previous-token scores on repeated random tokens (`guppy.metrics`), and
+rewrites `recall.csv` in the run folder: a curve dense enough to date when the induction head
+forms, far cheaper than a full snapshot.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from guppy import metrics as M
+from guppy.callbacks import Callback
+from guppy.runfiles import atomic_write
+from guppy.runformat import HEAD_COLUMN, RECALL_COLUMNS, RECALL_FILE  # noqa: F401 (RECALL_COLUMNS: re-exported)
+DENSE_METRICS = ("induction", "prev_token")
+
+
+@dataclass
+class RecallBatch:
+    tokens: torch.Tensor  # (B, T) padded with pad_id
+    lengths: torch.Tensor  # (B,)
+    item_mask: torch.Tensor  # (B, T-1) bool over next-token targets: the recalled item's tokens in the last reply
+    chats: list  # the Chats, in order
+    copy_pairs: torch.Tensor  # (N, 3) int64: (row, query q, key k) where predicting the item's next token at q,
+    #  an induction head attends to k, the position after the last earlier occurrence of token q
+
+
+def item_token_span(tokenizer, reply: str, item: str) -> tuple[int, int]:
+    """(first, end) token indices, within the encoded reply, of the last occurrence of `item`."""
+    at = reply.rfind(item)
+    if at < 0:
+        raise ValueError(f"recalled item {item!r} is not in the reply {reply!r}")
+    enc = tokenizer.tok.encode(reply, add_special_tokens=False)
+    inside = [i for i, (s, e) in enumerate(enc.offsets) if s < at + len(item) and e > at]
+    return inside[0], inside[-1] + 1
+
+
+def recall_batch(tokenizer, chats, n_ctx: int) -> RecallBatch:
+    """Memory chats (those with a `recall` item) as one padded batch; longer chats than n_ctx are dropped."""
+    chats = [c for c in chats if c.recall]
+    if not chats:
+        raise ValueError("no memory chats to score recall on; train with --memory-fraction > 0")
+    ids, starts = tokenizer.encode_chats([c.prompt for c in chats], [c.reply for c in chats],
+                                         [c.history for c in chats])
+    keep = [i for i, x in enumerate(ids) if len(x) <= n_ctx + 1]
+    chats, ids, starts = [chats[i] for i in keep], [ids[i] for i in keep], [starts[i] for i in keep]
+    T = max(map(len, ids))
+    tokens = torch.full((len(ids), T), tokenizer.pad_id, dtype=torch.long)
+    item = torch.zeros(len(ids), T - 1, dtype=torch.bool)
+    for row, (x, s, c) in enumerate(zip(ids, starts, chats)):
+        tokens[row, :len(x)] = torch.tensor(x)
+        first, end = item_token_span(tokenizer, c.reply, c.recall)
+        item[row, s + first - 1:s + end - 1] = True  # target t is predicted at position t - 1
+    pairs = []
+    for row in range(len(ids)):
+        seq = tokens[row].tolist()
+        for q in torch.nonzero(item[row]).flatten().tolist():
+            earlier = [k for k in range(q - 1) if seq[k] == seq[q]]
+            if earlier:
+                pairs.append((row, q, earlier[-1] + 1))
+    return RecallBatch(tokens, torch.tensor([len(x) for x in ids]), item, chats,
+                       torch.tensor(pairs, dtype=torch.long).reshape(-1, 3))
+
+
+@torch.no_grad()
+def recall_scores(model, batch: RecallBatch, fwd_hooks=()) -> dict[str, float]:
+    """Teacher-forced loss and accuracy on the recalled items' tokens (see the module docstring)."""
+    was_training = model.training
+    model.eval()
+    try:
+        x, y = batch.tokens[:, :-1], batch.tokens[:, 1:]
+        logits = model.run_with_hooks(x, fwd_hooks=list(fwd_hooks))  # (B, T-1, V)
+    finally:
+        model.train(was_training)
+    m = batch.item_mask[:, :x.shape[1]]
+    loss = torch.nn.functional.cross_entropy(logits[m].float(), y[m])
+    right = torch.zeros_like(m)
+    right[m] = logits[m].argmax(-1) == y[m]
+    chat_right = (right | ~m).all(1)  # every item token right
+    return {"recall_loss": float(loss), "recall_token_acc": float(right[m].float().mean()),
+            "recall_acc": float(chat_right.float().mean())}
+
+
+@torch.no_grad()
+def chat_induction(model, batch: RecallBatch) -> dict[str, float]:
+    """Every head's induction score inside the memory chats: its mean attention, from each position
+    that predicts a token of the recalled item, to the position after the last earlier occurrence
+    of the current token (the copy an induction head makes), as recall.csv columns
+    `chat_induction.L{l}H{h}`. Unlike the score on repeated random tokens, this is measured on the
+    model's own data, where a copying head may work before it generalises to any token."""
+    row, q, k = batch.copy_pairs.unbind(1)
+    out: dict[str, float] = {}
+
+    def on_pattern(pattern, hook):  # (B, H, T, T)
+        layer = int(hook.name.split(".")[1])
+        mass = pattern[row, :, q, k].float().mean(0) if len(row) else torch.zeros(pattern.shape[1])  # (H,)
+        for h, v in enumerate(mass.tolist()):
+            out[HEAD_COLUMN.format(metric="chat_induction", layer=layer, head=h)] = v
+
+    was_training = model.training
+    model.eval()
+    try:
+        model.run_with_hooks(batch.tokens[:, :-1], fwd_hooks=[("blocks.*.attn.hook_pattern", on_pattern)])
+    finally:
+        model.train(was_training)
+    return out
+
+
+def corrupted(chats, seed: int = 0) -> list:
+    """The same chats with the item told earlier swapped for another chat's item (the answer keeps
+    the original): accuracy on these is what a model scores without the information, i.e. chance."""
+    from dataclasses import replace
+
+    rng = random.Random(seed)
+    items = [c.recall for c in chats]
+    out = []
+    for c in chats:
+        other = rng.choice([i for i in items if i != c.recall] or ["zzz"])
+        history = tuple((u.replace(c.recall, other), a.replace(c.recall, other)) for u, a in c.history)
+        out.append(replace(c, history=history))
+    return out
+
+
+def repeated_tokens(vocab_size: int, n: int = 8, period: int = 20, seed: int = 0, start_id: int = 1):
+    """(tokens (n, 1 + 2 period), lengths, period): random tokens repeated once, after a start token;
+    never a special token (ids 0-2). The same sequences the recorder's watch set uses."""
+    rng = np.random.default_rng(seed)
+    rows = [[start_id, *(r := rng.choice(np.arange(3, vocab_size), size=period, replace=False).tolist()), *r]
+            for _ in range(n)]
+    tokens = torch.tensor(rows)
+    return tokens, torch.full((n,), tokens.shape[1]), torch.full((n,), period)
+
+
+@torch.no_grad()
+def dense_head_scores(model, tokens, lengths, period) -> dict[str, float]:
+    """Every head's induction and previous-token score on repeated random tokens, as recall.csv columns."""
+    out: dict[str, float] = {}
+
+    def on_pattern(pattern, hook):
+        layer = int(hook.name.split(".")[1])
+        scores = M.head_metrics(pattern.detach(), lengths, period)
+        for metric in DENSE_METRICS:
+            for h, v in enumerate(scores[metric].tolist()):
+                out[HEAD_COLUMN.format(metric=metric, layer=layer, head=h)] = v
+
+    was_training = model.training
+    model.eval()
+    try:
+        model.run_with_hooks(tokens, fwd_hooks=[("blocks.*.attn.hook_pattern", on_pattern)])
+    finally:
+        model.train(was_training)
+    return out
+
+
+class RecallMonitor(Callback):
+    """A training callback: every `every` steps and at the last, the
+    recall scores of `n_chats` held-out memory chats and the dense head scores, into recall.csv."""
+
+    def __init__(self, every: int = 10, n_chats: int = 256):
+        self.every, self.n_chats = every, n_chats
+        self.rows: list[dict] = []
+        self.seconds = 0.0
+
+    def on_train_start(self, trainer) -> None:
+        self.path = Path(trainer.run_dir) / RECALL_FILE
+        model, tok = trainer.model, trainer.data.tokenizer
+        self.batch = recall_batch(tok, [c for c in trainer.data.chats.eval if c.recall][:self.n_chats], model.cfg.n_ctx)
+        self.repeats = repeated_tokens(tok.vocab_size, start_id=tok.start_id)
+        if self.path.exists():  # a resumed run keeps the rows it measured up to its checkpoint
+            old = pd.read_csv(self.path)
+            self.rows = old[old.step <= trainer.step].to_dict("records")
+        if not self.rows or self.rows[-1]["step"] < trainer.step:
+            self.measure(trainer)
+        else:
+            self._write()  # without the rows of steps the resumed run will take again
+
+    def on_step_end(self, trainer) -> None:
+        if trainer.step % self.every == 0 or trainer.step == trainer.total_steps:
+            self.measure(trainer)
+
+    def measure(self, trainer) -> None:
+        t0 = time.perf_counter()
+        model = trainer.model
+        row = {"step": trainer.step, "tokens": trainer.tokens} | recall_scores(model, self.batch)
+        row |= dense_head_scores(model, *self.repeats) | chat_induction(model, self.batch)
+        self.rows.append(row)
+        self._write()
+        self.seconds += time.perf_counter() - t0
+
+    def _write(self) -> None:  # the whole table, atomically: a reader never sees a torn row
+        table = pd.DataFrame(self.rows)
+        atomic_write(self.path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.5g"))
+
+
+def read_recall(run_dir: str | Path) -> pd.DataFrame | None:
+    """A run's recall.csv (one row per measured step), or None if it has none."""
+    path = Path(run_dir) / RECALL_FILE
+    return pd.read_csv(path) if path.exists() else None
+
+
+def formation(table: pd.DataFrame, threshold: float = 0.5, metric: str = "induction") -> dict | None:
+    """When the induction head formed, from recall.csv: the head whose `metric` score rises
+    highest, the first step it exceeds `threshold`, and the steps its score took to climb from
+    10% to 90% of its rise. None if no head reaches the threshold."""
+    cols = [c for c in table.columns if c.startswith(f"{metric}.")]
+    if not cols:
+        return None
+    best = max(cols, key=lambda c: table[c].max())
+    s = table[best].to_numpy()
+    steps = table.step.to_numpy()
+    if s.max() < threshold:
+        return None
+    lo, hi = s[: int(np.argmax(s)) + 1].min(), s.max()
+    t10 = steps[np.argmax(s >= lo + 0.1 * (hi - lo))]
+    t90 = steps[np.argmax(s >= lo + 0.9 * (hi - lo))]
+    head = best.split(".", 1)[1]  # "L1H2"
+    layer, h = (int(x) for x in head[1:].split("H"))
+    return {"head": head, "layer": layer, "index": h, "step": int(steps[np.argmax(s >= threshold)]),
+            "score_before": float(lo), "score_after": float(s[-1]), "rise_from": int(t10), "rise_to": int(t90)}

@@ -1,0 +1,126 @@
+"""The induction demo's parts on a tiny run with memory chats: the dense recall/induction callback
+(checked against the recorder's own numbers), the recall ablation probe, the figures, the dashboard view."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import guppy
+from guppy.recall import RECALL_FILE, RecallMonitor, dense_head_scores, read_recall, repeated_tokens
+from guppy.train import start_run
+
+from conftest import tiny_train_config
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="module")
+def memory_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("memory_run")
+    cfg = tiny_train_config(tmp, preset="induction", memory_fraction=0.5, steps=30, record=True, record_every=10,
+                            record_inputs=6, eval_prompts=0, run_name="memory")
+    trainer = start_run(cfg, callbacks=[RecallMonitor(every=5, n_chats=32)], show_progress=False)
+    assert trainer.fit() == "finished"
+    return trainer.run_dir
+
+
+def test_monitor_writes_a_row_every_few_steps(memory_run):
+    table = read_recall(memory_run)
+    assert table.step.tolist() == [0, 5, 10, 15, 20, 25, 30]
+    heads = [f"{m}.L{l}H{h}" for m in ("induction", "prev_token", "chat_induction") for l in range(2) for h in range(4)]
+    assert set(heads) <= set(table.columns)
+    values = table[heads + ["recall_acc", "recall_token_acc"]].to_numpy()
+    assert ((values >= 0) & (values <= 1)).all()
+    assert table.recall_loss.iloc[-1] < table.recall_loss.iloc[0]  # it learns something, even in 30 steps
+
+
+def test_dense_scores_are_the_recorders(memory_run):
+    """The monitor's first 4 repeated sequences are the probe set's 4: same scores as the snapshot's."""
+    run = guppy.open_run(memory_run)
+    step = max(run.snapshot_files)
+    P = run.watch
+    ours = repeated_tokens(run.tokenizer.vocab_size, n=4, start_id=run.tokenizer.start_id)
+    rep = np.flatnonzero(P.period > 0)
+    assert np.array_equal(ours[0].numpy(), P.tokens[rep][:, :ours[0].shape[1]])
+    dense = dense_head_scores(run.model(step), *ours)
+    recorded = run.read("heads/induction", step)  # (L, H); the recorder's prev_token also averages chats
+    mine = np.array([[dense[f"induction.L{l}H{h}"] for h in range(4)] for l in range(2)])
+    np.testing.assert_allclose(mine, recorded, atol=1e-5)
+
+
+def test_resumed_monitor_keeps_earlier_rows(memory_run, tmp_path):
+    from types import SimpleNamespace
+
+    from guppy.runs import load_eval_data
+
+    run_dir = tmp_path / "memory"
+    shutil.copytree(memory_run, run_dir)
+    run = guppy.open_run(run_dir)
+    data = SimpleNamespace(tokenizer=run.tokenizer, chats=SimpleNamespace(eval=load_eval_data(run_dir)[1]))
+    resumed = SimpleNamespace(run_dir=run_dir, step=10, tokens=0, total_steps=30, model=run.model(10), data=data)
+    monitor = RecallMonitor(every=5, n_chats=16)
+    monitor.on_train_start(resumed)  # what a trainer resumed at step 10 shows it
+    assert [r["step"] for r in monitor.rows] == [0, 5, 10]
+    assert read_recall(run_dir).step.tolist() == [0, 5, 10]
+
+
+def test_recall_probe_ablates_every_head(memory_run, capsys):
+    sys.path.insert(0, str(ROOT / "probes"))
+    import recall as probe
+
+    assert probe.main(["--run", str(memory_run), "--chats", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "chance" in out and "most induction-like" in out
+    df = pd.read_csv(memory_run / "probes" / "recall_ablation.csv")
+    assert df.site.tolist() == ["none", "chance"] + [f"L{l}H{h}" for l in range(2) for h in range(4)]
+    assert df.induction.iloc[2:].between(0, 1).all()
+
+
+def test_recall_probe_refuses_a_run_without_memory_chats(tiny_recorded_run, capsys):
+    sys.path.insert(0, str(ROOT / "probes"))
+    import recall as probe
+
+    assert probe.main(["--run", str(tiny_recorded_run)]) == 1
+    assert "no memory chats" in capsys.readouterr().err
+
+
+def test_figures_are_written(memory_run, tmp_path):
+    sys.path.insert(0, str(ROOT / "probes"))
+    import induction_figures
+
+    assert induction_figures.main(["--run", str(memory_run), "--out", str(tmp_path)]) == 0
+    for name in ("formation.png", "chat_patterns.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_dashboard_view(memory_run, tiny_recorded_run, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    shutil.copytree(memory_run, tmp_path / "memory")
+    shutil.copytree(tiny_recorded_run, tmp_path / "plain")
+    monkeypatch.setenv("GUPPY_RUNS_DIR", str(tmp_path))
+    for run, expect_chart in (("memory", True), ("plain", False)):
+        at = AppTest.from_file(str(ROOT / "dashboards" / "app.py"), default_timeout=120)
+        at.query_params["run"], at.query_params["view"] = run, "Induction"
+        at.run()
+        assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+        assert bool(at.get("plotly_chart")) == expect_chart
+        if not expect_chart:
+            assert "make demo-induction" in at.info[0].value
+        else:
+            assert [m.label for m in at.metric][1] == "formed at step"
+
+
+def test_cli_refuses_bad_flags(capsys):
+    from guppy.induction import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--steps", "0"])
+    assert e.value.code == 2 and "positive integer" in capsys.readouterr().err
