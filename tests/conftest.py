@@ -70,3 +70,24 @@ def tiny_recorded_run(tmp_path_factory):
     trainer = start_run(cfg, show_progress=False)
     assert trainer.fit() == "finished"
     return trainer.run_dir
+
+
+# ---- a tiny sweep (guppy-sweep itself: 2 learning rates x 2 seeds), for the compare and dashboard tests
+
+
+def tiny_sweep_flags(steps: int = 20) -> list[str]:
+    """guppy-train flags of the debug recipe, recorded, as the base of a guppy-sweep (after --)."""
+    return ["--preset", "tiny", "--persona", str(MINI), "--n-chats", "600", "--vocab-size", "400",
+            "--steps", str(steps), "--batch-size", "16", "--eval-prompts", "1", "--log-every", "5",
+            "--precision", "fp32", "--device", "cpu", "--record-probes", "6"]
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory) -> Path:
+    from guppy.sweep import main
+
+    runs = tmp_path_factory.mktemp("tiny_sweep") / "runs"
+    code = main(["--name", "lr", "--vary", "lr=3e-3,1e-3", "--seeds", "0,1", "--parallel", "2",
+                 "--runs-dir", str(runs), "--", *tiny_sweep_flags()])
+    assert code == 0
+    return runs / "lr"
