@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from guppy.sweep import SWEEP_FILE
+
 # Update-to-weight ratio per step: ~1e-3 is the usual healthy value (Karpathy's heuristic);
 # far below learns too slowly, far above is unstable.
 HEALTHY_UPDATE_RATIO = (1e-4, 1e-2)
@@ -26,12 +28,19 @@ guppy-train --preset tiny --persona fish --n-chats 600 --steps 60 --record --rec
 
 
 def list_runs(runs_dir: Path) -> list[str]:
-    """Run folder names under runs_dir, newest first (hidden folders skipped)."""
+    """Run folder names under runs_dir, newest first (hidden folders skipped); a sweep's runs as
+    'sweep/run', in name order."""
     if not runs_dir.is_dir():
         return []
     dirs = [d for d in runs_dir.iterdir() if d.is_dir() and not d.name.startswith((".", "_"))]
     dirs = [d for d in dirs if d.name != "artifacts" or (d / "run.json").exists()]
-    return [d.name for d in sorted(dirs, key=lambda d: d.stat().st_mtime, reverse=True)]
+    names = []
+    for d in sorted(dirs, key=lambda d: d.stat().st_mtime, reverse=True):
+        if (d / SWEEP_FILE).exists():  # a sweep: its runs, as sweep/run
+            names += [f"{d.name}/{r.name}" for r in sorted(d.iterdir()) if (r / "run.json").exists()]
+        else:
+            names.append(d.name)
+    return names
 
 
 def safe_run_path(runs_dir: Path, name: str) -> Path:

@@ -26,9 +26,8 @@ from pathlib import Path
 import pandas as pd
 
 from guppy.runs import Run, RunError, open_run
-from guppy.sweep import SWEEP_FILE, read_sweep
+from guppy.sweep import SEED_KEY as SEED, SWEEP_FILE, read_sweep
 
-SEED = "seed"
 EVAL_LOSS, PERSONA_PASS = "eval_loss", "persona_pass"  # metrics.csv columns the summaries default to
 TIME_AXES = ("step", "epoch", "tokens")  # what "matched training time" can mean
 NOT_SETTINGS = ("run_name", "runs_dir")  # where a run lives, not how it trained
@@ -140,17 +139,7 @@ class Comparison:
     def at(self, when: float, by: str = "step") -> dict[str, int | None]:
         """Each run's latest snapshot at or before `when` (a step, an epoch or a token count); None
         for a run that has not got that far or has no snapshot yet."""
-        _check_axis(by)
-        out = {}
-        for name in self.runs:
-            s = self.snapshots[self.snapshots.run == name].sort_values(by)
-            tol = 1e-6 * max(1.0, abs(float(when)))  # epochs are stored rounded
-            if s.empty or float(when) > float(s[by].iloc[-1]) + tol:
-                out[name] = None
-                continue
-            before = s[s[by] <= float(when) + tol]
-            out[name] = int(before.step.iloc[-1]) if len(before) else None
-        return out
+        return {name: snapshot_at(self.snapshots[self.snapshots.run == name], when, by) for name in self.runs}
 
     def aligned(self, by: str = "step") -> pd.DataFrame:
         """Rows: every point at which some run took a snapshot, along `by`; columns: runs; cells:
@@ -165,9 +154,13 @@ class Comparison:
     def final(self, metric: str = EVAL_LOSS) -> pd.DataFrame:
         """The last logged value of `metric` per run, pooled over the seeds of each setting:
         <settings>, mean, std, min, max, n (std is NaN for a single seed)."""
-        m = self.metrics[self.metrics.metric == metric].sort_values("step")
-        last = m.groupby("run", sort=False).tail(1)
-        return _pool(last, self.groups)
+        return _pool(self.last(metric), self.groups)
+
+    def last(self, metric: str = EVAL_LOSS) -> pd.DataFrame:
+        """run, <settings>, step, epoch, tokens, metric, value: each run's last logged `metric`."""
+        m = self.metrics[self.metrics.metric == metric].sort_values("step", kind="stable")
+        return m.groupby("run", sort=False).tail(1).set_index("run", drop=False).reindex(
+            [r for r in self.runs if r in set(m.run)]).reset_index(drop=True)
 
     def curves(self, metric: str = EVAL_LOSS, by: str = "step") -> pd.DataFrame:
         """`metric` over training per setting: <settings>, `by`, mean, std, min, max, n over its
@@ -175,6 +168,19 @@ class Comparison:
         _check_axis(by)
         m = self.metrics[self.metrics.metric == metric]
         return _pool(m, [*self.groups, by])
+
+
+def snapshot_at(snapshots: pd.DataFrame, when: float, by: str = "step") -> int | None:
+    """The step of the latest snapshot at or before `when` along `by` in one run's snapshot table
+    (columns step and `by`); None before its first or past its last: a run that stopped earlier
+    has no state to show at a later time, and showing its last one there would mislead."""
+    _check_axis(by)
+    s = snapshots.sort_values(by)
+    tol = 1e-6 * max(1.0, abs(float(when)))  # epochs are stored rounded
+    if s.empty or float(when) > float(s[by].iloc[-1]) + tol:
+        return None
+    before = s[s[by].astype(float) <= float(when) + tol]
+    return int(before.step.iloc[-1]) if len(before) else None
 
 
 def _pool(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

@@ -36,6 +36,7 @@ SWEEP_FILE = "sweep.json"
 SWEEP_SCHEMA = 1
 LOCK_FILE = ".sweep.lock"
 LOGS_DIR = "_logs"  # a leading underscore: the dashboard does not list it as a run
+SEED_KEY = "seed"  # --seeds S1,S2 is --vary seed=S1,S2, the grid's last axis
 
 DONE = ("finished", "diverged")  # a diverged run is an outcome: running it again diverges again
 OWNED = ("run_name", "runs_dir", "resume")  # the sweep names and places its runs itself
@@ -129,7 +130,7 @@ def plan(name: str, vary: list[tuple[str, list[str]]], seeds: list[str], base: l
     for key in OWNED:
         if getattr(base_args, key, None) is not None:
             raise ValueError(f"--{key.replace('_', '-')} after --: the sweep names and places its runs itself")
-    axes = list(vary) + ([("seed", seeds)] if seeds else [])
+    axes = list(vary) + ([(SEED_KEY, seeds)] if seeds else [])
     if not axes:
         raise ValueError("nothing to sweep: give at least one --vary KEY=V1,V2 or --seeds")
     keys = [k for k, _ in axes]
@@ -381,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(args.runs_dir) / args.name
         if folder.exists() and not (folder / SWEEP_FILE).exists() and any(folder.iterdir()):
             raise ValueError(f"{folder} exists and is not a sweep folder; pick another --name")
-        grid = {k: v for k, v in vary} | ({"seed": seeds} if seeds else {})
+        grid = {k: v for k, v in vary} | ({SEED_KEY: seeds} if seeds else {})
         folder.mkdir(parents=True, exist_ok=True)
         with _lock(folder):
             state = SweepFile(folder, args.name, grid, base, runs)

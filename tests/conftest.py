@@ -91,3 +91,14 @@ def tiny_sweep(tmp_path_factory) -> Path:
                  "--runs-dir", str(runs), "--", *tiny_sweep_flags()])
     assert code == 0
     return runs / "lr"
+
+
+@pytest.fixture(scope="session")
+def wide_short_run(tmp_path_factory) -> Path:
+    """A run of another shape (the small preset: 4 layers x 8 heads) that trains half as long as
+    the sweep's runs, with another batch size: what compare_runs and compare mode must line up."""
+    cfg = tiny_train_config(tmp_path_factory.mktemp("wide"), preset="small", steps=10, batch_size=8, run_name="wide",
+                            record=True, record_probes=4, eval_prompts=0, eval_every=5)
+    trainer = start_run(cfg, show_progress=False)
+    assert trainer.fit() == "finished"
+    return trainer.run_dir

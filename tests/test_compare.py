@@ -11,18 +11,6 @@ import pandas as pd
 import pytest
 
 import guppy
-from guppy.train import start_run
-from tests.conftest import tiny_train_config
-
-
-@pytest.fixture(scope="module")
-def wide_short_run(tmp_path_factory):
-    """Another shape (4 layers x 8 heads) that trains half as long, with another batch size."""
-    cfg = tiny_train_config(tmp_path_factory.mktemp("wide"), preset="small", steps=10, batch_size=8, run_name="wide",
-                            record=True, record_probes=4, eval_prompts=0, eval_every=5)
-    trainer = start_run(cfg, show_progress=False)
-    assert trainer.fit() == "finished"
-    return trainer.run_dir
 
 
 def final_from_csv(run_dir, column="eval_loss") -> float:
