@@ -15,6 +15,8 @@ import numpy as np
 from guppy.compare import TIME_AXES, snapshot_at
 from guppy.sweep import SEED_KEY, SWEEP_FILE
 
+RUN_JSON = "run.json"
+
 __all__ = ["TIME_AXES", "snapshot_at"]
 
 
@@ -22,23 +24,34 @@ __all__ = ["TIME_AXES", "snapshot_at"]
 
 
 def is_sweep(folder: Path) -> bool:
-    return (folder / SWEEP_FILE).is_file()
+    """A sweep folder: guppy-sweep's (with sweep.json), or runs that a job scheduler trained from
+    `guppy-sweep --list` into one folder (run folders inside, none of its own run.json)."""
+    if (folder / SWEEP_FILE).is_file():
+        return True
+    return not (folder / RUN_JSON).exists() and any((d / RUN_JSON).exists() for d in _subdirs(folder))
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    try:
+        return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith((".", "_")))
+    except OSError:
+        return []
 
 
 def list_sweeps(runs_dir: Path) -> list[str]:
-    """Sweep folders under runs_dir (those with a sweep.json), by name."""
-    if not runs_dir.is_dir():
-        return []
-    return sorted(d.name for d in runs_dir.iterdir() if d.is_dir() and not d.name.startswith((".", "_")) and is_sweep(d))
+    """Sweep folders under runs_dir, by name."""
+    return [d.name for d in _subdirs(runs_dir) if is_sweep(d)]
 
 
 def sweep_members(runs_dir: Path, sweep: str) -> list[tuple[str, dict]]:
-    """('sweep/run', settings) of each run of a sweep that has started (has a run.json), in grid order."""
+    """('sweep/run', settings) of each run of a sweep that has started (has a run.json), in grid
+    order; without a sweep.json, in name order, each run its own setting."""
+    folder = runs_dir / sweep
     try:
-        runs = json.loads((runs_dir / sweep / SWEEP_FILE).read_text()).get("runs", [])
+        runs = json.loads((folder / SWEEP_FILE).read_text()).get("runs", [])
     except (OSError, json.JSONDecodeError):
-        return []
-    return [(f"{sweep}/{r['name']}", r.get("settings", {})) for r in runs if (runs_dir / sweep / r["name"] / "run.json").exists()]
+        runs = [{"name": d.name, "settings": {"run": d.name}} for d in _subdirs(folder)]
+    return [(f"{sweep}/{r['name']}", r.get("settings", {})) for r in runs if (folder / r["name"] / RUN_JSON).exists()]
 
 
 def one_per_setting(members: list[tuple[str, dict]], limit: int = 4) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from guppy.sweep import SWEEP_FILE
+from dashboards.compare_data import is_sweep, sweep_members
 
 # Update-to-weight ratio per step: ~1e-3 is the usual healthy value (Karpathy's heuristic);
 # far below learns too slowly, far above is unstable.
@@ -36,8 +36,8 @@ def list_runs(runs_dir: Path) -> list[str]:
     dirs = [d for d in dirs if d.name != "artifacts" or (d / "run.json").exists()]
     names = []
     for d in sorted(dirs, key=lambda d: d.stat().st_mtime, reverse=True):
-        if (d / SWEEP_FILE).exists():  # a sweep: its runs, as sweep/run
-            names += [f"{d.name}/{r.name}" for r in sorted(d.iterdir()) if (r / "run.json").exists()]
+        if is_sweep(d):  # a sweep: its runs, as sweep/run
+            names += [name for name, _ in sweep_members(runs_dir, d.name)]
         else:
             names.append(d.name)
     return names

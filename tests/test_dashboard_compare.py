@@ -167,3 +167,12 @@ def test_sweep_view_without_a_sweep_says_how(runs_dir, tmp_path, monkeypatch):
     at = app(tmp_path, monkeypatch, "Sweep", run="good")
     ok(at)
     assert "No sweep" in at.info[0].value and "guppy-sweep" in at.code[0].value
+
+
+def test_a_folder_of_runs_from_a_job_scheduler_is_a_sweep_too(runs_dir, tmp_path, monkeypatch):
+    """`guppy-sweep --list | xargs ...` leaves run folders and no sweep.json."""
+    shutil.copytree(runs_dir / "lr", tmp_path / "listed", ignore=shutil.ignore_patterns("sweep.json", "_logs"))
+    assert "listed/lr-1e-3__seed-0" in data.list_runs(tmp_path)
+    at = app(tmp_path, monkeypatch, "Sweep", run="listed/lr-1e-3__seed-0")
+    ok(at)
+    assert len(charts(at)) == 2 and "4 finished" in at.caption[0].value

@@ -34,7 +34,8 @@ def comparison(path: str, signature: tuple):
 
 
 def signature(folder: Path) -> tuple:
-    parts = [(folder / SWEEP_FILE).stat().st_mtime_ns]
+    sweep_file = folder / SWEEP_FILE
+    parts = [sweep_file.stat().st_mtime_ns if sweep_file.exists() else 0]
     for d in sorted(folder.iterdir()):
         if d.is_dir() and (d / "run.json").exists():
             parts.append(run_signature(d)[:2])  # metrics.csv and run.json
@@ -55,9 +56,11 @@ def render(runs_dir: Path, current: str) -> None:
     except (ValueError, OSError) as e:  # RunError is a ValueError
         st.error(f"Sweep **{name}** cannot be read: {e}")
         return
-    grid = json.loads((folder / SWEEP_FILE).read_text()).get("runs", [])
-    counts = pd.Series([r.get("status", "pending") for r in grid]).value_counts()
-    st.caption(f"{len(grid)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+    planned = len(json.loads((folder / SWEEP_FILE).read_text()).get("runs", [])) if (folder / SWEEP_FILE).exists() \
+        else len(cmp.runs)
+    counts = pd.Series([run.status for run in cmp.runs.values()]).value_counts()
+    st.caption(f"{planned} runs planned: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+               + (f", {planned - len(cmp.runs)} not started" if planned > len(cmp.runs) else "")
                + f" · varied: {', '.join(cmp.varied) or 'nothing'}")
     settings = cmp.groups or cmp.varied
     if not settings:
