@@ -173,3 +173,57 @@ def test_ctrl_c_then_sigkill_mid_sweep_and_the_same_command_completes(tmp_path):
     a = load_file(str(list(list_checkpoints(folder / "seed-1").values())[-1]))
     b = load_file(str(list(list_checkpoints(tmp_path / "straight" / "seed-1").values())[-1]))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def readme_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Sweeps and comparing runs"):]
+    return section[:section.index("\n### ", 5)]
+
+
+@pytest.mark.slow
+def test_the_readme_sweep_section_runs(tmp_path):
+    """The README's lines with the tiny recipe after `--`: the sweep, --list into xargs, the SLURM
+    line's own command picking its run, and the compare_runs example on the result."""
+    import re
+
+    import guppy
+
+    section = readme_section()
+    lines = [x for block in re.findall(r"```bash\n(.*?)```", section, re.S) for x in block.splitlines()]
+    tiny = shlex.join(tiny_sweep_flags(steps=6))
+    env = os.environ | {"PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+    def shell(line: str, cwd: Path):
+        if line.startswith("guppy-sweep "):  # the tiny recipe as the base flags; the module, as no install is assumed
+            own, _, rest = line.partition(" -- ")
+            line = f"{shlex.quote(sys.executable)} -m guppy.sweep {own[len('guppy-sweep '):]} -- {tiny}" + \
+                (rest[rest.index(" >"):] if " >" in rest else "")
+        r = subprocess.run(["bash", "-c", line.split("  #")[0]], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, (line, r.stderr[-2000:])
+        return r
+
+    sweep_line, list_line, xargs_line, slurm_line = lines
+    (tmp_path / "a").mkdir()
+    shell(sweep_line, tmp_path / "a")
+    assert set(status(tmp_path / "a" / "runs" / "lr-study").values()) == {"finished"}
+
+    (tmp_path / "b").mkdir()
+    shell(list_line, tmp_path / "b")
+    listed = (tmp_path / "b" / "lr-study.txt").read_text().splitlines()
+    assert len(listed) == 4 and not (tmp_path / "b" / "runs").exists()
+    shell(xargs_line, tmp_path / "b")
+    folder = tmp_path / "b" / "runs" / "lr-study"
+    assert sorted(guppy.compare_runs(folder).runs) == sorted(shlex.split(x)[-1] for x in listed)
+    assert all(guppy.open_run(d).status == "finished" for d in folder.iterdir() if d.is_dir())
+    wrapped = shlex.split(slurm_line.split("  #")[0])[-1]  # what one array task runs, less its `| sh`
+    picked = subprocess.run(["bash", "-c", wrapped.removesuffix("| sh")], cwd=tmp_path / "b", capture_output=True,
+                            text=True, env=env | {"SLURM_ARRAY_TASK_ID": "2"})
+    assert picked.stdout.strip() == listed[1]
+
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    code = code.replace('"runs/lr-study"', repr(str(tmp_path / "a" / "runs" / "lr-study")))
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    cmp = scope["cmp"]
+    assert cmp.varied == ["lr", "seed"] and len(cmp.final("eval_loss")) == 2
