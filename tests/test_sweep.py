@@ -80,21 +80,26 @@ def test_bad_flags_are_one_line_and_create_nothing(tmp_path, args, message):
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_failing_run_does_not_stop_the_others(tmp_path):
+def test_failed_and_diverged_runs_do_not_stop_the_others(tmp_path):
+    """persona x lr: a persona file that is missing fails both its runs; lr 1e6 diverges (NaN at step 2)."""
     missing = str(tmp_path / "no-such-persona.toml")
     base = tiny_sweep_flags(steps=6)
     persona = base.index("--persona")
     del base[persona:persona + 2]  # varied instead
-    r = sweep("--name", "mixed", "--vary", f"persona={missing},{base_persona()}", "--", *base, "--no-record", cwd=tmp_path)
-    assert r.returncode == 1 and "failed" in r.stdout, r.stderr  # one failed: not a clean sweep
+    args = ["--name", "mixed", "--vary", f"persona={missing},{base_persona()}", "--vary", "lr=1e6,3e-3",
+            "--", *base, "--no-record", "--min-lr", "0", "--warmup-steps", "0", "--grad-clip", "0"]
+    r = sweep(*args, cwd=tmp_path)
+    assert r.returncode == 1 and "failed" in r.stdout, r.stderr  # some failed: not a clean sweep
     folder = tmp_path / "runs" / "mixed"
     got = status(folder)
-    bad = next(n for n in got if "no-such" in n)
-    good = next(n for n in got if n != bad)
-    assert got == {bad: "failed", good: "finished"}
-    entry = next(x for x in json.loads((folder / SWEEP_FILE).read_text())["runs"] if x["name"] == bad)
+    assert sorted(got.values()) == ["diverged", "failed", "failed", "finished"]
+    assert all(v == "failed" for k, v in got.items() if "no-such" in k)
+    assert got[next(k for k in got if "no-such" not in k and k.endswith("lr-1e6"))] == "diverged"
+    entry = next(x for x in json.loads((folder / SWEEP_FILE).read_text())["runs"] if "no-such" in x["name"])
     assert "no-such-persona" in entry["message"] and entry["returncode"] == 1
-    assert "1 failed" in r.stdout and "1 finished" in r.stdout
+    assert "2 failed" in r.stdout and "1 diverged" in r.stdout and "1 finished" in r.stdout
+    again = sweep(*args, cwd=tmp_path)  # failed runs are tried again; a diverged one is an outcome
+    assert again.returncode == 1 and again.stderr.count("started") == 2 and "2 of 4 runs done" in again.stderr
 
 
 def base_persona() -> str:
