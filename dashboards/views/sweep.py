@@ -23,7 +23,8 @@ from guppy.compare import EVAL_LOSS, PERSONA_PASS
 from guppy.sweep import SWEEP_FILE
 
 OUTCOMES = ((EVAL_LOSS, "final eval loss"), (PERSONA_PASS, "final persona pass rate"))
-CURVE_METRICS = {EVAL_LOSS: "eval loss", "loss": "train loss", PERSONA_PASS: "persona pass rate"}
+# train loss first: logged every few steps, where eval points come only at epoch ends by default
+CURVE_METRICS = {"loss": "train loss", EVAL_LOSS: "eval loss", PERSONA_PASS: "persona pass rate"}
 HOW_TO = "guppy-sweep --name lr-study --vary lr=3e-3,3e-4 --seeds 0,1 -- --preset demo --epochs 1 --runs-dir {runs_dir}"
 
 
