@@ -353,12 +353,13 @@ def build_parser():
 
     p = ArgumentParser(prog="guppy-sweep", usage="guppy-sweep --name NAME --vary KEY=V1,V2 [...] -- [guppy-train flags]",
                        description="Train a grid of recorded runs that differ in a few guppy-train flags, "
-                                   "into runs/<name>/<run>/. Flags after -- are given to every run.")
+                                   "into runs/<name>/<run>/. Flags after -- are given to every run. The same "
+                                   "command again skips finished runs and resumes interrupted ones.")
     p.add_argument("--name", required=True, help="the sweep's folder under --runs-dir")
     p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
                    help="a guppy-train setting and its values (n_heads -> --n-heads); repeat for a grid")
     p.add_argument("--seeds", default="", metavar="S1,S2", help="seeds to run every setting with (default: the base --seed)")
-    p.add_argument("--parallel", type=positive_int, default=1,
+    p.add_argument("--parallel", type=positive_int, default=1, metavar="N",
                    help="runs at a time; the cores are split between them (OMP_NUM_THREADS caps a run's share) (default: 1)")
     p.add_argument("--list", action="store_true", help="print one guppy-train command per run and exit; creates nothing")
     p.add_argument("--runs-dir", default="runs", help="where the sweep folder goes (default: runs)")
