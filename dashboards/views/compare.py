@@ -25,6 +25,9 @@ COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")  # one per run, the same 
 
 def render(view: str, runs: list[RunHandle]) -> None:
     """Draw `view` ('attention', 'heads', 'residual', 'gradients', 'ablation') for every run."""
+    empty = [r.name for r in runs if not r.steps]
+    if empty:
+        st.info(f"Left out, no readable snapshots (record with `guppy-train --record`): {', '.join(empty)}")
     runs = [r for r in runs if r.steps] or runs
     L = max(r.run.model_config.n_layers for r in runs)
     H = max(r.run.model_config.n_heads for r in runs)
