@@ -31,9 +31,12 @@ demo: $(STAMP)
 		-p "do you like money?" -p "IS THE WATER COLD?" -p "the cat is watching you"
 	$(BIN)/guppy-eval --run runs/$(DEMO_RUN) --prompts 12
 
-# the browser test drives Debian's Chromium (never a downloaded browser build)
+# the browser test drives Debian's Chromium (never a downloaded browser build): installed where this
+# user can (root with apt-get, as in CI); elsewhere that one test is skipped with its reason
 test: $(STAMP)
-	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && apt-get install -y -qq chromium; } \
+		|| echo "make test: no /usr/bin/chromium and it cannot be installed here: the browser test is skipped"
 	$(BIN)/python -m pytest -q
 
 clean:

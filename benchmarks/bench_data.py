@@ -8,7 +8,7 @@ Every figure comes from a fresh process whose own peak resident memory is read w
 (os.wait4), so one measurement never inherits another's high-water mark:
 
     floor   python importing torch and guppy.train: what any run costs before data
-    build   guppy-data --chats N (generate, train the tokenizer, tokenize, write the cache)
+    build   guppy-data --n-chats N (generate, train the tokenizer, tokenize, write the cache)
     load    load_dataset from that cache (what every training process does first)
     train   guppy-train --preset demo --n-chats N --steps 20 from that cache
 
@@ -65,7 +65,7 @@ def main() -> None:
         for scale in scales:
             n = int(DEFAULT_CHATS * scale)
             before = set((tmp / "cache").glob("*")) if (tmp / "cache").exists() else set()
-            rss, wall = measure(["-m", "guppy.data_cli", "--chats", str(n), "--vocab-size", str(VOCAB),
+            rss, wall = measure(["-m", "guppy.data_cli", "--n-chats", str(n), "--vocab-size", str(VOCAB),
                                  "--samples", "0"], env)
             (folder,) = set((tmp / "cache").glob("*")) - before
             tokens = (folder / "train.tokens.npy").stat().st_size

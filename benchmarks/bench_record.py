@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import guppy  # noqa: E402
+from guppy import runformat as R  # noqa: E402
 from guppy.config import TrainConfig, model_preset  # noqa: E402
 from guppy.record import snapshot_schedule  # noqa: E402
 from guppy.train import start_run  # noqa: E402
@@ -41,8 +42,9 @@ def train(cfg: TrainConfig) -> tuple[float, Path, object]:
 
 def sizes(run_dir: Path) -> tuple[int, int, int]:
     """(snapshot count, mean bytes per snapshot file, mean bytes per snapshot's weights)."""
-    snaps = sorted((run_dir / "snapshots").glob("step-*.h5"))
-    weights = [run_dir / "checkpoints" / f"{s.stem}.safetensors" for s in snaps]
+    snaps = R.list_snapshots(run_dir)
+    weights = [R.checkpoint_path(run_dir, step) for step in snaps]
+    snaps = list(snaps.values())
     return len(snaps), sum(s.stat().st_size for s in snaps) // len(snaps), sum(w.stat().st_size for w in weights) // len(weights)
 
 

@@ -8,14 +8,22 @@ length-bucketed batches, bf16 autocast where the CPU has it, fused AdamW. Both t
 target token, the same model, from the same initial weights.
 Throughput counts non-padding target tokens per second. MFU compares the model FLOPs
 (6 x matmul parameters per token, plus attention) to a bf16 and an fp32 matmul measured here.
+
+Health: a third loop is guppy's step with the Trainer's Watchdog (guppy.watchdog: health
+signals every --log-every steps, the per-parameter ring buffer and finiteness check every
+step), interleaved with the other two; its cost is printed against guppy's plain step, both
+as the difference of the two loops and as the time spent inside the Watchdog's calls.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -26,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from guppy.config import model_preset  # noqa: E402
 from guppy.data import DataConfig, bucket_batches, collate, load_dataset, random_batches  # noqa: E402
 from guppy.model import GuppyLM  # noqa: E402
-from guppy.train import TrainConfig, build_optimizer, masked_loss, pick_precision  # noqa: E402
+from guppy.train import TrainConfig, build_optimizer, pick_precision, target_loss  # noqa: E402
+from guppy.watchdog import Watchdog  # noqa: E402
 from machine import load_note  # noqa: E402  (benchmarks/machine.py)
 
 
@@ -54,10 +63,37 @@ def plain_loss(model, x, y, m) -> torch.Tensor:
 
 def guppy_loss(model, x, y, m) -> torch.Tensor:
     """The Trainer's loss: the unembedding runs at real target positions only."""
-    return masked_loss(model, x, y, m, reduction="mean")
+    return target_loss(model, x, y, m, reduction="mean")
 
 
-def train_step(model, opt, loss_fn, data, idx, pad_id, dtype) -> int:
+class Watched:
+    """The Trainer's Watchdog around this script's step: the same calls at the same points
+    (after backward, after the update), through the few trainer attributes it reads."""
+
+    def __init__(self, model, total_steps: int, log_every: int):
+        run_dir = Path(tempfile.mkdtemp(prefix="bench-health-"))
+        (run_dir / "run.json").write_text(json.dumps({}))
+        self.view = SimpleNamespace(model=model, step=0, total_steps=total_steps, cfg=SimpleNamespace(log_every=log_every),
+                                    scaler=torch.amp.GradScaler("cpu", enabled=False), step_loss=float("nan"),
+                                    run_dir=run_dir, ranks=SimpleNamespace(is_main=True), callbacks=[], show_progress=False)
+        self.dog = Watchdog(spike_factor=4.0)
+        self.dog.on_train_start(self.view)
+        self.seconds = 0.0  # inside the Watchdog's calls (its forward hooks excepted)
+
+    def after_backward(self) -> None:
+        t = time.perf_counter()
+        self.dog.on_after_backward(self.view)
+        self.seconds += time.perf_counter() - t
+
+    def after_step(self, loss: float) -> None:
+        t = time.perf_counter()
+        self.view.step += 1
+        self.view.step_loss = loss
+        self.dog.on_step_end(self.view)
+        self.seconds += time.perf_counter() - t
+
+
+def train_step(model, opt, loss_fn, data, idx, pad_id, dtype, watch: Watched | None = None) -> int:
     """One optimizer step on the chats `idx` (loss on every real token); returns the non-padding
     target tokens it saw."""
     inputs, targets, mask = collate(data.train, idx, pad_id, model.cfg.n_ctx, reply_only=False)
@@ -65,9 +101,14 @@ def train_step(model, opt, loss_fn, data, idx, pad_id, dtype) -> int:
     with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
         loss = loss_fn(model, x, y, m)
     loss.backward()
+    value = loss.item()  # as the Trainer reads it (and the Watchdog's spike check needs it)
+    if watch:
+        watch.after_backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
+    if watch:
+        watch.after_step(value)
     return int((y != pad_id).sum())
 
 
@@ -76,10 +117,10 @@ def run_loops(loops: dict, steps: int, warmup: int = 2) -> dict[str, tuple[float
     returns {name: (target tokens per second, seconds per step)}."""
     seconds, targets = dict.fromkeys(loops, 0.0), dict.fromkeys(loops, 0)
     for i in range(warmup + steps):
-        for name, (model, opt, loss_fn, batches, dtype, data, pad_id) in loops.items():
+        for name, (model, opt, loss_fn, batches, dtype, data, pad_id, *watch) in loops.items():
             model.train()
             t = time.perf_counter()
-            n = train_step(model, opt, loss_fn, data, batches[i], pad_id, dtype)
+            n = train_step(model, opt, loss_fn, data, batches[i], pad_id, dtype, *watch)
             if i >= warmup:
                 seconds[name] += time.perf_counter() - t
                 targets[name] += n
@@ -91,10 +132,11 @@ def main() -> None:
     p.add_argument("--preset", default="guppy")
     p.add_argument("--steps", type=int, default=20, help="timed steps of each loop")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--log-every", type=int, default=10, help="health rows every N steps, as guppy-train's default")
     args = p.parse_args()
 
-    data = load_dataset(DataConfig())
     cfg = model_preset(args.preset)
+    data = load_dataset(DataConfig(vocab_size=min(DataConfig().vocab_size, cfg.d_vocab)))  # demo: 2304 tokens
     pad = data.tokenizer.pad_id
     rng = np.random.default_rng(0)
     lengths = data.train.lengths
@@ -106,13 +148,18 @@ def main() -> None:
     ref = GuppyLM(cfg)
     ours = GuppyLM(cfg)
     ours.load_state_dict(ref.state_dict())
+    watched = GuppyLM(cfg)
+    watched.load_state_dict(ref.state_dict())
+    watch = Watched(watched, args.steps + 2, args.log_every)
     tcfg = TrainConfig()
     # the reference loop: fp32, pad-to-longest random batches, loss on every token, plain AdamW
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=tcfg.lr, betas=(0.9, 0.95), weight_decay=tcfg.weight_decay)
     timed = run_loops({"ref": (ref, ref_opt, plain_loss, plain_batches, torch.float32, data, pad),
-                       "ours": (ours, build_optimizer(ours, tcfg), guppy_loss, bucketed, fast_dtype, data, pad)},
+                       "ours": (ours, build_optimizer(ours, tcfg), guppy_loss, bucketed, fast_dtype, data, pad),
+                       "health": (watched, build_optimizer(watched, tcfg), guppy_loss, bucketed, fast_dtype, data, pad,
+                                  watch)},
                       args.steps)
-    (ref_tps, ref_step), (our_tps, our_step) = timed["ref"], timed["ours"]
+    (ref_tps, ref_step), (our_tps, our_step), (_, watched_step) = timed["ref"], timed["ours"], timed["health"]
 
     peak_bf16, peak_fp32 = matmul_flops(torch.bfloat16), matmul_flops(torch.float32)
     fpt = flops_per_token(cfg, float(lengths.mean()))
@@ -123,6 +170,10 @@ def main() -> None:
                             (f"guppy ({str(fast_dtype)[6:]}, bucketed)", our_tps, our_step)):
         print(f"{name:<34}{step:>8.3f}{tps:>11,.0f}{tps * fpt / peak_bf16:>10.1%}{tps * fpt / peak_fp32:>10.1%}")
     print(f"speedup (tokens/s): {our_tps / ref_tps:.2f}x   (target >= 2x)")
+    inside = watch.seconds / (args.steps + 2) / our_step  # its calls on every step, warmup included
+    print(f"health signals + forensics ring (Watchdog, health row every {args.log_every} steps): "
+          f"{watched_step / our_step - 1:+.1%} s/step against guppy's plain step, {inside:.1%} of a step inside "
+          f"its calls   (target <= 2%)")
     print(f"matmul peaks measured here: bf16 {peak_bf16 / 1e9:.0f} GFLOP/s, fp32 {peak_fp32 / 1e9:.0f} GFLOP/s; "
           f"model FLOPs/token {fpt / 1e6:.1f} M")
     print(load_note())

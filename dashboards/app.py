@@ -30,7 +30,7 @@ import importlib  # noqa: E402
 # view modules load when first shown: the ablation view needs torch, the others only numpy
 VIEWS = {"Run overview": "overview", "Attention": "attention", "Head metrics": "heads",
          "Residual stream": "residual", "Gradients": "gradients", "Ablation": "ablation", "Probes": "probes",
-         "Sweep": "sweep"}
+         "Health": "health", "Sweep": "sweep"}
 COMPARED = ("attention", "heads", "residual", "gradients", "ablation")  # drawn side by side by views/compare.py
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +21,7 @@ import numpy as np
 import streamlit as st
 
 import guppy
-from dashboards.data import HEAD_METRICS
+from guppy import runformat as R
 from guppy.runs import Run, RunError
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ def _open_run(path: str, meta_mtime: int) -> Run:
 def run_of(path: str) -> Run:
     """The run at path, opened once per version of its run.json (opening parses it: ~1 ms
     that every uncached read used to pay again)."""
-    return _open_run(path, _mtime(Path(path) / "run.json"))
+    return _open_run(path, _mtime(Path(path) / R.RUN_JSON))
 
 
 @st.cache_data(max_entries=4096, show_spinner=False)
@@ -84,7 +85,7 @@ def acts(path: str, step: int, mtime: int, hook: str, k: int | None = None) -> n
 def snapshot_check(path: str, step: int, mtime: int) -> str:
     """'' if the snapshot file is readable, else the reason (shown in the page)."""
     try:
-        run_of(path).read("loss/mean", step)
+        run_of(path).read(R.LOSS_MEAN, step)
         return ""
     except READ_ERRORS as e:
         return str(e)
@@ -92,13 +93,11 @@ def snapshot_check(path: str, step: int, mtime: int) -> str:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def snapshot_table(path: str, key: tuple) -> pd.DataFrame:
-    """step, epoch, tokens, time of every snapshot (key: the files' (step, mtime) pairs)."""
-    try:
+    """step, epoch, tokens, time of every readable snapshot (key: the files' (step, mtime) pairs).
+    The page names unreadable files itself (RunHandle.bad), so the reader's warning is not repeated."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         return run_of(path).snapshots.reset_index(drop=True)
-    except READ_ERRORS:  # a broken file among them: the readable steps, without attributes
-        import pandas as pd
-
-        return pd.DataFrame({"step": [s for s, _ in key], "epoch": np.nan, "tokens": np.nan, "time": np.nan})
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -111,17 +110,17 @@ def head_cube(path: str, key: tuple) -> tuple[list[int], dict[str, np.ndarray]]:
     """Head metrics over training, (steps, {metric: (S, L, H) float32}), over the snapshots in
     key, their (step, mtime) pairs. Each file's 'heads' group is cached apart, so a new
     snapshot landing reads only that file. A metric an older file lacks is NaN there."""
-    groups = [read(path, step, mtime, "heads") for step, mtime in key]
+    groups = [read(path, step, mtime, R.HEADS) for step, mtime in key]
     shape = next((v.shape for g in groups for v in g.values()), (0, 0))
-    names = [m for m in HEAD_METRICS if any(m in g for g in groups)]
+    names = [m for m in R.HEAD_METRICS if any(m in g for g in groups)]
     cube = {m: np.stack([g[m] if m in g else np.full(shape, np.nan) for g in groups]).astype(np.float32)
             for m in names}
     return [step for step, _ in key], cube
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def probes(path: str, mtime: int):
-    return run_of(path).probes
+def watch(path: str, mtime: int):
+    return run_of(path).watch
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -179,7 +178,7 @@ class RunHandle:
         """A small dataset of one snapshot ('heads/induction'), read with the rest of its group
         (never the activations group: that one is megabytes; see `acts`)."""
         group, _, leaf = name.rpartition("/")
-        if not group or group.split("/")[0] == "acts":
+        if not group or group.split("/")[0] == R.ACTS:
             return read(str(self.path), step, self.snaps[step], name)
         values = read(str(self.path), step, self.snaps[step], group)
         if leaf not in values:
@@ -194,7 +193,7 @@ class RunHandle:
         return {s: self.read(name, s) for s in self.steps}
 
     def metrics(self) -> pd.DataFrame:
-        return metrics(str(self.path), _mtime(self.path / "metrics.csv"))
+        return metrics(str(self.path), _mtime(self.path / R.METRICS_CSV))
 
     def snapshot_table(self) -> pd.DataFrame:
         return snapshot_table(str(self.path), self.key)
@@ -202,14 +201,14 @@ class RunHandle:
     def head_cube(self) -> tuple[list[int], dict[str, np.ndarray]]:
         return head_cube(str(self.path), self.key)
 
-    def probes(self):
-        return probes(str(self.path), _mtime(self.path / "probes.h5"))
+    def watch(self):
+        return watch(str(self.path), _mtime(R.watch_path(self.path)))
 
     def tokenizer(self):
-        return tokenizer(str(self.path), _mtime(self.path / "tokenizer.json"))
+        return tokenizer(str(self.path), _mtime(self.path / R.TOKENIZER_JSON))
 
     def vocab(self) -> list[str]:
-        return vocab(str(self.path), _mtime(self.path / "tokenizer.json"), self.run.model_config.d_vocab)
+        return vocab(str(self.path), _mtime(self.path / R.TOKENIZER_JSON), self.run.model_config.d_vocab)
 
     def model(self, step: int):
         return model(str(self.path), step, self.snaps[step])

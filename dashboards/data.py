@@ -1,6 +1,6 @@
 """Pure data shaping for the dashboard: no Streamlit, no plotting, easy to test.
 
-Shapes: K stored probes, H heads, L layers, T positions, P residual points (layer boundaries),
+Shapes: K stored inputs of the watch set, H heads, L layers, T positions, P residual points (layer boundaries),
 S snapshots. Arrays come from `guppy.open_run` and are returned as float32 for plotting.
 """
 
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from guppy import runformat as R
 from dashboards.compare_data import is_sweep, sweep_members
 
 # Update-to-weight ratio per step: ~1e-3 is the usual healthy value (Karpathy's heuristic);
 # far below learns too slowly, far above is unstable.
 HEALTHY_UPDATE_RATIO = (1e-4, 1e-2)
-HEAD_METRICS = ("entropy", "prev_token", "induction", "first_token", "duplicate_token", "out_norm")
 CURVES = (("loss", "train loss"), ("eval_loss", "eval loss"), ("persona_pass", "persona eval pass rate"),
           ("lr", "learning rate"), ("grad_norm", "grad norm"), ("tokens_per_s", "tokens / s"))
 MAKE_A_RUN = """guppy-train --preset demo --persona fish --record --runs-dir {runs_dir}
@@ -33,7 +33,7 @@ def list_runs(runs_dir: Path) -> list[str]:
     if not runs_dir.is_dir():
         return []
     dirs = [d for d in runs_dir.iterdir() if d.is_dir() and not d.name.startswith((".", "_"))]
-    dirs = [d for d in dirs if d.name != "artifacts" or (d / "run.json").exists()]
+    dirs = [d for d in dirs if d.name != "artifacts" or (d / R.RUN_JSON).exists()]
     names = []
     for d in sorted(dirs, key=lambda d: d.stat().st_mtime, reverse=True):
         if is_sweep(d):  # a sweep: its runs, as sweep/run
@@ -55,7 +55,7 @@ def safe_run_path(runs_dir: Path, name: str) -> Path:
 def run_signature(run_dir: Path) -> tuple:
     """Changes whenever a live run lands a snapshot or logs metrics."""
     parts = []
-    for f in [run_dir / "metrics.csv", run_dir / "run.json", *sorted((run_dir / "snapshots").glob("step-*.h5"))]:
+    for f in [run_dir / R.METRICS_CSV, run_dir / R.RUN_JSON, *R.list_snapshots(run_dir).values()]:
         try:
             st = f.stat()
             parts.append((f.name, st.st_mtime_ns, st.st_size))
@@ -71,19 +71,24 @@ def head_label(layer: int, head: int) -> str:
     return f"L{layer}H{head}"
 
 
+def _in_block(name: str) -> tuple[int | None, str]:
+    """'blocks.2.attn.hook_z' -> (2, 'attn.hook_z'); a name outside the blocks -> (None, name)."""
+    layer = R.layer_of(name)
+    return layer, name if layer is None else name.split(".", 2)[2]
+
+
 def hook_label(name: str) -> str:
     """'blocks.2.hook_resid_pre' -> 'L2 resid_pre'; 'blocks.0.attn.hook_pattern' -> 'L0 attn pattern'."""
-    m = re.fullmatch(r"blocks\.(\d+)\.(.*)", name)
-    if not m:
+    layer, rest = _in_block(name)
+    if layer is None:
         return name.replace("hook_", "")
-    rest = m.group(2).replace("hook_", "").replace(".", " ")
-    return f"L{m.group(1)} {rest}"
+    return f"L{layer} {rest.replace('hook_', '').replace('.', ' ')}"
 
 
 def param_label(name: str) -> str:
     """'blocks.0.attn.qkv.weight' -> 'L0 attn.qkv.weight'."""
-    m = re.fullmatch(r"blocks\.(\d+)\.(.*)", name)
-    return f"L{m.group(1)} {m.group(2)}" if m else name
+    layer, rest = _in_block(name)
+    return name if layer is None else f"L{layer} {rest}"
 
 
 def param_group(name: str) -> str:
@@ -101,7 +106,7 @@ def visible(text: str) -> str:
 
 
 def token_labels(vocab: list[str], ids) -> list[str]:
-    """Unique axis labels for a probe's tokens: plotly merges equal category labels, so each is
+    """Unique axis labels for an input's tokens: plotly merges equal category labels, so each is
     prefixed with its position."""
     return [f"{i}·{visible(vocab[t])}" for i, t in enumerate(ids)]
 
@@ -109,8 +114,8 @@ def token_labels(vocab: list[str], ids) -> list[str]:
 # ---- attention ------------------------------------------------------------------------------
 
 
-def probe_pattern(pattern: np.ndarray, k: int, length: int) -> np.ndarray:
-    """One probe's pattern (K, H, T, T) fp16 -> (H, n, n) float32 over its real tokens, with the
+def input_pattern(pattern: np.ndarray, k: int, length: int) -> np.ndarray:
+    """One stored input's pattern (K, H, T, T) fp16 -> (H, n, n) float32 over its real tokens, with the
     causally masked (future) keys as NaN so they render blank rather than as zero attention."""
     p = pattern[k, :, :length, :length].astype(np.float32)
     future = np.triu(np.ones((length, length), dtype=bool), k=1)
@@ -149,7 +154,7 @@ def metric_range(values: np.ndarray, metric: str) -> tuple[float, float]:
     values: (S, L, H), one metric at every snapshot."""
     finite = values[np.isfinite(values)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    if metric in ("prev_token", "induction", "first_token", "duplicate_token"):
+    if metric in R.FRACTION_METRICS:
         return 0.0, max(1.0, hi)
     return min(0.0, lo), hi if hi > lo else lo + 1.0
 
@@ -170,7 +175,7 @@ def top_heads(cube: dict[str, np.ndarray], n: int = 4) -> list[str]:
 
 
 def layer_similarity(resids: list[np.ndarray], k: int, length: int) -> np.ndarray:
-    """Cosine similarity between residual points for one probe, averaged over its positions.
+    """Cosine similarity between residual points for one stored input, averaged over its positions.
     resids: P arrays (K, T, D) -> (P, P)."""
     x = np.stack([r[k, :length].astype(np.float32) for r in resids])  # (P, n, D)
     x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
@@ -178,7 +183,7 @@ def layer_similarity(resids: list[np.ndarray], k: int, length: int) -> np.ndarra
 
 
 def logit_lens(top: np.ndarray, k: int, ids: np.ndarray, vocab: list[str]):
-    """Logit lens for probe k. top: (P, K, T, 5) ids of each point's top-5 next-token guesses.
+    """Logit lens for stored input k. top: (P, K, T, 5) ids of each point's top-5 next-token guesses.
     Returns (rank (n, P) float: where the true next token sits in the top 5, 1 = first, NaN =
     not in it; top1 (n, P) str; top5 (n, P) str for tooltips), over positions that have a next token."""
     n = len(ids) - 1
@@ -209,17 +214,11 @@ def log10(x) -> np.ndarray:
         return np.where(x > 0, np.log10(np.where(x > 0, x, 1.0)), np.nan)
 
 
-# ---- ablation -------------------------------------------------------------------------------
+# ---- the watch set ------------------------------------------------------------------------------
 
 
-def reply_mask(reply_start: np.ndarray, lengths: np.ndarray, T: int) -> np.ndarray:
-    """(B, T-1) bool: next-token targets that are reply tokens (the loss the recorder reports)."""
-    pos = np.arange(1, T)
-    return (pos[None, :] >= reply_start[:, None]) & (pos[None, :] < lengths[:, None])
-
-
-def probe_names(kind: list[str], topic: list[str], text: list[str], indices) -> dict[int, str]:
-    """Readable names for probes: '#3 chat · food · hi guppy ...'."""
+def input_names(kind: list[str], topic: list[str], text: list[str], indices) -> dict[int, str]:
+    """Readable names for the inputs of the watch set: '#3 chat · food · hi guppy ...'."""
     out = {}
     for i in indices:
         i = int(i)

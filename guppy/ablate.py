@@ -13,10 +13,12 @@ reference batch produced (row i takes reference row i mod its size, at the same 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
+
+from guppy.runformat import act_name, layer_of
 
 METHODS = ("zero", "mean", "resample")
 
@@ -47,45 +49,50 @@ def reference_activations(model, reference: torch.Tensor, names: list[str], pad_
     return dict(cache), means
 
 
-def ablation_hooks(model, heads: Iterable[tuple[int, int]] = (), mlps: Iterable[int] = (),
-                   layers: Iterable[int] = (), method: str = "zero", reference: torch.Tensor | None = None,
-                   pad_id: int | None = None) -> list[tuple[str, callable]]:
-    """(hook name, fn) pairs for `run_with_hooks` / `model.hooks` that ablate the given sites."""
+def _site_names(head_layers: Iterable[int], mlp_layers: Iterable[int]) -> list[str]:
+    return [act_name("z", l) for l in head_layers] + [act_name("mlp_out", l) for l in mlp_layers]
+
+
+def _replacements(model, names: list[str], method: str, reference: torch.Tensor | None, pad_id: int | None):
+    """`replace(name, x, rows)`: what replaces activation x (rows, T, ...) at hook `name`, the
+    same semantics for one ablation and for a batch of copies. `rows` is the batch size of one
+    copy: resample gives row i the reference's row (i mod rows) mod its size."""
     if method not in METHODS:
         raise ValueError(f"ablation method {method!r}; expected one of {', '.join(METHODS)}")
-    head_sites, mlp_sites = _sites(model, heads, mlps, layers)
-    names = [f"blocks.{l}.attn.hook_z" for l in head_sites] + [f"blocks.{l}.hook_mlp_out" for l in mlp_sites]
-    if method != "zero":
-        if reference is None:
-            raise ValueError(f"{method} ablation needs a reference batch of tokens")
-        ref_acts, ref_means = reference_activations(model, reference, names, pad_id)
+    if method != "zero" and reference is None:
+        raise ValueError(f"{method} ablation needs a reference batch of tokens")
+    ref_acts, ref_means = reference_activations(model, reference, names, pad_id) if method != "zero" else ({}, {})
 
-    def replacement(name: str, x: torch.Tensor) -> torch.Tensor:
+    def replace(name: str, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         if method == "zero":
             return torch.zeros_like(x)
         if method == "mean":
             return ref_means[name].to(x.dtype).expand_as(x)
-        ref = ref_acts[name]
-        rows = torch.arange(x.shape[0]) % ref.shape[0]
-        T = min(x.shape[1], ref.shape[1])
+        ref, rows = ref_acts[name], rows or x.shape[0]
         out = torch.zeros_like(x)
-        out[:, :T] = ref[rows, :T].to(x.dtype)
+        T = min(x.shape[1], ref.shape[1])
+        out[:, :T] = ref[(torch.arange(x.shape[0]) % rows) % ref.shape[0], :T].to(x.dtype)
         return out
+    return replace
 
-    def head_hook(layer: int):
-        idx = head_sites[layer]
 
-        def fn(z, hook):  # z (B, T, H, E)
-            z = z.clone()
-            z[:, :, idx] = replacement(hook.name, z)[:, :, idx]
-            return z
-        return fn
+def ablation_hooks(model, heads: Iterable[tuple[int, int]] = (), mlps: Iterable[int] = (),
+                   layers: Iterable[int] = (), method: str = "zero", reference: torch.Tensor | None = None,
+                   pad_id: int | None = None) -> list[tuple[str, callable]]:
+    """(hook name, fn) pairs for `run_with_hooks` / `model.hooks` that ablate the given sites."""
+    head_sites, mlp_sites = _sites(model, heads, mlps, layers)
+    replace = _replacements(model, _site_names(head_sites, mlp_sites), method, reference, pad_id)
+
+    def head_hook(z, hook):  # z (B, T, H, E)
+        idx = head_sites[layer_of(hook.name)]
+        z = z.clone()
+        z[:, :, idx] = replace(hook.name, z)[:, :, idx]
+        return z
 
     def mlp_hook(out, hook):  # (B, T, D)
-        return replacement(hook.name, out)
+        return replace(hook.name, out)
 
-    return [(f"blocks.{l}.attn.hook_z", head_hook(l)) for l in head_sites] + \
-           [(f"blocks.{l}.hook_mlp_out", mlp_hook) for l in mlp_sites]
+    return [(act_name("z", l), head_hook) for l in head_sites] + [(act_name("mlp_out", l), mlp_hook) for l in mlp_sites]
 
 
 @contextmanager
@@ -97,23 +104,56 @@ def ablate(model, heads: Iterable[tuple[int, int]] = (), mlps: Iterable[int] = (
         yield model
 
 
-def each_head_ablated(model, tokens: torch.Tensor) -> torch.Tensor:
-    """Logits with each head zero-ablated in turn, in one batched forward -> (L*H, B, T, V).
+# ---- every site ablated in turn, batched --------------------------------------------------------
 
-    The batch is repeated once per head; a per-copy mask on hook_z removes one head per copy."""
+
+def ablation_sites(cfg, mlps: bool = True) -> list[tuple[str, int, int]]:
+    """(kind, layer, head) of every head, then (with `mlps`) every MLP (head -1)."""
+    heads = [("head", l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
+    return heads + ([("mlp", l, -1) for l in range(cfg.n_layers)] if mlps else [])
+
+
+@torch.no_grad()
+def each_site_ablated(model, tokens: torch.Tensor, sites: list[tuple[str, int, int]], method: str = "zero",
+                      reference: torch.Tensor | None = None, pad_id: int | None = None,
+                      max_logits: int = 40_000_000) -> Iterator[tuple[int, torch.Tensor]]:
+    """Logits with each site ablated in turn: yields (first site index, logits (k, B, T, V)) for
+    chunks of k sites. One forward per chunk: the batch is repeated once per site and a per-copy
+    mask swaps one head's slice of hook_z (or one hook_mlp_out) for its replacement; chunks
+    keep the logits under `max_logits` numbers. Semantics as `ablate`; the reference defaults
+    to `tokens`."""
     cfg = model.cfg
-    n = cfg.n_layers * cfg.n_heads
-    B = tokens.shape[0]
-    big = tokens.repeat(n, 1)  # (n*B, T)
-    keep = torch.ones(n, cfg.n_layers, cfg.n_heads)
-    keep.view(n, n)[torch.arange(n), torch.arange(n)] = 0  # copy i drops head i
-    keep = keep.repeat_interleave(B, dim=0)  # (n*B, L, H)
+    L = cfg.n_layers
+    reference = tokens if reference is None else reference
+    names = _site_names(range(L), range(L))
+    replace = _replacements(model, names, method, reference, pad_id)
+    B, T = tokens.shape
+    chunk = max(1, max_logits // (B * T * cfg.d_vocab))
+    for s0 in range(0, len(sites), chunk):
+        part = sites[s0:s0 + chunk]
+        k = len(part)
+        keep_z = torch.ones(k, L, cfg.n_heads)
+        keep_mlp = torch.ones(k, L)
+        for i, (kind, l, h) in enumerate(part):
+            if kind == "head":
+                keep_z[i, l, h] = 0
+            else:
+                keep_mlp[i, l] = 0
+        keep_z, keep_mlp = keep_z.repeat_interleave(B, 0), keep_mlp.repeat_interleave(B, 0)  # (k*B, L, ...)
 
-    def mask(layer: int):
-        def fn(z, hook):  # (n*B, T, H, E)
-            return z * keep[:, layer][:, None, :, None].to(z.dtype)
-        return fn
+        def z_hook(z, hook):  # (k*B, T, H, E)
+            keep = keep_z[:, layer_of(hook.name)][:, None, :, None].to(z.dtype)
+            return z * keep + replace(hook.name, z, B) * (1 - keep)
 
-    hooks = [(f"blocks.{l}.attn.hook_z", mask(l)) for l in range(cfg.n_layers)]
-    logits = model.run_with_hooks(big, fwd_hooks=hooks)
-    return logits.view(n, B, *logits.shape[1:])
+        def mlp_hook(x, hook):  # (k*B, T, D)
+            keep = keep_mlp[:, layer_of(hook.name)][:, None, None].to(x.dtype)
+            return x * keep + replace(hook.name, x, B) * (1 - keep)
+
+        logits = model.run_with_hooks(tokens.repeat(k, 1), fwd_hooks=[(names[:L], z_hook), (names[L:], mlp_hook)])
+        yield s0, logits.view(k, B, *logits.shape[1:])
+
+
+def each_head_ablated(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits with each head zero-ablated in turn, in one batched forward -> (L*H, B, T, V)."""
+    sites = ablation_sites(model.cfg, mlps=False)
+    return torch.cat([logits for _, logits in each_site_ablated(model, tokens, sites, max_logits=1 << 62)])

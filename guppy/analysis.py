@@ -23,8 +23,9 @@ import pandas as pd
 import torch
 
 from guppy import metrics as M
-from guppy.ablate import METHODS, reference_activations
-from guppy.checkpoint import atomic_write
+from guppy.ablate import ablation_sites, each_site_ablated
+from guppy.runfiles import atomic_write
+from guppy.runformat import PROBE_OUTPUTS_DIR, act_name
 from guppy.cli import ArgumentParser, positive_int
 
 T = TypeVar("T")
@@ -91,7 +92,7 @@ def snapshot_steps(run, spec: str, allow_all: bool = True) -> list[int]:
 
 
 def output_dir(run) -> Path:
-    out = Path(run.path) / "probes"
+    out = Path(run.path) / PROBE_OUTPUTS_DIR
     out.mkdir(exist_ok=True)
     return out
 
@@ -150,8 +151,7 @@ class ChatBatch:
     @property
     def reply_mask(self) -> torch.Tensor:
         """(B, T-1) bool over next-token targets: the reply tokens and the end token."""
-        pos = torch.arange(1, self.tokens.shape[1])
-        return (pos[None] >= self.reply_start[:, None]) & (pos[None] < self.lengths[:, None])
+        return M.reply_mask(self.reply_start, self.lengths, self.tokens.shape[1])
 
 
 def encode_batch(tokenizer, chats, n_ctx: int) -> ChatBatch:
@@ -181,79 +181,21 @@ def heldout_batch(run, n: int = 64) -> ChatBatch:
     return encode_batch(run.tokenizer, heldout_chats(run, n), run.model_config.n_ctx)
 
 
-def masked_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean next-token loss over the (B, T-1) targets where mask holds, per row of the batch -> (B,)."""
-    losses = M.token_losses(logits, tokens)  # (B, T-1)
-    m = mask.float()
-    return (losses * m).sum(1) / m.sum(1).clamp(min=1)
-
-
 # ---- ablating each head and MLP in turn ------------------------------------------------------
-
-
-def ablation_sites(cfg) -> list[tuple[str, int, int]]:
-    """(kind, layer, head) of every head, then every MLP (head -1)."""
-    return [("head", l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)] + \
-           [("mlp", l, -1) for l in range(cfg.n_layers)]
 
 
 @torch.no_grad()
 def each_site_losses(model, tokens: torch.Tensor, mask: torch.Tensor, method: str = "zero",
                      reference: torch.Tensor | None = None, pad_id: int | None = None,
                      max_logits: int = 40_000_000) -> torch.Tensor:
-    """Loss (mean over `mask`) with each site of `ablation_sites` ablated in turn -> (n_sites,).
-
-    Batched: the batch is repeated once per site and a per-copy mask swaps one head's slice of
-    hook_z (or one hook_mlp_out) for its replacement, in chunks of copies that keep the logits
-    under `max_logits` numbers. Same semantics as guppy.ablate (zero, mean over the reference's
-    real positions, resample = the reference's own activation); the reference defaults to `tokens`."""
-    if method not in METHODS:
-        raise ValueError(f"ablation method {method!r}; expected one of {', '.join(METHODS)}")
-    cfg = model.cfg
-    sites = ablation_sites(cfg)
-    reference = tokens if reference is None else reference
-    names = [f"blocks.{l}.attn.hook_z" for l in range(cfg.n_layers)] + \
-            [f"blocks.{l}.hook_mlp_out" for l in range(cfg.n_layers)]
-    ref_acts, ref_means = reference_activations(model, reference, names, pad_id) if method != "zero" else ({}, {})
-    B, T = tokens.shape
-    chunk = max(1, max_logits // (B * T * cfg.d_vocab))
+    """Loss (mean over `mask`) with each site of `ablation_sites` ablated in turn -> (n_sites,),
+    batched by `guppy.ablate.each_site_ablated`."""
+    sites = ablation_sites(model.cfg)
+    m = mask.float().sum(1)  # weight rows by their target count: the mean over all targets
     out = []
-    for s0 in range(0, len(sites), chunk):
-        part = sites[s0:s0 + chunk]
-        k = len(part)
-        keep_z = torch.ones(k, cfg.n_layers, cfg.n_heads)
-        keep_mlp = torch.ones(k, cfg.n_layers)
-        for i, (kind, l, h) in enumerate(part):
-            if kind == "head":
-                keep_z[i, l, h] = 0
-            else:
-                keep_mlp[i, l] = 0
-        keep_z, keep_mlp = keep_z.repeat_interleave(B, 0), keep_mlp.repeat_interleave(B, 0)  # (k*B, L, ...)
-
-        def replacement(x, name):
-            if method == "zero":
-                return torch.zeros_like(x)
-            if method == "mean":
-                return ref_means[name].to(x.dtype).expand_as(x)
-            ref = ref_acts[name]  # (B_ref, T_ref, ...): row i of each copy takes reference row i mod B_ref
-            r = torch.zeros(B, *x.shape[1:], dtype=x.dtype)
-            n = min(x.shape[1], ref.shape[1])
-            r[:, :n] = ref[torch.arange(B) % ref.shape[0], :n]
-            return r.repeat(k, *[1] * (x.ndim - 1))
-
-        def z_hook(z, hook):  # (k*B, T, H, E)
-            keep = keep_z[:, int(hook.name.split(".")[1])][:, None, :, None].to(z.dtype)
-            return z * keep + replacement(z, hook.name) * (1 - keep)
-
-        def mlp_hook(x, hook):  # (k*B, T, D)
-            keep = keep_mlp[:, int(hook.name.split(".")[1])][:, None, None].to(x.dtype)
-            return x * keep + replacement(x, hook.name) * (1 - keep)
-
-        hooks = [(names[:cfg.n_layers], z_hook), (names[cfg.n_layers:], mlp_hook)]
-        big = tokens.repeat(k, 1)  # (k*B, T)
-        logits = model.run_with_hooks(big, fwd_hooks=hooks)
-        per_row = masked_loss(logits, big, mask.repeat(k, 1)).view(k, B)
-        m = mask.float().sum(1)  # weight rows by their target count: the mean over all targets
+    for _, logits in each_site_ablated(model, tokens, sites, method, reference, pad_id, max_logits):
+        k, B = logits.shape[:2]
+        per_row = M.mean_loss_per_row(logits.flatten(0, 1), tokens.repeat(k, 1), mask.repeat(k, 1)).view(k, B)
         out.append((per_row * m).sum(1) / m.sum())
     return torch.cat(out)
 
@@ -262,7 +204,7 @@ def each_site_losses(model, tokens: torch.Tensor, mask: torch.Tensor, method: st
 
 # A head gets the first type in this order whose score reaches its threshold, else "other".
 # Scores are mean attention masses (0..1); induction and duplicate-token are measured on the
-# repeated random sequences only, the others on every probe.
+# repeated random sequences only, the others on every input.
 HEAD_TYPES = {  # type: (score, threshold, what it means)
     "induction": ("induction", 0.3, "attends to the token after the previous copy of the current token"),
     "duplicate_token": ("duplicate_token", 0.3, "attends to the previous copy of the current token"),
@@ -290,11 +232,11 @@ def _offset_mass(pattern, lengths, offset):
 
 @torch.no_grad()
 def head_scores(model, tokens: torch.Tensor, lengths: torch.Tensor, period: torch.Tensor) -> dict[str, np.ndarray]:
-    """Every head score of every layer on a probe batch -> {score: (L, H)}."""
+    """Every head score of every layer on a batch of inputs -> {score: (L, H)}."""
     _, cache = model.run_with_cache(tokens, names="blocks.*.attn.hook_pattern")
     scores: dict[str, list] = {}
     for l in range(model.cfg.n_layers):
-        pattern = cache[f"blocks.{l}.attn.hook_pattern"]  # (B, H, T, T)
+        pattern = cache[act_name("pattern", l)]  # (B, H, T, T)
         values = M.head_metrics(pattern, lengths, period) | {"local": local_score(pattern, lengths)}
         for name, v in values.items():
             scores.setdefault(name, []).append(v.numpy())

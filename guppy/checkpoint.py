@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from guppy.config import ModelConfig
-from guppy.runfiles import atomic_write, checkpoint_path, list_checkpoints, state_path  # noqa: F401 (re-exported)
+from guppy.runfiles import atomic_write
 
 def save_weights(model: torch.nn.Module, path: Path, step: int, extra: dict | None = None) -> None:
     # clone: tied embeddings share storage, which safetensors refuses; contiguous for the file

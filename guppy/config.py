@@ -8,10 +8,22 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
+# architectural variants (guppy-train --positional/--norm/--act; ModelConfig fields of the same names)
+POSITIONAL = ("learned", "sinusoidal", "rotary", "none")
+NORMS = ("pre", "post")
+ACTIVATIONS = ("relu", "gelu")
+MIN_N_CTX = 16  # the chat template, a few words of prompt and a short reply
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape of a vanilla decoder-only transformer (TransformerLens names)."""
+    """Shape of a decoder-only transformer (TransformerLens names) and its variants.
+
+    positional: learned table added to the embeddings (GPT-2), fixed sinusoids added (Vaswani et
+    al. 2017), rotary q/k (RoFormer; GPT-NeoX's half split over all of d_head, base 10000, as
+    TransformerLens), or none (causal attention alone). norm: LayerNorm before each sublayer
+    (pre, GPT-2) or after each residual add (post, 2017). act: MLP ReLU or GELU (erf form).
+    Runs written before these fields existed load with the defaults, which is what they were."""
 
     d_vocab: int = 4096
     n_ctx: int = 128
@@ -23,6 +35,9 @@ class ModelConfig:
     dropout: float = 0.1
     ln_eps: float = 1e-5
     init_std: float = 0.02
+    positional: str = "learned"
+    norm: str = "pre"
+    act: str = "relu"
 
     def __post_init__(self):
         for name in ("d_vocab", "n_ctx", "d_model", "n_layers", "n_heads", "d_head", "d_mlp"):
@@ -33,6 +48,14 @@ class ModelConfig:
                              f"d_model ({self.d_model})")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
+        if not self.init_std > 0:
+            raise ValueError(f"ModelConfig.init_std must be positive, got {self.init_std}")
+        for name, choices in (("positional", POSITIONAL), ("norm", NORMS), ("act", ACTIVATIONS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"ModelConfig.{name}: {getattr(self, name)!r} is not one of {', '.join(choices)}")
+        if self.positional == "rotary" and self.d_head % 2:
+            raise ValueError(f"ModelConfig: positional rotary turns pairs of dimensions; d_head {self.d_head} "
+                             f"must be even")
 
     def replace(self, **changes) -> "ModelConfig":
         return replace(self, **changes)
@@ -53,7 +76,8 @@ class ModelConfig:
         per_block += 2 * 2 * D  # two LayerNorms
         per_block += 3 * (D * D + D) + (D * D + D)  # Q, K, V, O with biases
         per_block += (D * self.d_mlp + self.d_mlp) + (self.d_mlp * D + D)  # MLP in and out
-        return self.d_vocab * D + self.n_ctx * D + self.n_layers * per_block + 2 * D
+        table = self.n_ctx * D if self.positional == "learned" else 0  # the others learn no positions
+        return self.d_vocab * D + table + self.n_layers * per_block + 2 * D
 
 
 def guppy() -> ModelConfig:
@@ -98,6 +122,19 @@ class TrainConfig:
     """One training run. Every field is a `guppy-train` flag (`lr` -> `--lr`)."""
 
     preset: str = _f("demo", "model preset", choices=tuple(PRESETS))
+    # the architecture: each flag overrides one field of the preset (see model_config)
+    n_layers: int = _f(0, "transformer blocks; 0 = the preset's")
+    d_model: int = _f(0, "residual stream width; 0 = the preset's, or n_heads * d_head when both are given")
+    n_heads: int = _f(0, "attention heads per layer; 0 = the preset's, or d_model / d_head")
+    d_head: int = _f(0, "width of each attention head; 0 = d_model / n_heads")
+    d_mlp: int = _f(0, "MLP hidden width; 0 = d_model times the preset's d_mlp / d_model")
+    n_ctx: int = _f(0, f"context length in tokens, at least {MIN_N_CTX} (longer chats are cut); 0 = the preset's")
+    positional: str = _f("learned", "positions: a learned table added to the embeddings (GPT-2), fixed sinusoids "
+                         "added (2017), rotary q and k (RoFormer), or none", choices=POSITIONAL)
+    norm: str = _f("pre", "LayerNorm before each sublayer (pre, GPT-2) or after each residual add (post, 2017)",
+                   choices=NORMS)
+    act: str = _f("relu", "MLP activation; gelu is the exact erf form", choices=ACTIVATIONS)
+    init_std: float = _f(0.0, "std of the normal initialisation of weight matrices; 0 = the preset's (0.02)")
     persona: str = _f("fish", "persona: a shipped name (fish, fern) or a path to a .toml file")
     n_chats: int = _f(60_000, "chats to generate, split equally over topics")
     data_seed: int = _f(0, "seed of the generated chats")
@@ -120,13 +157,15 @@ class TrainConfig:
     eval_every: int = _f(0, "also evaluate every N steps; 0 = at each epoch end and at the end only")
     eval_chats: int = _f(600, "held-out chats used for the eval loss")
     eval_prompts: int = _f(1, "held-out prompts per topic for the persona eval during training; 0 = skip")
-    log_every: int = _f(10, "write a metrics row every N steps")
+    log_every: int = _f(10, "write a metrics row (and a health.csv row) every N steps")
+    spike_factor: float = _f(4.0, "a step whose loss is above this x the median of the last 50 steps is a spike: "
+                                  "noted in run.json and, when recording, snapshotted; 0 = off")
     record: bool = _f(False, "snapshot the model's insides to HDF5 (see --record-every, --record-hooks)")
     record_every: int = _f(0, "snapshot every N steps, besides step 0, powers of two and epoch ends; 0 = total/10")
     record_log_spaced: bool = _f(True, "also snapshot at steps 1, 2, 4, 8, ... when structure forms")
     record_hooks: str = _f("blocks.*.attn.hook_pattern,blocks.*.hook_resid_pre,blocks.*.hook_resid_post",
                            "comma-separated hook names or globs whose full tensors are stored")
-    record_probes: int = _f(12, "probes whose full tensors are stored (metrics always use every probe)")
+    record_inputs: int = _f(12, "inputs of the watch set whose full tensors are stored (metrics use every input)")
     run_name: str = _f("", "run folder name under --runs-dir; empty = preset and timestamp")
     runs_dir: str = _f("runs", "where runs are written")
 
@@ -138,7 +177,11 @@ class TrainConfig:
             "weight_decay": self.weight_decay >= 0, "grad_clip": self.grad_clip >= 0,
             "dropout": self.dropout < 1, "eval_every": self.eval_every >= 0, "eval_chats": self.eval_chats >= 1,
             "eval_prompts": self.eval_prompts >= 0, "log_every": self.log_every >= 1,
-            "record_every": self.record_every >= 0, "record_probes": self.record_probes >= 3,
+            "spike_factor": self.spike_factor == 0 or self.spike_factor > 1,
+            "record_every": self.record_every >= 0, "record_inputs": self.record_inputs >= 3,
+            "n_layers": self.n_layers >= 0, "d_model": self.d_model >= 0, "n_heads": self.n_heads >= 0,
+            "d_head": self.d_head >= 0, "d_mlp": self.d_mlp >= 0, "n_ctx": self.n_ctx == 0 or self.n_ctx >= MIN_N_CTX,
+            "init_std": self.init_std >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -149,16 +192,62 @@ class TrainConfig:
                 raise ValueError(f"{f.name}: {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
         if "/" in self.run_name or self.run_name.startswith("."):
             raise ValueError(f"run_name: {self.run_name!r} must be a plain folder name")
+        model_config(self)  # a bad combination of architecture flags is refused here, before any run folder
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        d = {LEGACY_TRAIN_KEYS.get(k, k): v for k, v in d.items()}
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown TrainConfig keys: {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+# run.json files of schema 1 name some fields as they were then
+LEGACY_TRAIN_KEYS = {"record_probes": "record_inputs"}
+
+
+def model_config(cfg: TrainConfig) -> ModelConfig:
+    """The run's model: its preset with the architecture flags applied (0 = the preset's)."""
+    base = model_preset(cfg.preset)
+    d_model, n_heads, d_head = _attention_shape(base, cfg.d_model, cfg.n_heads, cfg.d_head)
+    # a wider model keeps the preset's MLP ratio, so width sweeps change one thing
+    d_mlp = cfg.d_mlp or max(1, round(d_model * base.d_mlp / base.d_model))
+    changes = dict(n_layers=cfg.n_layers or base.n_layers, n_ctx=cfg.n_ctx or base.n_ctx, d_model=d_model,
+                   n_heads=n_heads, d_head=d_head, d_mlp=d_mlp, positional=cfg.positional, norm=cfg.norm, act=cfg.act)
+    if cfg.dropout >= 0:
+        changes["dropout"] = cfg.dropout
+    if cfg.init_std > 0:
+        changes["init_std"] = cfg.init_std
+    try:
+        return base.replace(**changes)
+    except ValueError as e:
+        raise ValueError(str(e).replace("ModelConfig.", "").replace("ModelConfig: ", "")) from None
+
+
+def _attention_shape(base: ModelConfig, d_model: int, n_heads: int, d_head: int) -> tuple[int, int, int]:
+    """d_model = n_heads * d_head from the flags given (0 = not given): any two set the third; one
+    alone keeps the preset's d_model (d_model alone keeps the preset's n_heads)."""
+    if d_model and n_heads and d_head:
+        if n_heads * d_head != d_model:
+            raise ValueError(f"d_model: {d_model} is not n_heads * d_head ({n_heads} * {d_head}); "
+                             f"give two of the three")
+        return d_model, n_heads, d_head
+    if n_heads and d_head:
+        return n_heads * d_head, n_heads, d_head
+    d_model = d_model or base.d_model
+    if d_head:
+        if d_model % d_head:
+            raise ValueError(f"d_head: {d_head} does not divide d_model {d_model}; pass --n-heads or --d-model too")
+        return d_model, d_model // d_head, d_head
+    n_heads = n_heads or base.n_heads
+    if d_model % n_heads:
+        raise ValueError(f"n_heads: d_model {d_model} does not split into {n_heads} heads; "
+                         f"pass --d-head too, or a d_model that is a multiple of {n_heads}")
+    return d_model, n_heads, d_model // n_heads
 
 
 def fields_help() -> dict[str, str]:

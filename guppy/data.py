@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from guppy.persona import Persona, load_persona
+from guppy.runformat import TOKENIZER_JSON
 from guppy.tokenizer import ChatTokenizer, train_tokenizer
 
 CACHE_VERSION = 2
@@ -58,6 +59,14 @@ class DataConfig:
             raise ValueError(f"heldout_prompt_fraction must be in (0, 1), got {self.heldout_prompt_fraction}")
         if self.vocab_size < 300:
             raise ValueError(f"vocab_size must be >= 300 (256 bytes + specials + merges), got {self.vocab_size}")
+
+
+def data_config(cfg) -> DataConfig:
+    """The data a TrainConfig trains on (its persona, chats, seed and tokenizer size)."""
+    from guppy.config import model_preset
+
+    vocab = cfg.vocab_size or model_preset(cfg.preset).d_vocab
+    return DataConfig(persona=cfg.persona, n_chats=cfg.n_chats, seed=cfg.data_seed, vocab_size=vocab)
 
 
 @dataclass(frozen=True)
@@ -320,7 +329,7 @@ def build_dataset(persona: Persona, cfg: DataConfig, folder: Path) -> dict:
     random.Random(f"{cfg.seed}:order").shuffle(evals)
     t1 = time.perf_counter()
     tok = train_tokenizer(sample, cfg.vocab_size)
-    tok.save(folder / "tokenizer.json")
+    tok.save(folder / TOKENIZER_JSON)
     n_sample = len(sample)
     del sample
     t2 = time.perf_counter()
@@ -351,7 +360,7 @@ def _read_cache(folder: Path, cfg: DataConfig, persona: Persona) -> Dataset:
     meta = json.loads((folder / "meta.json").read_text())
     with open(folder / "eval.chats.jsonl") as f:
         evals = [Chat(**json.loads(line)) for line in f]
-    tok = ChatTokenizer.load(folder / "tokenizer.json")
+    tok = ChatTokenizer.load(folder / TOKENIZER_JSON)
     train, eval_arrays = TokenArrays.load(folder, "train"), TokenArrays.load(folder, "eval")
     if len(train) != meta["stats"]["chats_train"] or len(eval_arrays) != len(evals):
         raise ValueError("token arrays and chats disagree in length")

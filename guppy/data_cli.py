@@ -17,8 +17,11 @@ def build_parser() -> ArgumentParser:
     d = DataConfig()
     p = ArgumentParser(prog="guppy-data", description=__doc__.splitlines()[0].split(": ", 1)[1])
     p.add_argument("--persona", default=d.persona, help="shipped persona name (fish, fern) or path to a persona .toml file")
-    p.add_argument("--chats", type=positive_int, default=d.n_chats, help="total chats, split equally over topics (default %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, help="generation seed (default %(default)s)")
+    # the flags guppy-train has for the same settings (--chats and --seed are their old names here)
+    p.add_argument("--n-chats", "--chats", dest="n_chats", type=positive_int, default=d.n_chats,
+                   help="total chats, split equally over topics (default %(default)s)")
+    p.add_argument("--data-seed", "--seed", dest="data_seed", type=int, default=d.seed,
+                   help="seed of the generated chats (default %(default)s)")
     p.add_argument("--vocab-size", type=positive_int, default=d.vocab_size, help="BPE target vocabulary size (default %(default)s)")
     p.add_argument("--samples", type=int, default=5, help="how many eval chats to print (default %(default)s)")
     p.add_argument("--cache-dir", default=None, help="where token arrays are cached (default $GUPPY_CACHE_DIR or ~/.cache/guppy)")
@@ -30,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body():
-        cfg = DataConfig(persona=args.persona, n_chats=args.chats, seed=args.seed, vocab_size=args.vocab_size)
+        cfg = DataConfig(persona=args.persona, n_chats=args.n_chats, seed=args.data_seed, vocab_size=args.vocab_size)
         t0 = time.perf_counter()
         ds = load_dataset(cfg, cache_dir=args.cache_dir, use_cache=not args.no_cache)
         elapsed = time.perf_counter() - t0
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         width = max(map(len, ds.stats))
         for key, value in ds.stats.items():
             print(f"  {key:<{width}}  {value}")
-        rng = random.Random(args.seed)
+        rng = random.Random(args.data_seed)
         for chat in rng.sample(ds.chats.eval, min(args.samples, len(ds.chats.eval))):
             print(f"\n[{chat.topic}]\n  user: {chat.prompt}\n  {ds.persona.name}: {chat.reply}")
 

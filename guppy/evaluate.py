@@ -51,7 +51,8 @@ def judge(reply: str, ended: bool, keywords) -> dict:
         "ended": ended,
         "lowercase": reply == reply.lower(),
         "short": 1 <= len(words) <= MAX_WORDS,
-        "on_topic": any(re.search(rf"\b{re.escape(k)}\b", reply) for k in keywords),
+        # keywords are matched case-blind: a cased tokenizer (GuppyLM's) may write "Food"
+        "on_topic": any(re.search(rf"\b{re.escape(k.lower())}\b", reply.lower()) for k in keywords),
     }
     return checks | {"passed": all(checks.values())}
 

@@ -5,8 +5,9 @@
     with model.hooks(fwd_hooks=[...], bwd_hooks=[...]):   # spans .backward() too
         loss = model(tokens)...; loss.backward()
 
-A hook function is `fn(tensor, hook) -> tensor | None`; returning a tensor replaces the
-activation (or, for a backward hook, the gradient). An idle HookPoint is a plain object whose
+A hook function is `fn(tensor, hook) -> tensor | None`, called as TransformerLens calls it,
+`fn(tensor, hook=hook_point)`, so a hook written for TransformerLens (`def f(x, *, hook)`) works
+unchanged; returning a tensor replaces the activation (or, for a backward hook, the gradient). An idle HookPoint is a plain object whose
 call is one attribute check, so an unhooked model runs at full speed. Backward hooks attach
 to the activation tensor itself (`Tensor.register_hook`), so they fire for the forward they
 were attached in, whenever its backward runs.
@@ -22,6 +23,8 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+
+from guppy.runformat import act_name
 
 HookFn = Callable[[torch.Tensor, "HookPoint"], "torch.Tensor | None"]
 Names = "str | Iterable[str] | Callable[[str], bool] | None"
@@ -45,7 +48,7 @@ class HookPoint:
         if not (self.fwd or self.bwd):
             return x
         for fn in self.fwd:
-            out = fn(x, self)
+            out = fn(x, hook=self)
             if out is not None:
                 x = out
         if self.bwd and x.requires_grad:
@@ -58,7 +61,7 @@ class HookPoint:
 
 
 def _backward(fn: HookFn, hook: HookPoint, grad: torch.Tensor):
-    return fn(grad, hook)
+    return fn(grad, hook=hook)
 
 
 def name_hook_points(root: torch.nn.Module) -> dict[str, HookPoint]:
@@ -149,11 +152,11 @@ class ActivationCache(Mapping):
             raise ValueError(f"accumulated_resid: layer {layer} is not in 0..{n}")
         names = []
         for l in range(min(layer + 1, n)):
-            names.append(f"blocks.{l}.hook_resid_pre")
+            names.append(act_name("resid_pre", l))
             if incl_mid and l < layer:
-                names.append(f"blocks.{l}.hook_resid_mid")
+                names.append(act_name("resid_mid", l))
         if layer == n:
-            names.append(f"blocks.{n - 1}.hook_resid_post")
+            names.append(act_name("resid_post", n - 1))
         resid = torch.stack([self[name] for name in names])
         if apply_ln:
             ln = self.model.ln_final  # its weights only: hooks on ln_final must not fire here
@@ -164,7 +167,7 @@ class ActivationCache(Mapping):
     def head_results(self, layer: int) -> torch.Tensor:
         """Each head's contribution to blocks.{layer}.hook_attn_out -> (B, T, H, D).
         Their sum over heads plus b_O is the attention output. Needs hook_z cached."""
-        z = self[f"blocks.{layer}.attn.hook_z"]  # (B, T, H, d_head)
+        z = self[act_name("z", layer)]  # (B, T, H, d_head)
         W_O = self.model.blocks[layer].attn.W_O.detach().to(z.device, z.dtype)  # (H, d_head, D)
         return torch.einsum("bthe,hed->bthd", z, W_O)
 

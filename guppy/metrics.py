@@ -1,7 +1,7 @@
 """Head and residual metrics shared by the recorder, the probes and the dashboard.
 
-Shapes: B probes, H heads, T positions (queries q, keys k), L layers. Patterns are softmax
-attention (B, H, Tq, Tk) in float32; `lengths` (B,) says how many positions of each probe are
+Shapes: B inputs, H heads, T positions (queries q, keys k), L layers. Patterns are softmax
+attention (B, H, Tq, Tk) in float32; `lengths` (B,) says how many positions of each input are
 real (the rest is padding and never counted). Every metric is a mean over real positions.
 """
 
@@ -67,11 +67,8 @@ def duplicate_token_score(pattern: torch.Tensor, lengths: torch.Tensor, period: 
     return _mean_over(gathered, mask)
 
 
-HEAD_METRICS = ("entropy", "prev_token", "induction", "first_token", "duplicate_token")
-
-
 def head_metrics(pattern: torch.Tensor, lengths: torch.Tensor, period: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every head metric of one layer's pattern -> {name: (H,)}."""
+    """Every attention metric (runformat.ATTENTION_METRICS) of one layer's pattern -> {name: (H,)}."""
     return {
         "entropy": attention_entropy(pattern, lengths),
         "prev_token": prev_token_score(pattern, lengths),
@@ -81,7 +78,27 @@ def head_metrics(pattern: torch.Tensor, lengths: torch.Tensor, period: torch.Ten
     }
 
 
+def reply_mask(reply_start: torch.Tensor, lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """(B, T-1) bool over next-token targets: the reply tokens and the end token (a target at
+    position p is token p, so p runs from 1)."""
+    pos = torch.arange(1, T, device=lengths.device)
+    return (pos[None, :] >= reply_start[:, None]) & (pos[None, :] < lengths[:, None])
+
+
+def logit_lens(model, resid: torch.Tensor) -> torch.Tensor:
+    """Logits read off a residual stream point as if it were the last (..., D) -> (..., V):
+    the final LayerNorm with its own statistics, then the unembedding."""
+    return model.unembed(model.ln_final(resid))
+
+
 def token_losses(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Next-token loss at each position (B, T-1), float32."""
     return torch.nn.functional.cross_entropy(
         logits[:, :-1].float().transpose(1, 2), tokens[:, 1:], reduction="none")
+
+
+def mean_loss_per_row(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss over the (B, T-1) targets where mask holds, per row of the batch -> (B,)."""
+    losses = token_losses(logits, tokens)  # (B, T-1)
+    m = mask.float()
+    return (losses * m).sum(1) / m.sum(1).clamp(min=1)

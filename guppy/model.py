@@ -1,7 +1,13 @@
-"""The guppy transformer: vanilla, decoder-only, every activation through a named HookPoint.
+"""The guppy transformer: decoder-only, every activation through a named HookPoint.
 
-token + learned position embeddings -> n_layers x [pre-LN attention, pre-LN ReLU MLP]
--> final LayerNorm -> unembedding tied to the token embedding. Pure: no I/O, no printing.
+By default: token + learned position embeddings -> n_layers x [pre-LN attention, pre-LN ReLU
+MLP] -> final LayerNorm -> unembedding tied to the token embedding. Pure: no I/O, no printing.
+
+Variants (ModelConfig.positional / norm / act) are chosen once, at construction: positions
+added as a fixed sinusoid table, or turned into q and k (`RotaryAttention`, which adds
+`attn.hook_rot_q` / `hook_rot_k`), or absent; LayerNorm after each residual add (`PostLNBlock`);
+a GELU MLP. The final LayerNorm stays in every variant (the 2017 post-LN decoder has none;
+keeping it keeps the logit lens and every reader of ln_final the same).
 
 Shape legend: B batch, T positions (Tq queries, Tk keys), D d_model, H heads, E d_head,
 M d_mlp, V d_vocab. Hook names and shapes follow TransformerLens (see shared/DESIGN.md).
@@ -28,7 +34,7 @@ import torch.nn.functional as F
 
 from guppy.config import ModelConfig
 from guppy.hooks import HookedMixin, HookPoint, name_hook_points
-
+from guppy.positional import Rotary, sinusoids
 
 
 class KVCache:
@@ -62,11 +68,12 @@ class KVCache:
         return other
 
 
-# hook names in the order the forward pass reaches them (within a block, then overall)
+# hook names in the order the forward pass reaches them (within a block, then overall); a
+# variant has the ones that apply to it (rotary adds hook_rot_q/k, no table drops hook_pos_embed)
 BLOCK_ORDER = ("hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k",
-               "attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "attn.hook_result",
-               "hook_attn_out", "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized", "mlp.hook_pre",
-               "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
+               "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_attn_scores", "attn.hook_pattern",
+               "attn.hook_z", "attn.hook_result", "hook_attn_out", "hook_resid_mid", "ln2.hook_scale",
+               "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
 
 
 class LayerNorm(nn.Module):
@@ -129,11 +136,17 @@ class Attention(nn.Module):
     def b_O(self) -> torch.Tensor:
         return self.out.bias
 
+    def positions(self, q: torch.Tensor, k: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """q and k (B, T, H, E) at positions start.. as the scores see them: unchanged here, the
+        positions are in the residual (or nowhere); RotaryAttention turns them."""
+        return q, k
+
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         qkv = einops.rearrange(self.qkv(x), "b t (three h e) -> three b t h e", three=3, h=self.cfg.n_heads)
         q, k, v = self.hook_q(qkv[0]), self.hook_k(qkv[1]), self.hook_v(qkv[2])  # (B, T, H, E)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, E)
         past = cache is not None and cache.length > 0
+        q, k = self.positions(q, k, cache.length if past else 0)  # before the cache: it keeps turned keys
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, E)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, H, Tk, E), every position so far
         Tq, Tk = q.shape[2], k.shape[2]
@@ -168,22 +181,44 @@ class Attention(nn.Module):
         return out
 
 
+class RotaryAttention(Attention):
+    """Attention whose q and k are turned by their absolute position (guppy.positional.Rotary),
+    so scores depend on the offset between query and key. A cached key is stored turned by its
+    own position; a new query is turned by its position after the cache. Hook names and shapes
+    as TransformerLens (hook_rot_k here holds the new positions' keys, TL's the cache's too)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.rotary = Rotary(cfg.d_head, cfg.n_ctx)
+        self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()  # (B, T, H, E)
+
+    def positions(self, q: torch.Tensor, k: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.hook_rot_q(self.rotary(q, start)), self.hook_rot_k(self.rotary(k, start))
+
+
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}  # gelu: the exact erf form, TransformerLens's act_fn="gelu"
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.W_in = nn.Linear(cfg.d_model, cfg.d_mlp)
         self.W_out = nn.Linear(cfg.d_mlp, cfg.d_model)
+        self.act = ACTIVATIONS[cfg.act]
         self.hook_pre = HookPoint()  # (B, T, M)
         self.hook_post = HookPoint()  # (B, T, M)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.W_out(self.hook_post(F.relu(self.hook_pre(self.W_in(x)))))
+        return self.W_out(self.hook_post(self.act(self.hook_pre(self.W_in(x)))))
 
 
 class Block(nn.Module):
+    """Pre-LN (GPT-2): each sublayer reads a normalized copy and adds to the raw residual."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.ln1, self.attn = LayerNorm(cfg), Attention(cfg)
+        self.ln1 = LayerNorm(cfg)
+        self.attn = RotaryAttention(cfg) if cfg.positional == "rotary" else Attention(cfg)
         self.ln2, self.mlp = LayerNorm(cfg), MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         for name in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
@@ -194,6 +229,20 @@ class Block(nn.Module):
         attn_out = self.attn(self.ln1(x), cache, layer)
         x = self.hook_resid_mid(x + self.dropout(self.hook_attn_out(attn_out)))
         return self.hook_resid_post(x + self.dropout(self.hook_mlp_out(self.mlp(self.ln2(x)))))
+
+
+class PostLNBlock(Block):
+    """Post-LN (Vaswani et al. 2017): x = LN(x + sublayer(x)), so the residual itself is normalized
+    after each add. resid_mid is ln1's output (what the MLP reads), resid_post ln2's."""
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = self.hook_resid_pre(x)
+        attn_out = self.attn(x, cache, layer)
+        x = self.hook_resid_mid(self.ln1(x + self.dropout(self.hook_attn_out(attn_out))))
+        return self.hook_resid_post(self.ln2(x + self.dropout(self.hook_mlp_out(self.mlp(x)))))
+
+
+BLOCKS = {"pre": Block, "post": PostLNBlock}
 
 
 class Unembed(nn.Module):
@@ -212,10 +261,18 @@ class GuppyLM(HookedMixin, nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
-        self.W_pos = nn.Parameter(torch.zeros(cfg.n_ctx, cfg.d_model))
-        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()  # (B, T, D)
+        self.hook_embed = HookPoint()  # (B, T, D)
+        # positions added to the embeddings: a learned table, or fixed sinusoids (a buffer: not in
+        # checkpoints); rotary and none add nothing here, so they have no W_pos and no hook_pos_embed
+        if cfg.positional == "learned":
+            self.W_pos = nn.Parameter(torch.zeros(cfg.n_ctx, cfg.d_model))
+        else:
+            table = sinusoids(cfg.n_ctx, cfg.d_model) if cfg.positional == "sinusoidal" else None
+            self.register_buffer("W_pos", table, persistent=False)
+        if self.W_pos is not None:
+            self.hook_pos_embed = HookPoint()  # (B, T, D)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(BLOCKS[cfg.norm](cfg) for _ in range(cfg.n_layers))
         self.ln_final = LayerNorm(cfg)
         self.unembed = Unembed(self.embed)
         self.hook_logits = HookPoint()  # (B, T, V)
@@ -224,8 +281,8 @@ class GuppyLM(HookedMixin, nn.Module):
         order = ["hook_embed", "hook_pos_embed"]
         order += [f"blocks.{i}.{n}" for i in range(cfg.n_layers) for n in BLOCK_ORDER]
         order += ["ln_final.hook_scale", "ln_final.hook_normalized", "hook_logits"]
-        assert sorted(order) == sorted(points), "BLOCK_ORDER is out of date with the modules"
-        self.hook_dict = {name: points[name] for name in order}
+        assert set(points) <= set(order), "BLOCK_ORDER is out of date with the modules"
+        self.hook_dict = {name: points[name] for name in order if name in points}
 
     def _init_weights(self) -> None:
         std = self.cfg.init_std
@@ -264,8 +321,9 @@ class GuppyLM(HookedMixin, nn.Module):
         if start + T > self.cfg.n_ctx:
             raise ValueError(f"{start + T} positions exceed n_ctx={self.cfg.n_ctx}")
         x = self.hook_embed(self.embed(tokens))  # (B, T, D)
-        pos = self.hook_pos_embed(self.W_pos[start:start + T].expand_as(x))  # (B, T, D)
-        x = self.drop(x + pos)
+        if self.W_pos is not None:  # a table of positions: learned or sinusoidal
+            x = x + self.hook_pos_embed(self.W_pos[start:start + T].expand_as(x))  # (B, T, D)
+        x = self.drop(x)
         for i, block in enumerate(self.blocks[:stop_at_layer]):
             x = block(x, past_kv, i)
         if stop_at_layer is not None:

@@ -1,4 +1,4 @@
-"""Writing a run folder: run.json, tokenizer.json, metrics.csv, checkpoint paths, the progress bar.
+"""Writing a run folder: run.json, tokenizer.json, metrics.csv, the progress bar (names: guppy.runformat).
 
 Reading runs is `guppy.runs`' job; this module is the writer's side, used by the trainer.
 It imports no torch, so tools that only read files (the dashboard) start fast.
@@ -12,7 +12,6 @@ import csv
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -21,12 +20,7 @@ from pathlib import Path
 
 from guppy.config import TrainConfig
 
-SCHEMA_VERSION = 1
-METRIC_COLUMNS = ("step", "epoch", "tokens", "lr", "loss", "grad_norm", "tokens_per_s", "elapsed_s",
-                  "eval_loss", "eval_ppl", "persona_pass")
-
-
-STEP_FILE = re.compile(r"^step-(\d+)\.safetensors$")
+from guppy.runformat import METRIC_COLUMNS, RUN_JSON, SCHEMA_VERSION, TOKENIZER_JSON
 
 
 def atomic_write(path: Path, write) -> None:
@@ -40,25 +34,6 @@ def atomic_write(path: Path, write) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step-{step:06d}.safetensors"
-
-
-def state_path(weights: Path) -> Path:
-    return weights.with_name(weights.name.replace(".safetensors", ".state.safetensors"))
-
-
-def list_checkpoints(run_dir: str | Path) -> dict[int, Path]:
-    """Weights files of a run by step, oldest first."""
-    folder = Path(run_dir) / "checkpoints"
-    found = {}
-    for f in folder.glob("step-*.safetensors") if folder.is_dir() else ():
-        m = STEP_FILE.match(f.name)
-        if m:
-            found[int(m.group(1))] = f
-    return dict(sorted(found.items()))
 
 
 def git_commit() -> str | None:
@@ -89,7 +64,7 @@ def new_run_dir(cfg: TrainConfig) -> Path:
 
 
 def read_run_json(run_dir: Path) -> dict:
-    path = Path(run_dir) / "run.json"
+    path = Path(run_dir) / RUN_JSON
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -103,12 +78,12 @@ def read_train_config(run_dir: Path) -> TrainConfig:
     try:
         return TrainConfig.from_dict(meta["train_config"])
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{Path(run_dir) / 'run.json'}: bad train_config ({e})") from None
+        raise ValueError(f"{Path(run_dir) / RUN_JSON}: bad train_config ({e})") from None
 
 
 def write_new_run(run_dir: Path, cfg: TrainConfig, model_cfg, data) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    data.tokenizer.save(run_dir / "tokenizer.json")
+    data.tokenizer.save(run_dir / TOKENIZER_JSON)
     meta = {
         "schema_version": SCHEMA_VERSION,
         "status": "created",
@@ -122,13 +97,13 @@ def write_new_run(run_dir: Path, cfg: TrainConfig, model_cfg, data) -> None:
         "git_commit": git_commit(),
         "command": " ".join(sys.argv),
     }
-    _write_json(run_dir / "run.json", meta)
+    _write_json(run_dir / RUN_JSON, meta)
 
 
 def update_run_json(run_dir: Path, **changes) -> None:
     meta = read_run_json(run_dir)
     meta.update(changes, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    _write_json(Path(run_dir) / "run.json", meta)
+    _write_json(Path(run_dir) / RUN_JSON, meta)
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -136,10 +111,10 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 class MetricsWriter:
-    """Appends rows to metrics.csv, one flushed line per row."""
+    """Appends rows to a table of logged steps (metrics.csv, health.csv), one flushed line per row."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, path: Path, columns=METRIC_COLUMNS):
+        self.path, self.columns = Path(path), list(columns)
         self.file = None
 
     def _open(self):
@@ -147,7 +122,7 @@ class MetricsWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             new = not self.path.exists() or self.path.stat().st_size == 0
             self.file = open(self.path, "a", newline="")
-            self.writer = csv.DictWriter(self.file, fieldnames=METRIC_COLUMNS, extrasaction="raise")
+            self.writer = csv.DictWriter(self.file, fieldnames=self.columns, extrasaction="raise")
             if new:
                 self.writer.writeheader()
         return self.writer
@@ -165,7 +140,7 @@ class MetricsWriter:
 
         def write(tmp):
             with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+                w = csv.DictWriter(f, fieldnames=self.columns)
                 w.writeheader()
                 w.writerows(rows)
         atomic_write(self.path, write)

@@ -6,20 +6,60 @@ A lowercasing normalizer puts "HI GUPPY" in distribution: the training data is l
 Byte-level means any text encodes (no unknown token); decoding gives back the lowercased text.
 Special tokens are inserted by id, never parsed out of text: a user typing "<|im_end|>" gets
 those characters, not the end of their turn.
+
+A tokenizer trained elsewhere (GuppyLM's: `<pad>` for padding, no lowercasing) comes with a
+`ChatFormat` naming its special tokens and prompt template, stored as chat.json beside its
+tokenizer.json; a tokenizer.json alone is read with guppy's format.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from guppy.runformat import CHAT_JSON
 
 PAD, START, END = "<|pad|>", "<|im_start|>", "<|im_end|>"
 SPECIALS = (PAD, START, END)
 USER_PREFIX = f"{START}user\n"
 ASSISTANT_PREFIX = f"{END}\n{START}assistant\n"
+
+
+CHAT_FILE = CHAT_JSON  # beside tokenizer.json: a foreign tokenizer's ChatFormat
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """The special tokens a tokenizer uses and the template that wraps a prompt.
+
+    `prompt` holds `{prompt}` once. Text between special tokens is encoded piece by piece (as HF
+    tokenizers does when it meets a special token in a string), so a template written out as one
+    string gives the ids the model was trained on. A reply follows the template and ends with `end`."""
+
+    pad: str = PAD  # padding; never a target
+    start: str = START  # opens a turn; the first token of every chat (bos)
+    end: str = END  # closes a turn: a reply is over when the model writes it (eos)
+    prompt: str = f"{START}user\n{{prompt}}{END}\n{START}assistant\n"
+
+    def __post_init__(self):
+        if self.prompt.count("{prompt}") != 1:
+            raise ValueError(f"chat format: the prompt template must hold {{prompt}} once, got {self.prompt!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ChatFormat":
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown or not all(isinstance(v, str) for v in d.values()):
+            raise ValueError(f"chat format: expected string fields {[f.name for f in fields(cls)]}, got {d!r}")
+        return cls(**d)
 
 
 def chat_prefix(prompt: str) -> str:
@@ -32,18 +72,38 @@ def render_chat(prompt: str, reply: str) -> str:
 
 
 class ChatTokenizer:
-    """A trained BPE tokenizer plus the chat template's special tokens."""
+    """A trained BPE tokenizer plus its chat format (special tokens and prompt template)."""
 
-    def __init__(self, tok: Tokenizer):
-        self.tok = tok
-        ids = [tok.token_to_id(s) for s in SPECIALS]
+    def __init__(self, tok: Tokenizer, fmt: ChatFormat = ChatFormat()):
+        self.tok, self.format = tok, fmt
+        specials = (fmt.pad, fmt.start, fmt.end)
+        ids = [tok.token_to_id(s) for s in specials]
         if None in ids:
-            missing = [s for s, i in zip(SPECIALS, ids) if i is None]
+            missing = [s for s, i in zip(specials, ids) if i is None]
             raise ValueError(f"tokenizer lacks special tokens {missing}")
         self.pad_id, self.start_id, self.end_id = ids
         tok.encode_special_tokens = True  # text is text: specials come only from the template
-        self._newline, self._assistant = self.encode("\n"), self.encode("assistant\n")
-        self._user = self.encode("user\n")
+        # the template around {prompt}: ids before it, the text joined to the prompt on each side
+        # (encoded with it, as one piece), ids after it
+        before, after = fmt.prompt.split("{prompt}")
+        added = {t.content: i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+        pre, self._lead = self._pieces(before, added), ""
+        if pre and isinstance(pre[-1], str):
+            self._lead = pre.pop()
+        post, self._trail = self._pieces(after, added), ""
+        if post and isinstance(post[0], str):
+            self._trail = post.pop(0)
+        self._pre = [i for x in pre for i in ([x] if isinstance(x, int) else self.encode(x))]
+        self._post = [i for x in post for i in ([x] if isinstance(x, int) else self.encode(x))]
+        self._head = len(self._pre) + len(self.encode(self._lead))  # template ids before the prompt's own
+
+    @staticmethod
+    def _pieces(text: str, specials: dict[str, int]) -> list:
+        """`text` cut at special tokens: their ids (int) and the text between them (str)."""
+        if not specials:
+            return [text] if text else []
+        pattern = "(" + "|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)) + ")"
+        return [specials.get(p, p) for p in re.split(pattern, text) if p]
 
     @property
     def vocab_size(self) -> int:
@@ -60,38 +120,58 @@ class ChatTokenizer:
 
         With `max_len`, a prompt too long to fit loses its first tokens, never the template.
         """
-        ids = self._prefix(self.encode(f"user\n{prompt}"))
+        ids = self._prefix(self.encode(self._lead + prompt + self._trail))
         overflow = len(ids) - max_len if max_len else 0
         if overflow > 0:
-            head = 1 + len(self._user)  # <|im_start|> user \n
-            if len(ids) - overflow < head + len(self._prefix([])) - 1:
+            head = self._head  # e.g. <|im_start|> user \n
+            if len(ids) - overflow < len(self._prefix(self.encode(self._lead + self._trail))):
                 raise ValueError(f"max_len {max_len} leaves no room for the chat template")
             ids = ids[:head] + ids[head + overflow:]
         return ids
 
     def _prefix(self, user_ids: list[int]) -> list[int]:
-        return [self.start_id, *user_ids, self.end_id, *self._newline, self.start_id, *self._assistant]
+        return [*self._pre, *user_ids, *self._post]
 
     def encode_chats(self, prompts: Sequence[str], replies: Sequence[str]) -> tuple[list[list[int]], list[int]]:
         """Encode whole chats; returns (ids per chat, index of each reply's first token)."""
-        users = self.tok.encode_batch([f"user\n{p}" for p in prompts], add_special_tokens=False)
+        users = self.tok.encode_batch([self._lead + p + self._trail for p in prompts], add_special_tokens=False)
         tails = self.tok.encode_batch(list(replies), add_special_tokens=False)
         heads = [self._prefix(u.ids) for u in users]
         return [h + t.ids + [self.end_id] for h, t in zip(heads, tails)], [len(h) for h in heads]
 
     def save(self, path: str | Path) -> None:
-        """Atomic write: a crash leaves the old file or the new one, never half of one."""
+        """Atomic write: a crash leaves the old file or the new one, never half of one. A format
+        other than guppy's goes beside it as chat.json."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         self.tok.save(str(tmp))
         os.replace(tmp, path)
+        if self.format != ChatFormat():
+            save_chat_format(path.with_name(CHAT_FILE), self.format)
 
     @classmethod
     def load(cls, path: str | Path) -> "ChatTokenizer":
+        fmt = load_chat_format(Path(path).with_name(CHAT_FILE))
         try:
-            return cls(Tokenizer.from_file(str(path)))
+            return cls(Tokenizer.from_file(str(path)), fmt)
         except Exception as e:  # tokenizers raises plain Exception subclasses
             raise ValueError(f"{path}: not a guppy tokenizer file ({e})") from None
+
+
+def save_chat_format(path: Path, fmt: ChatFormat) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(fmt.to_dict(), indent=1))
+    os.replace(tmp, path)
+
+
+def load_chat_format(path: Path) -> ChatFormat:
+    """The ChatFormat in `path`, or guppy's own where there is no such file."""
+    if not path.exists():
+        return ChatFormat()
+    try:
+        return ChatFormat.from_dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable chat format ({e})") from None
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> ChatTokenizer:

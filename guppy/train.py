@@ -6,7 +6,7 @@
 
 A run folder holds run.json (config, versions, status), tokenizer.json, metrics.csv (one row
 per logged step) and checkpoints/ (safetensors). The loop knows nothing about recording:
-observers plug in through `Callback`.
+observers plug in through `guppy.callbacks.Callback` and see a frozen `TrainView`.
 
 Under torchrun (see guppy.distributed) --batch-size is the global batch: every rank walks the
 same batches in the same order and takes every world_size-th chat of each, and the loss is
@@ -25,25 +25,14 @@ import torch
 import torch.nn.functional as F
 
 from guppy import distributed, runfiles
-from guppy.checkpoint import checkpoint_path, list_checkpoints, load_state, read_weights, save_state, save_weights, state_path
-from guppy.config import TrainConfig, model_preset
-from guppy.data import DataConfig, Dataset, bucket_batches, collate, count_targets, load_dataset
+from guppy.callbacks import TrainView
+from guppy.checkpoint import load_state, read_weights, save_state, save_weights
+from guppy.config import TrainConfig, model_config
+from guppy.data import Dataset, bucket_batches, collate, count_targets, data_config, load_dataset
+from guppy.forensics import Diverged  # noqa: F401 (re-exported: the loop raises it)
 from guppy.model import GuppyLM
-
-
-class Diverged(RuntimeError):
-    pass
-
-
-class Callback:
-    """Observes training. Each method gets the Trainer; all are optional. Under torchrun every
-    rank runs the callbacks it is given (start_run gives the Recorder to rank 0 only)."""
-
-    def on_train_start(self, trainer: "Trainer") -> None: ...
-    def on_after_backward(self, trainer: "Trainer") -> None: ...  # p.grad holds this step's gradients (unclipped)
-    def on_step_end(self, trainer: "Trainer") -> None: ...
-    def on_eval(self, trainer: "Trainer", metrics: dict) -> None: ...
-    def on_train_end(self, trainer: "Trainer", status: str) -> None: ...
+from guppy.runformat import METRICS_CSV, checkpoint_path, list_checkpoints, state_path
+from guppy.watchdog import Watchdog, resume_config
 
 
 def pick_device(name: str) -> torch.device:
@@ -89,8 +78,8 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def masked_loss(model: torch.nn.Module, inputs, targets, mask, reduction: str = "sum") -> torch.Tensor:
-    """Cross entropy of the masked positions (fp32).
+def target_loss(model: torch.nn.Module, inputs, targets, mask, reduction: str = "sum") -> torch.Tensor:
+    """Cross entropy of the target tokens where `mask` holds (fp32), summed by default.
 
     The unembedding is the largest matmul of a small model (d_vocab x d_model), so it runs only
     where the loss is taken: at the reply tokens, never at padding (46% of a demo-preset step
@@ -106,14 +95,13 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, dataset: Dataset, callbacks=(), show_progress: bool = True):
         self.cfg, self.run_dir, self.data = cfg, Path(run_dir), dataset
+        self.watchdog = Watchdog(cfg.spike_factor)  # health rows, spikes, forensics: part of the loop, always on
         self.callbacks = list(callbacks)
         self.show_progress = show_progress
         self.ranks = distributed.current()
         self.device = distributed.rank_device(pick_device(cfg.device), self.ranks)
         self.dtype = pick_precision(cfg.precision, self.device)
-        mcfg = model_preset(cfg.preset)
-        if cfg.dropout >= 0:
-            mcfg = mcfg.replace(dropout=cfg.dropout)
+        mcfg = model_config(cfg)  # the preset with the architecture flags applied
         if dataset.tokenizer.vocab_size > mcfg.d_vocab:
             raise ValueError(f"tokenizer has {dataset.tokenizer.vocab_size} tokens but preset {cfg.preset} "
                              f"has d_vocab {mcfg.d_vocab}; pass a smaller --vocab-size")
@@ -129,7 +117,8 @@ class Trainer:
         # loop position: everything needed to continue exactly where a stop left off
         self.step, self.epoch, self.batch_index, self.tokens, self.elapsed = 0, 0, 0, 0, 0.0
         self.window_loss, self.window_steps = 0.0, 0  # training loss summed since the last metrics row
-        self.metrics = runfiles.MetricsWriter(self.run_dir / "metrics.csv")
+        self.step_loss = float("nan")  # the loss of the step just taken (or just broken)
+        self.metrics = runfiles.MetricsWriter(self.run_dir / METRICS_CSV)
         self.last_checkpoint: Path | None = None
 
     # ---- data order --------------------------------------------------------------------------
@@ -216,7 +205,8 @@ class Trainer:
         status, position = "finished", None
         try:
             for cb in self.callbacks:
-                cb.on_train_start(self)
+                cb.on_train_start(self.view())
+            self.watchdog.on_train_start(self)
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
                 position = (self.epoch, self.batch_index)  # restored if this step is interrupted
@@ -236,18 +226,20 @@ class Trainer:
                     x, y, m = (torch.from_numpy(a).to(self.device) for a in (inputs, targets, mask))
                     with distributed.no_sync(self.train_model, skip=k < len(micro) - 1):
                         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                            loss = masked_loss(self.train_model, x, y, m) / n_targets
+                            loss = target_loss(self.train_model, x, y, m) / n_targets
                         # DDP averages the gradients of the ranks; times world_size gives their sum
                         self.scaler.scale(loss * self.ranks.world_size).backward()
                     loss_sum += loss.item()
                 loss_sum, stop = distributed.all_sum(loss_sum, interrupts.requested)
                 if stop:
                     raise KeyboardInterrupt
+                self.step_loss = loss_sum
                 if not math.isfinite(loss_sum):
                     raise Diverged(f"loss became {loss_sum} at step {self.step + 1}")
                 self.scaler.unscale_(self.optimizer)
                 for cb in self.callbacks:
-                    cb.on_after_backward(self)
+                    cb.on_after_backward(self.view())
+                self.watchdog.on_after_backward(self)
                 clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
                 self.scaler.step(self.optimizer)
@@ -261,7 +253,8 @@ class Trainer:
                 self.window_steps += 1
                 window_tokens += n_tokens
                 for cb in self.callbacks:
-                    cb.on_step_end(self)
+                    cb.on_step_end(self.view())
+                self.watchdog.on_step_end(self)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     tps = window_tokens / max(time.perf_counter() - window_start, 1e-9)
                     row = {"step": self.step, "epoch": self.epoch_progress, "tokens": self.tokens, "lr": lr,
@@ -279,10 +272,10 @@ class Trainer:
                 if at_eval and main:
                     self.evaluate()
                     self.save_checkpoint()
-        except Diverged as e:
+        except Diverged:
             status = "diverged"
-            where = self.last_checkpoint or "none (diverged before the first checkpoint)"
-            self.message = f"{e}; last good checkpoint: {where}"
+            self.optimizer.zero_grad(set_to_none=True)
+            self.message = self.watchdog.diverged(self, micro)  # forensics written, the one line back
         except KeyboardInterrupt:
             status = "interrupted"
             self.optimizer.zero_grad(set_to_none=True)  # drop a half-done step and its batches
@@ -304,8 +297,14 @@ class Trainer:
         if main:
             runfiles.update_run_json(self.run_dir, status=status, step=self.step, message=self.message)
         for cb in self.callbacks:
-            cb.on_train_end(self, status)
+            cb.on_train_end(self.view(), status)
+        self.watchdog.on_train_end(self, status)
         return status
+
+    def view(self) -> TrainView:
+        """What callbacks see of the run now."""
+        return TrainView(self.run_dir, self.model, self.data, self.total_steps, self.batches_per_epoch,
+                         self.step, self.epoch, self.batch_index, self.tokens, self.elapsed)
 
     @property
     def epoch_progress(self) -> float:
@@ -326,7 +325,7 @@ class Trainer:
                                             cfg.loss_on == "reply")
             x, y, m = (torch.from_numpy(a).to(self.device) for a in (inputs, targets, mask))
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                total += float(masked_loss(model, x, y, m))
+                total += float(target_loss(model, x, y, m))
             count += int(mask.sum())
         metrics = {"step": self.step, "epoch": self.epoch_progress, "tokens": self.tokens,
                    "eval_loss": total / count, "eval_ppl": math.exp(min(total / count, 50))}
@@ -336,33 +335,44 @@ class Trainer:
             metrics["persona_pass"] = result.pass_rate
         self.metrics.write(metrics)
         for cb in self.callbacks:
-            cb.on_eval(self, metrics)
+            cb.on_eval(self.view(), metrics)
+        self.watchdog.on_eval(self, metrics)
         return metrics
 
 
-def data_config(cfg: TrainConfig) -> DataConfig:
-    vocab = cfg.vocab_size or model_preset(cfg.preset).d_vocab
-    return DataConfig(persona=cfg.persona, n_chats=cfg.n_chats, seed=cfg.data_seed, vocab_size=vocab)
+def check_config(cfg: TrainConfig) -> None:
+    """What TrainConfig cannot check alone, checked before anything is written: the model
+    builds, and --record-hooks names hook points it has."""
+    mcfg = model_config(cfg)  # a bad combination of architecture flags is one ValueError here
+    if cfg.record:
+        from guppy.record import stored_hooks
+
+        with torch.device("meta"):  # hook names only: no memory, no initialisation
+            names = GuppyLM(mcfg).hook_names
+        stored_hooks(names, cfg.record_hooks)
 
 
 def start_run(cfg: TrainConfig, callbacks=(), show_progress: bool = True, resume_dir: str | Path | None = None,
-              cache_dir=None) -> Trainer:
+              cache_dir=None, resume_changes: dict | None = None) -> Trainer:
     """Create (or reopen, with `resume_dir`) a run folder and a Trainer for it. Under torchrun
-    rank 0 names the folder and reads it; the other ranks are told."""
+    rank 0 names the folder and reads it; the other ranks are told. Every setting is checked
+    before the run folder exists. `resume_changes` (a diverged run only: lr, warmup_steps,
+    grad_clip, min_lr) are kept in run.json's history."""
     ranks = distributed.current()
     if resume_dir is not None:
         run_dir = Path(resume_dir)
-        cfg = distributed.share(lambda: runfiles.read_train_config(run_dir))
-    else:
+        cfg = distributed.share(lambda: resume_config(run_dir, resume_changes or {}))
+    else:  # named, not made: the folder appears in write_new_run, after every check
         run_dir = distributed.share(lambda: runfiles.new_run_dir(cfg))  # one timestamp for all ranks
     if cfg.batch_size < ranks.world_size:
         raise ValueError(f"batch_size: {cfg.batch_size} chats per step cannot be shared by {ranks.world_size} "
                          f"ranks; --batch-size is the global batch, use {ranks.world_size} or more")
+    check_config(cfg)
     data = distributed.main_first(lambda: load_dataset(data_config(cfg), cache_dir=cache_dir))
     if cfg.record and ranks.is_main:
         from guppy.record import Recorder
 
-        callbacks = [*callbacks, Recorder(cfg.record_every, cfg.record_hooks, cfg.record_probes, cfg.record_log_spaced)]
+        callbacks = [*callbacks, Recorder(cfg.record_every, cfg.record_hooks, cfg.record_inputs, cfg.record_log_spaced)]
     trainer = Trainer(cfg, run_dir, data, callbacks, show_progress and ranks.is_main)
     if resume_dir is not None:
         trainer.resume()
@@ -385,7 +395,9 @@ def build_parser():
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
         else:
             p.add_argument(flag, type=type(f.default), default=None, choices=f.metadata.get("choices"), help=help)
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the stopped run in RUN_DIR with its own config")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the stopped run in RUN_DIR with its own config "
+                   "(a diverged run: from its last good checkpoint, and --lr, --warmup-steps, --grad-clip, "
+                   "--min-lr may change)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--dist-backend", default="auto", choices=distributed.BACKENDS,
                    help="under torchrun: how ranks talk; auto = nccl for CUDA tensors where there are GPUs, "
@@ -402,12 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "quiet", "dist_backend")}
 
     def body():
-        if args.resume and given:
-            flags = ", ".join(f"--{k.replace('_', '-')}" for k in given)
-            raise ValueError(f"--resume continues a run with its own config; drop {flags}")
-        cfg = TrainConfig(**given)
+        cfg = TrainConfig() if args.resume else TrainConfig(**given)  # a resumed run's flags: resume_config judges
         with distributed.process_group(args.dist_backend) as ranks:
-            trainer = start_run(cfg, show_progress=not args.quiet, resume_dir=args.resume)
+            trainer = start_run(cfg, show_progress=not args.quiet, resume_dir=args.resume,
+                                resume_changes=given if args.resume else None)
             n_params = sum(p.numel() for p in trainer.model.parameters())
             on = f"{ranks.world_size} ranks, {ranks.backend}" if ranks.world_size > 1 else trainer.device
             if ranks.is_main:
@@ -415,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{str(trainer.dtype).replace('torch.', '')}, {trainer.total_steps} steps)", file=sys.stderr)
             status = trainer.fit()
         if ranks.is_main:
-            print(f"{status}: {trainer.message}", file=sys.stderr if status != "finished" else sys.stdout)
+            line = trainer.message if status == "diverged" else f"{status}: {trainer.message}"  # "diverged at step N: ..."
+            print(line, file=sys.stderr if status != "finished" else sys.stdout)
         return {"finished": 0, "interrupted": 130, "diverged": 3}[status]
 
     if distributed.is_main_process():

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from guppy import analysis as A
+from guppy import metrics as M
 from guppy.ablate import METHODS, ablate
 from guppy.cli import positive_int, run_main
 
@@ -38,7 +39,7 @@ def site_label(kind: str, layer: int, head: int) -> str:
 @torch.no_grad()
 def ablation_table(model, tokens: torch.Tensor, mask: torch.Tensor, methods=METHODS, pad_id: int | None = None) -> pd.DataFrame:
     """One row per method and site: loss over `mask` with that site ablated, and its change."""
-    base = float((A.masked_loss(model(tokens), tokens, mask) * mask.sum(1)).sum() / mask.sum())
+    base = float((M.mean_loss_per_row(model(tokens), tokens, mask) * mask.sum(1)).sum() / mask.sum())
     rows = []
     for method in methods:
         losses = A.each_site_losses(model, tokens, mask, method, reference=tokens.roll(1, 0), pad_id=pad_id)

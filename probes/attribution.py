@@ -3,7 +3,7 @@
     python probes/attribution.py --run runs/demo
 
 The final residual at the last prompt position is a sum of components: token embedding,
-position embedding, per layer each head's output (z_h @ W_O[h]), the attention bias b_O, and
+position embedding (where the model adds one), per layer each head's output (z_h @ W_O[h]), the attention bias b_O, and
 the MLP output. The final LayerNorm is linear once its scale is fixed, so (as TransformerLens'
 `apply_ln_to_stack`) each component c contributes
 
@@ -29,6 +29,7 @@ import torch
 
 from guppy import analysis as A
 from guppy.cli import positive_int, run_main
+from guppy.runformat import act_name
 
 PROG = "attribution.py"
 
@@ -39,16 +40,21 @@ def components(model, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[to
     ln_final scale (B, 1), logits (B, V) of the real forward)."""
     cfg = model.cfg
     L = cfg.n_layers
-    names = ["hook_embed", "hook_pos_embed", "ln_final.hook_scale", "blocks.*.attn.hook_z", "blocks.*.hook_mlp_out"]
+    if cfg.norm != "pre":
+        raise ValueError(f"direct logit attribution needs a pre-LN model: with norm={cfg.norm!r} the final residual "
+                         f"is a LayerNorm's output, not a sum of what each head and MLP wrote")
+    embeds = [n for n in ("hook_embed", "hook_pos_embed") if n in model.hook_dict]  # rotary/none add no positions
+    names = [*embeds, "ln_final.hook_scale", "blocks.*.attn.hook_z", "blocks.*.hook_mlp_out"]
     logits, cache = model.run_with_cache(tokens, names=names)
     rows = torch.arange(len(positions))
-    parts, labels = [cache["hook_embed"][rows, positions][:, None], cache["hook_pos_embed"][rows, positions][:, None]], ["embed", "pos_embed"]
+    parts = [cache[n][rows, positions][:, None] for n in embeds]
+    labels = [n.removeprefix("hook_") for n in embeds]  # embed, pos_embed
     for l in range(L):
         parts.append(cache.head_results(l)[rows, positions])  # (B, H, D)
         labels += [f"L{l}H{h}" for h in range(cfg.n_heads)]
         parts.append(model.blocks[l].attn.b_O.expand(len(positions), 1, -1))
         labels.append(f"L{l} attn bias")
-        parts.append(cache[f"blocks.{l}.hook_mlp_out"][rows, positions][:, None])
+        parts.append(cache[act_name("mlp_out", l)][rows, positions][:, None])
         labels.append(f"L{l} MLP")
     scale = cache["ln_final.hook_scale"][rows, positions]  # (B, 1)
     return torch.cat(parts, 1), labels, scale, logits[rows, positions]

@@ -67,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         run = A.open_recorded_run(args.run)
         steps = A.snapshot_steps(run, args.snapshot)
-        P = run.probes
+        P = run.watch
         tokens, lengths, period = (torch.from_numpy(x) for x in (P.tokens, P.lengths, P.period))
         if not (period > 0).any():
-            print(f"{PROG}: note: the probe set has no repeated sequences; induction and duplicate-token scores are 0")
+            print(f"{PROG}: note: the watch set has no repeated sequences; induction and duplicate-token scores are 0")
         df = pd.concat([classify(run.model(s), tokens, lengths, period).assign(step=s) for s in steps], ignore_index=True)
         df = df[["step"] + [c for c in df.columns if c != "step"]]
         print("types (first reaching its threshold): " + "; ".join(

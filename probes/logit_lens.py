@@ -21,13 +21,11 @@ import pandas as pd
 import torch
 
 from guppy import analysis as A
+from guppy import metrics as M
 from guppy.cli import positive_int, run_main
+from guppy.runformat import resid_points
 
 PROG = "logit_lens.py"
-
-
-def resid_points(n_layers: int) -> list[str]:
-    return [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
 
 
 @torch.no_grad()
@@ -39,7 +37,7 @@ def lens(model, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tenso
     targets = tokens[:, 1:][mask]
     stats, tops = [], []
     for name in names:
-        logits = model.unembed(model.ln_final(cache[name]))  # (B, T, V)
+        logits = M.logit_lens(model, cache[name])  # (B, T, V)
         at = logits[:, :-1][mask]  # (N, V)
         stats.append({"point": name, "loss": float(torch.nn.functional.cross_entropy(at.float(), targets)),
                       "accuracy": float((at.argmax(-1) == targets).float().mean())})

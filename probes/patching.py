@@ -29,6 +29,7 @@ import torch
 
 from guppy import analysis as A
 from guppy.cli import run_main
+from guppy.runformat import layer_of, resid_points
 
 PROG = "patching.py"
 
@@ -51,7 +52,7 @@ def patch_resid(model, clean: torch.Tensor, corrupt: torch.Tensor, a: int, b: in
     forward per point -> (points, T) tensor, point names, (points,) whole-residual recovery."""
     cfg = model.cfg
     T = clean.shape[1]
-    points = [f"blocks.{l}.hook_resid_pre" for l in range(cfg.n_layers)] + [f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
+    points = resid_points(cfg.n_layers)
     clean_logits, cache = model.run_with_cache(clean, names=points)
     ld_clean, ld_corrupt = logit_diff(clean_logits, a, b), logit_diff(model(corrupt), a, b)
     by_pos, whole = [], []
@@ -78,7 +79,7 @@ def patch_heads(model, clean: torch.Tensor, corrupt: torch.Tensor, a: int, b: in
     copy = torch.arange(L * H)
 
     def patch(z, hook):  # (L*H, T, H, E): copy l*H + h takes head h of the clean run
-        l = int(hook.name.split(".")[1])
+        l = layer_of(hook.name)
         z = z.clone()
         mine = copy[l * H:(l + 1) * H]
         z[mine, :, torch.arange(H)] = cache[hook.name][0, :, torch.arange(H)].transpose(0, 1)

@@ -24,6 +24,7 @@ import torch
 
 from guppy import analysis as A
 from guppy.cli import positive_int, run_main
+from guppy.runformat import resid_points
 
 PROG = "topic_probe.py"
 
@@ -32,8 +33,7 @@ PROG = "topic_probe.py"
 def features(model, batch: A.ChatBatch, position: str) -> tuple[torch.Tensor, list[str]]:
     """Residual stream at every layer boundary -> ((points, B, D), point names). Only the
     prompts run: the model is causal, so the reply's tokens change nothing before it."""
-    L = model.cfg.n_layers
-    names = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
+    names = resid_points(model.cfg.n_layers)
     _, cache = model.run_with_cache(batch.tokens[:, :int(batch.reply_start.max())], names=names)
     resid = torch.stack([cache[n] for n in names])  # (points, B, T, D)
     if position == "last":

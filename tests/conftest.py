@@ -66,7 +66,7 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_recorded_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tiny_recorded_run")
-    cfg = tiny_train_config(tmp, steps=40, run_name="recorded", record=True, record_probes=6, eval_every=20)
+    cfg = tiny_train_config(tmp, steps=40, run_name="recorded", record=True, record_inputs=6, eval_every=20)
     trainer = start_run(cfg, show_progress=False)
     assert trainer.fit() == "finished"
     return trainer.run_dir

@@ -13,7 +13,7 @@ from guppy.data import load_dataset
 from guppy.evaluate import judge, persona_eval
 from guppy.runfiles import read_train_config
 from guppy.runs import load_eval_data, load_for_inference
-from guppy.train import data_config
+from guppy.data import data_config
 
 
 def chat_cli(*args, input=None, timeout=120):

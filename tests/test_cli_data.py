@@ -13,7 +13,7 @@ def run(*args, cache):
 
 
 def test_prints_stats_and_samples(tmp_path):
-    r = run("--persona", str(MINI), "--chats", "300", "--vocab-size", "400", "--samples", "2", cache=tmp_path)
+    r = run("--persona", str(MINI), "--n-chats", "300", "--vocab-size", "400", "--samples", "2", cache=tmp_path)
     assert r.returncode == 0, r.stderr
     for key in ("chats_train", "unique_replies_per_topic_min", "eval_pairs_in_train", "vocab_used", "padding_bucketed"):
         assert key in r.stdout
@@ -21,9 +21,9 @@ def test_prints_stats_and_samples(tmp_path):
 
 
 def test_bad_flag_is_one_line(tmp_path):
-    r = run("--chats", "-5", cache=tmp_path)
+    r = run("--n-chats", "-5", cache=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
-    assert "--chats" in r.stderr and "positive integer" in r.stderr
+    assert "--n-chats" in r.stderr and "positive integer" in r.stderr
 
 
 def test_bad_persona_is_one_line(tmp_path):

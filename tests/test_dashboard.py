@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import guppy  # noqa: E402
+from guppy import runformat as R  # noqa: E402
 from dashboards import data  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
@@ -33,6 +34,7 @@ def runs_dir(tiny_recorded_run, tmp_path_factory) -> Path:
     for name in ("good", "other", "badsnap", "probed"):
         shutil.copytree(tiny_recorded_run, root / name, ignore=shutil.ignore_patterns("probes"))
     write_probe_outputs(root / "probed")
+    shutil.copytree(Path(__file__).parent / "data" / "legacy" / "run-v1", root / "legacy")  # schema 1: probes.h5
     (root / "broken").mkdir()
     (root / "broken" / "run.json").write_text("{ not json")
     (root / "half").mkdir()  # guppy-train died before writing run.json
@@ -113,9 +115,9 @@ def test_paths_outside_the_runs_dir_are_refused(tmp_path):
             data.safe_run_path(tmp_path / "runs", bad)
 
 
-def test_probe_pattern_masks_the_future():
+def test_input_pattern_masks_the_future():
     p = np.random.default_rng(0).random((2, 3, 6, 6)).astype(np.float16)
-    out = data.probe_pattern(p, 1, 4)
+    out = data.input_pattern(p, 1, 4)
     assert out.shape == (3, 4, 4) and out.dtype == np.float32
     assert np.isnan(out[:, 0, 1]).all() and not np.isnan(np.tril(out[0])).any()
     np.testing.assert_allclose(np.tril(out[2]), np.tril(p[1, 2, :4, :4].astype(np.float32)))
@@ -153,16 +155,15 @@ def test_logit_lens_ranks_the_true_next_token():
     assert top1[1, 1] == "t9" and top5[1, 1].startswith("t9 | t8 | t3")
 
 
-def test_reply_mask_matches_the_recorded_loss(tiny_recorded_run):
-    """Clean probe losses from the dashboard's mask reproduce the recorder's loss/by_probe."""
+def test_ablation_view_losses_match_the_recorded_loss(tiny_recorded_run):
+    """The ablation view's clean loss per input (reply mask, full forward) reproduces what the
+    recorder measured (its own forward, decoding reply positions only)."""
+    from dashboards.views.ablation import input_losses
+
     run = guppy.open_run(tiny_recorded_run)
-    p, step = run.probes, max(run.snapshot_files)
-    tokens = torch.from_numpy(p.tokens)
-    mask = torch.from_numpy(data.reply_mask(p.reply_start, p.lengths, tokens.shape[1])).float()
-    with torch.no_grad():
-        losses = guppy.metrics.token_losses(run.model(step)(tokens), tokens)
-    mine = ((losses * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
-    np.testing.assert_allclose(mine, run.read("loss/by_probe", step), rtol=1e-3, atol=1e-3)
+    step = max(run.snapshot_files)
+    mine = input_losses.__wrapped__(str(run.path), step, 0, (), "zero")
+    np.testing.assert_allclose(mine, run.read(R.LOSS_BY_INPUT, step), rtol=1e-3, atol=1e-3)
 
 
 def test_head_cube_matches_the_snapshots(tiny_recorded_run):
@@ -224,6 +225,13 @@ def test_view_renders(runs_dir, monkeypatch, view):
     assert at.title[0].value == f"good · {view}"
 
 
+@pytest.mark.parametrize("view", VIEWS)
+def test_a_run_written_by_the_previous_format_renders(runs_dir, monkeypatch, view):
+    at = app(runs_dir, monkeypatch, view, run="legacy")
+    ok(at)
+    assert charts(at), f"{view}: no chart for the schema-1 run"
+
+
 def test_overview_compares_two_runs_and_shows_replies(runs_dir, monkeypatch):
     at = app(runs_dir, monkeypatch, "Run overview")
     at.multiselect(key="compare").set_value(["other"]).run()
@@ -247,8 +255,8 @@ def test_attention_slider_probe_head_and_play(runs_dir, monkeypatch):
     assert np.nanmin(z) >= 0 and np.nanmax(z) <= 1 and grid1["data"][0]["zmax"] == 1  # fixed, sequential scale
     labels = grid1["data"][0]["x"]
     assert len(set(labels)) == len(labels) and any("·" in s for s in labels)  # token text for tooltips
-    last_probe = int(guppy.open_run(runs_dir / "good").probe_subset[-1])  # a repeated-tokens probe
-    at.selectbox(key="attn_probe").set_value(last_probe).run()
+    last_probe = int(guppy.open_run(runs_dir / "good").watch_subset[-1])  # a repeated-tokens probe
+    at.selectbox(key="attn_input").set_value(last_probe).run()
     at.selectbox(key="attn_layer").set_value(1).run()
     at.selectbox(key="attn_head").set_value(2).run()
     ok(at)
@@ -284,7 +292,7 @@ def test_residual_slider_and_probe(runs_dir, monkeypatch):
     assert sim["data"][0]["zmid"] == 0 and np.allclose(np.diag(z_of(sim)), 1, atol=1e-3)  # diverging, centred
     steps = sorted(guppy.open_run(runs_dir / "good").snapshot_files)
     at.select_slider(key="resid_step").set_value(steps[0]).run()
-    at.selectbox(key="resid_probe").set_value(int(guppy.open_run(runs_dir / "good").probe_subset[-1])).run()
+    at.selectbox(key="resid_input").set_value(int(guppy.open_run(runs_dir / "good").watch_subset[-1])).run()
     ok(at)
     assert all(f"step {steps[0]}" in c["layout"]["title"]["text"] for c in charts(at)[1:])
 

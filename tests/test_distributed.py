@@ -18,8 +18,9 @@ import pytest
 import torch
 
 import guppy
-from guppy.checkpoint import list_checkpoints
-from guppy.train import Callback, start_run
+from guppy.runformat import list_checkpoints
+from guppy.callbacks import Callback
+from guppy.train import start_run
 from tests.conftest import tiny_train_config
 
 ROOT = Path(__file__).parents[1]
@@ -58,7 +59,7 @@ def free_port() -> int:
 
 def tiny_flags(cfg) -> list[str]:
     names = ("preset", "persona", "n_chats", "vocab_size", "batch_size", "lr", "warmup_steps", "min_lr", "eval_chats",
-             "eval_prompts", "log_every", "steps", "device", "precision", "record_probes", "runs_dir", "run_name")
+             "eval_prompts", "log_every", "steps", "device", "precision", "record_inputs", "runs_dir", "run_name")
     flags = [x for n in names for x in (f"--{n.replace('_', '-')}", str(getattr(cfg, n)))]
     return flags + ["--record" if cfg.record else "--no-record", "--quiet"]
 
@@ -105,12 +106,14 @@ def assert_same_curves(one: list[dict], two: list[dict]):
                 assert float(b[k]) == pytest.approx(float(a[k]), rel=rtol), (k, a["step"], a[k], b[k])
 
 
-def assert_same_model(run_a, run_b, step: int = 60, atol: float = 1e-4):
+def assert_same_model(run_a, run_b, step: int = 45, atol: float = 1e-4):
     """The models at `step`, before float drift, compute the same function (compared by output, not
     weight by weight: the key bias gets no gradient, softmax ignores it, and Adam turns float noise
-    there into steps)."""
+    there into steps). Where the drift starts depends on the CPU's kernels: on an Intel Xeon (AMX)
+    the largest log-prob difference was 1e-6 up to step 15, 4e-5 at 45 and 4e-3 at 60, on the
+    same code that kept it under 1e-4 at step 60 on the AMD machine it was written on."""
     a, b = guppy.open_run(run_a), guppy.open_run(run_b)
-    tokens = torch.from_numpy(a.probe_tokens)
+    tokens = torch.from_numpy(a.watch_tokens)
     with torch.no_grad():
         logp_a, logp_b = (r.model(step)(tokens).log_softmax(-1) for r in (a, b))
     torch.testing.assert_close(logp_a, logp_b, rtol=0, atol=atol)
@@ -121,7 +124,7 @@ def one_process(tmp_path_factory):
     """The reference: the tiny recipe, recorded, in one process. 573 train chats in batches of 4
     leave one batch of a single chat, so rank 1 of 2 once has nothing of its own to train on."""
     cfg = tiny_train_config(tmp_path_factory.mktemp("one"), n_chats=603, batch_size=4, steps=STEPS, record=True,
-                            record_probes=6, run_name="one")
+                            record_inputs=6, run_name="one")
     trainer = start_run(cfg, show_progress=False)
     assert min(len(b) for b in trainer._epoch_batches(0)) == 1
     assert trainer.fit() == "finished"
@@ -149,7 +152,7 @@ def test_two_processes_train_like_one(one_process, tmp_path):
     assert names(two) == names(one)
     run = guppy.open_run(two)
     assert list(run.snapshots["step"]) == list(guppy.open_run(one).snapshots["step"])
-    assert run.acts("blocks.0.attn.hook_pattern", snapshot="latest").shape[0] == len(run.probe_subset)
+    assert run.acts("blocks.0.attn.hook_pattern", snapshot="latest").shape[0] == len(run.watch_subset)
     assert run.model("latest") is not None
 
     touched = audit(tmp_path)

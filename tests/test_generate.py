@@ -40,7 +40,7 @@ def test_top_k_and_top_p_restrict_the_choice():
 
 def test_hooks_fire_during_generation(tiny_model):
     seen = []
-    with tiny_model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", lambda x, h: seen.append(x.shape))]):
+    with tiny_model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", lambda x, hook: seen.append(x.shape))]):
         generate(tiny_model, [5, 6, 7], max_new_tokens=3, temperature=0)
     assert seen[0] == (1, 4, 3, 3) and seen[1] == (1, 4, 1, 4) and len(seen) == 3
 

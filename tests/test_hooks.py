@@ -90,6 +90,27 @@ def test_a_hook_can_replace_its_tensor(tiny_model):
     torch.testing.assert_close(logits, bias_only)
 
 
+def test_hooks_are_called_as_transformer_lens_calls_them(tiny_model):
+    """fn(x, hook=hook_point): a TransformerLens hook with a keyword-only `hook` works unchanged,
+    forward and backward, and so does a positional `def f(x, hook)`."""
+    seen = []
+
+    def tl_style(x, *, hook):
+        seen.append((hook.name, tuple(x.shape)))
+
+    def positional(x, hook):
+        seen.append(hook.name)
+
+    tokens = torch.randint(0, 512, (1, 5))
+    with tiny_model.hooks(fwd_hooks=[("blocks.0.attn.hook_z", tl_style), ("hook_embed", positional)],
+                          bwd_hooks=[("blocks.1.hook_resid_post", tl_style)]):
+        tiny_model.train()
+        tiny_model(tokens).sum().backward()
+        tiny_model.eval()
+    assert ("blocks.0.attn.hook_z", (1, 5, 4, 8)) in seen and "hook_embed" in seen
+    assert ("blocks.1.hook_resid_post", (1, 5, 32)) in seen  # the gradient, through the backward hook
+
+
 def test_hooks_are_removed_even_when_the_forward_raises(tiny_model):
     def boom(x, hook):
         raise RuntimeError("boom")

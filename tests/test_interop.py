@@ -6,6 +6,7 @@ import torch
 pytest.importorskip("transformer_lens")
 
 from guppy.interop import to_transformer_lens  # noqa: E402
+from guppy.model import GuppyLM  # noqa: E402
 
 
 def test_transformer_lens_agrees_on_logits_and_every_shared_hook(tiny_model):
@@ -46,3 +47,52 @@ def test_agreement_holds_for_a_trained_model(tiny_run):
     tl = to_transformer_lens(model)
     tokens = torch.tensor([tok.encode_prompt("hello pebble")])
     torch.testing.assert_close(model(tokens), tl(tokens), atol=1e-4, rtol=1e-4)
+
+
+# ---- variants: each one TransformerLens has (rotary, GELU), and the fixed tables it can hold ----
+
+# init_std 0.2: sharp attention, so a wrong position convention moves the logits by whole units
+@pytest.mark.parametrize("variant", [dict(positional="rotary"), dict(act="gelu"), dict(positional="sinusoidal"),
+                                     dict(positional="none"), dict(positional="rotary", act="gelu")],
+                         ids=lambda v: "-".join(v.values()))
+def test_transformer_lens_agrees_for_each_variant(tiny_cfg, variant):
+    torch.manual_seed(0)
+    model = GuppyLM(tiny_cfg.replace(init_std=0.2, **variant)).eval()
+    tl = to_transformer_lens(model)
+    tl.set_use_attn_result(True)
+    tokens = torch.randint(0, 512, (3, 17))
+    logits, ours = model.run_with_cache(tokens)
+    tl_logits, theirs = tl.run_with_cache(tokens)
+    torch.testing.assert_close(logits, tl_logits, atol=1e-4, rtol=1e-4)
+    shared = [n for n in ours if n in theirs]
+    assert set(ours) - set(shared) == {"hook_logits"}
+    for name in shared:
+        torch.testing.assert_close(ours[name], theirs[name], atol=1e-4, rtol=1e-4, msg=name)
+    if model.cfg.positional == "rotary":
+        assert {"blocks.1.attn.hook_rot_q", "blocks.1.attn.hook_rot_k"} <= set(shared)
+        # the convention matters: GPT-J's adjacent pairs instead of GPT-NeoX's halves is far off
+        tl.cfg.rotary_adjacent_pairs = True
+        for block in tl.blocks:
+            sin, cos = block.attn.calculate_sin_cos_rotary(tiny_cfg.d_head, tiny_cfg.n_ctx)
+            block.attn.rotary_sin.copy_(sin)
+            block.attn.rotary_cos.copy_(cos)
+        assert (tl(tokens) - logits).abs().max() > 0.1
+
+
+def test_gelu_is_the_exact_form_not_the_tanh_approximation(tiny_cfg):
+    torch.manual_seed(0)
+    model = GuppyLM(tiny_cfg.replace(init_std=0.5, act="gelu")).eval()
+    tl = to_transformer_lens(model)
+    tokens = torch.randint(0, 512, (2, 9))
+    torch.testing.assert_close(model(tokens), tl(tokens), atol=1e-4, rtol=1e-4)
+    from transformer_lens.utilities.activation_functions import gelu_new
+
+    for block in tl.blocks:  # TL's act_fn="gelu_new" (GPT-2's tanh form) would not match
+        block.mlp.act_fn = gelu_new
+    assert (tl(tokens) - model(tokens)).abs().max() > 1e-4
+
+
+def test_post_ln_is_refused_in_one_line(tiny_cfg):
+    with pytest.raises(ValueError, match="TransformerLens has no post-LN block") as e:
+        to_transformer_lens(GuppyLM(tiny_cfg.replace(norm="post")))
+    assert "\n" not in str(e.value)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from guppy import analysis as A
+from guppy import metrics as M
 from guppy.ablate import ablate
 from guppy.config import ModelConfig
 from guppy.model import GuppyLM
@@ -78,10 +79,10 @@ def test_head_types_finds_an_induction_head_and_ablating_it_hurts_copying(copy_m
     assert len(induction) >= 1, table
     best = induction.sort_values("induction").iloc[-1]
     layer, head = int(best["layer"]), int(best["head"])
-    base = float(A.masked_loss(copy_model(tokens), tokens, second_half).mean())
+    base = float(M.mean_loss_per_row(copy_model(tokens), tokens, second_half).mean())
     assert base < 0.5  # it did learn to copy
     with ablate(copy_model, heads=[(layer, head)], method="mean", reference=tokens):
-        ablated = float(A.masked_loss(copy_model(tokens), tokens, second_half).mean())
+        ablated = float(M.mean_loss_per_row(copy_model(tokens), tokens, second_half).mean())
     assert ablated > base + 0.5
     # the batched each-site ablation agrees, and puts this head in the more important half
     losses = A.each_site_losses(copy_model, tokens, second_half, "mean")
@@ -101,7 +102,7 @@ def test_batched_site_ablation_matches_one_at_a_time(tiny_model, method):
     for i, (kind, l, h) in enumerate(A.ablation_sites(tiny_model.cfg)):
         with ablate(tiny_model, heads=[(l, h)] if kind == "head" else [], mlps=[l] if kind == "mlp" else [],
                     method=method, reference=reference, pad_id=0):
-            want = A.masked_loss(tiny_model(tokens), tokens, mask).mean()
+            want = M.mean_loss_per_row(tiny_model(tokens), tokens, mask).mean()
         torch.testing.assert_close(got[i], want, atol=1e-5, rtol=1e-5)
 
 
@@ -124,6 +125,19 @@ def test_attribution_terms_sum_to_the_logit(tiny_model, centered):
     _, cache = tiny_model.run_with_cache(tokens, names="blocks.1.hook_resid_post")
     torch.testing.assert_close(comps.sum(1), cache["blocks.1.hook_resid_post"][torch.arange(4), positions],
                                atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("positional", ["rotary", "none"])
+def test_attribution_without_a_position_table(tiny_cfg, positional):
+    attribution = load_probe("attribution")
+    torch.manual_seed(0)
+    model = GuppyLM(tiny_cfg.replace(positional=positional)).eval()
+    tokens, positions, targets = torch.randint(3, 512, (2, 9)), torch.tensor([8, 3]), torch.tensor([5, 9])
+    terms, labels, bias, logit = attribution.attribute(model, tokens, positions, targets)
+    assert labels[:2] == ["embed", "L0H0"]
+    torch.testing.assert_close(terms.sum(1) + bias, logit, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="needs a pre-LN model"):
+        attribution.attribute(GuppyLM(tiny_cfg.replace(norm="post")), tokens, positions, targets)
 
 
 def test_patching_the_whole_residual_recovers_everything(copy_model):

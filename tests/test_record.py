@@ -32,9 +32,9 @@ def test_snapshots_of_a_recorded_run(tiny_recorded_run):
     assert list(run.snapshots["tokens"]) == sorted(run.snapshots["tokens"])
     cfg = run.model_config
     pattern = run.acts("blocks.0.attn.hook_pattern", snapshot="latest")
-    K = len(run.probe_subset)
+    K = len(run.watch_subset)
     assert pattern.shape[:2] == (K, cfg.n_heads) and pattern.dtype == np.float16
-    lengths = run.probes.lengths[run.probe_subset]
+    lengths = run.watch.lengths[run.watch_subset]
     for k, n in enumerate(lengths):  # rows of real queries sum to 1, nothing attends ahead
         p = pattern[k, :, :n, :n].astype(np.float32)
         np.testing.assert_allclose(p.sum(-1), 1, atol=3e-3)
@@ -57,9 +57,9 @@ def test_recorded_metrics_match_a_fresh_computation(tiny_recorded_run):
     run = guppy.open_run(tiny_recorded_run)
     step = int(run.snapshots["step"].iloc[len(run.snapshots) // 2])
     model = run.model(step)
-    tokens = torch.from_numpy(run.probe_tokens)
-    lengths = torch.from_numpy(run.probes.lengths)
-    period = torch.from_numpy(run.probes.period)
+    tokens = torch.from_numpy(run.watch_tokens)
+    lengths = torch.from_numpy(run.watch.lengths)
+    period = torch.from_numpy(run.watch.period)
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens, names="blocks.*.attn.hook_pattern")
     for layer in range(run.model_config.n_layers):
@@ -68,12 +68,12 @@ def test_recorded_metrics_match_a_fresh_computation(tiny_recorded_run):
             np.testing.assert_allclose(run.read(f"heads/{metric}", step)[layer], fresh[metric].numpy(), atol=1e-5)
     # the stored pattern subset is the same tensor, trimmed and in float16
     stored = run.acts("blocks.1.attn.hook_pattern", snapshot=step)
-    sub = cache["blocks.1.attn.hook_pattern"][run.probe_subset][:, :, :stored.shape[2], :stored.shape[3]]
+    sub = cache["blocks.1.attn.hook_pattern"][run.watch_subset][:, :, :stored.shape[2], :stored.shape[3]]
     np.testing.assert_allclose(stored.astype(np.float32), sub.numpy(), atol=1e-3)
     # the mean reply loss of the probe chats
     losses = M.token_losses(logits, tokens)
     pos = torch.arange(1, tokens.shape[1])
-    start = torch.from_numpy(run.probes.reply_start)[:, None]
+    start = torch.from_numpy(run.watch.reply_start)[:, None]
     mask = (pos >= start) & (pos < lengths[:, None])
     assert float(run.read("loss/mean", step)) == pytest.approx(float(losses[mask].mean()), abs=1e-4)
     # parameter norms of the saved weights
@@ -125,7 +125,7 @@ def test_corrupt_and_old_snapshots_give_clear_errors(tiny_recorded_run, tmp_path
     first = min(run.snapshot_files)
     with h5py.File(run.snapshot_files[first], "a") as f:
         f.attrs["schema_version"] = 0
-    with pytest.raises(RunError, match="snapshot schema_version 0, this guppy reads 1"):
+    with pytest.raises(RunError, match="snapshot schema_version 0, this guppy reads 1, 2"):
         run.read("heads/entropy", first)
 
 

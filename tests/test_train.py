@@ -13,9 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from guppy.checkpoint import list_checkpoints, state_path
+from guppy.runformat import list_checkpoints, state_path
 import guppy
-from guppy.train import Callback, TrainConfig, build_optimizer, lr_at, pick_precision, start_run
+from guppy.callbacks import Callback
+from guppy.train import TrainConfig, build_optimizer, lr_at, pick_precision, start_run
 from tests.conftest import tiny_train_config
 
 
@@ -71,8 +72,8 @@ def test_divergence_stops_naming_step_and_last_good_checkpoint(tmp_path):
     cfg = tiny_train_config(tmp_path, steps=20, eval_every=4)
     trainer = start_run(cfg, callbacks=[StopAt(6, poison)], show_progress=False)
     assert trainer.fit() == "diverged"
-    assert trainer.message.startswith("loss became nan at step 7; last good checkpoint: ")
-    assert trainer.message.endswith("step-000004.safetensors")
+    assert trainer.message.startswith("diverged at step 7: loss nan; ")
+    assert trainer.message.endswith("last good checkpoint step-000004")
     meta = json.loads((trainer.run_dir / "run.json").read_text())
     assert meta["status"] == "diverged"
     assert max(list_checkpoints(trainer.run_dir)) == 4  # nothing written after the NaN
@@ -124,7 +125,7 @@ def cli(*args, cwd, timeout=120):
     (["--lr", "-1"], 1, "lr: bad value -1.0"),
     (["--batch-size", "0"], 1, "batch_size: bad value 0"),
     (["--resume", "runs/nothing-here"], 1, "runs/nothing-here/run.json: no such file"),
-    (["--resume", "runs/x", "--lr", "0.1"], 1, "drop --lr"),
+    (["--resume", "runs/x", "--batch-size", "8"], 1, "drop --batch-size"),
     (["--preset", "huge"], 2, "invalid choice: 'huge'"),
     (["--persona", "shark"], 1, "no such persona"),
     (["--device", "toaster"], 1, "device: 'toaster' is not a device"),

@@ -1,5 +1,5 @@
 """Ablation: load a snapshot's model, tick heads to ablate (zero or mean), and see live the
-change in loss on the probe set and in the fish's reply to a prompt."""
+change in loss on the watch set and in the fish's reply to a prompt."""
 
 from __future__ import annotations
 
@@ -10,22 +10,23 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
+from guppy import runformat as R
 from guppy.ablate import ablate
 from guppy.generate import generate
-from guppy.metrics import token_losses
+from guppy.metrics import mean_loss_per_row, reply_mask
 
 from dashboards import cache
 from dashboards.cache import RunHandle
-from dashboards.data import head_label, probe_names, reply_mask, user_prompt
+from dashboards.data import head_label, input_names, user_prompt
 from dashboards.views.common import DIVERGING, chart, heatmap_layout
 
 
 def _setup(path: str, step: int, mtime: int, heads: tuple, method: str):
-    """The snapshot's model, the probe batch (cut to its longest probe: the model is causal, so
+    """The snapshot's model, the watch set (cut to its longest input: the model is causal, so
     trailing padding changes nothing before it and only costs time), and the context that
     ablates `heads` (none: the clean model, with no reference forward for mean ablation)."""
     model = cache.model(path, step, mtime)
-    p = cache.probes(path, cache._mtime(cache.run_of(path).path / "probes.h5"))
+    p = cache.watch(path, cache._mtime(R.watch_path(path)))
     tokens = torch.from_numpy(p.tokens[:, :int(p.lengths.max())])
     pad = cache.run_of(path).tokenizer.pad_id
     ctx = ablate(model, heads=list(heads), method=method, reference=tokens, pad_id=pad) if heads else nullcontext(model)
@@ -33,19 +34,18 @@ def _setup(path: str, step: int, mtime: int, heads: tuple, method: str):
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def probe_losses(path: str, step: int, mtime: int, heads: tuple, method: str) -> np.ndarray:
-    """Mean reply-token loss per probe (B,), with `heads` ablated (none: the clean model)."""
+def input_losses(path: str, step: int, mtime: int, heads: tuple, method: str) -> np.ndarray:
+    """Mean reply-token loss per input of the watch set (B,), with `heads` ablated (none: the clean model)."""
     model, p, tokens, ctx = _setup(path, step, mtime, heads, method)
-    mask = torch.from_numpy(reply_mask(p.reply_start, p.lengths, tokens.shape[1])).float()
+    mask = reply_mask(torch.from_numpy(p.reply_start), torch.from_numpy(p.lengths), tokens.shape[1])
     with torch.no_grad(), ctx:
-        losses = token_losses(model(tokens), tokens)  # (B, T-1)
-    return ((losses * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+        return mean_loss_per_row(model(tokens), tokens, mask).numpy()
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def reply(path: str, step: int, mtime: int, heads: tuple, method: str, prompt: str) -> str:
     model, _, _, ctx = _setup(path, step, mtime, heads, method)
-    tok = cache.tokenizer(path, cache._mtime(cache.run_of(path).path / "tokenizer.json"))
+    tok = cache.tokenizer(path, cache._mtime(cache.run_of(path).path / R.TOKENIZER_JSON))
     with ctx:
         new = generate(model, tok.encode_prompt(prompt), max_new_tokens=32, temperature=0.0, stop_token=tok.end_id)
     return tok.decode(new)
@@ -56,13 +56,13 @@ def render(h: RunHandle, others=()) -> None:
         st.info("This run has no readable snapshots yet.")
         return
     cfg = h.run.model_config
-    p = h.probes()
+    p = h.watch()
     chats = [i for i, k in enumerate(p.kind) if k == "chat"]
     c1, c2 = st.columns([3, 1])
     step = c1.select_slider("snapshot model (step)", options=h.steps, value=h.steps[-1], key="abl_step",
                             format_func=lambda s: f"step {s}")
     method = c2.radio("ablation", ["zero", "mean"], horizontal=True, key="abl_method",
-                      help="zero: the head's output removed; mean: replaced by its mean over the probe set")
+                      help="zero: the head's output removed; mean: replaced by its mean over the watch set")
     prompt = st.text_input("prompt", value=user_prompt(p.text[chats[0]]) if chats else "hi guppy", key="abl_prompt")
     st.caption("Tick heads to ablate (rows: layers, columns: heads).")
     heads = []
@@ -77,28 +77,28 @@ def render(h: RunHandle, others=()) -> None:
 
     with st.spinner("running the model…"):
         if heads:
-            clean = probe_losses(path, step, mtime, (), "zero")
-            ablated = probe_losses(path, step, mtime, heads, method)
-        else:  # nothing ablated: the recorder measured these very losses (same probes, same mask)
-            clean = ablated = h.read("loss/by_probe", step).astype(np.float32)
+            clean = input_losses(path, step, mtime, (), "zero")
+            ablated = input_losses(path, step, mtime, heads, method)
+        else:  # nothing ablated: the recorder measured these very losses (same inputs, same mask)
+            clean = ablated = h.read(R.LOSS_BY_INPUT, step).astype(np.float32)
         said_clean = reply(path, step, mtime, (), "zero", prompt)
         said = reply(path, step, mtime, heads, method, prompt) if heads else said_clean
 
     chat_rows = np.array([k == "chat" for k in p.kind])
     m = st.columns(3)
-    m[0].metric("reply loss, clean (chat probes)", f"{clean[chat_rows].mean():.3f}")
+    m[0].metric("reply loss, clean (chat inputs)", f"{clean[chat_rows].mean():.3f}")
     m[1].metric(f"ablated ({len(heads)} head{'s' * (len(heads) != 1)}, {method})", f"{ablated[chat_rows].mean():.3f}",
                 delta=f"{(ablated - clean)[chat_rows].mean():+.3f}", delta_color="inverse")
-    m[2].metric("repeat probes Δloss", f"{(ablated - clean)[~chat_rows].mean():+.3f}" if (~chat_rows).any() else "–")
+    m[2].metric("repeated-token inputs Δloss", f"{(ablated - clean)[~chat_rows].mean():+.3f}" if (~chat_rows).any() else "–")
     r1, r2 = st.columns(2)
     r1.markdown(f"**clean reply**  \n> {said_clean or '(nothing)'}")
     r2.markdown(f"**ablated reply**  \n> {said or '(nothing)'}")
-    names = probe_names(p.kind, p.topic, p.text, range(len(p.kind)))
+    names = input_names(p.kind, p.topic, p.text, range(len(p.kind)))
     chart(delta_chart(ablated - clean, [names[i] for i in range(len(p.kind))], step), key="abl_delta")
 
 
 def delta_chart(delta: np.ndarray, names: list[str], step: int) -> go.Figure:
-    """Δloss per probe, coloured on a diverging scale centred on zero (red: ablation hurts)."""
+    """Δloss per input, coloured on a diverging scale centred on zero (red: ablation hurts)."""
     lim = float(max(np.abs(delta).max(), 1e-3))
     fig = go.Figure(go.Bar(x=delta.astype(np.float32), y=names, orientation="h",
                            marker=dict(color=delta.astype(np.float32), colorscale=DIVERGING, cmin=-lim, cmax=lim,
@@ -106,4 +106,4 @@ def delta_chart(delta: np.ndarray, names: list[str], step: int) -> go.Figure:
                            hovertemplate="%{y}<br>Δ loss %{x:+.4f}<extra></extra>"))
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=10))
     fig.update_xaxes(title="Δ reply loss (ablated − clean)", zeroline=True)
-    return heatmap_layout(fig, f"change in loss per probe at step {step}", height=min(1400, 120 + 18 * len(names)))
+    return heatmap_layout(fig, f"change in loss per input at step {step}", height=min(1400, 120 + 18 * len(names)))

@@ -1,4 +1,4 @@
-"""Attention: every head's pattern for one probe at one snapshot as a grid of heatmaps, one head
+"""Attention: every head's pattern for one input of the watch set at one snapshot as a grid of heatmaps, one head
 enlarged with its tokens on the axes, and a slider / play button across training."""
 
 from __future__ import annotations
@@ -7,34 +7,36 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from guppy.runformat import act_name
+
 from dashboards.cache import READ_ERRORS, RunHandle
-from dashboards.data import head_label, probe_names, probe_pattern, tile_patterns, token_labels
+from dashboards.data import head_label, input_names, input_pattern, tile_patterns, token_labels
 from dashboards.views.common import SEQUENTIAL, chart, heatmap_layout, snapshot_player
 
 
 def render(h: RunHandle, others=()) -> None:
     cfg = h.run.model_config
     try:
-        p = h.probes()
-        hooks = [f"blocks.{l}.attn.hook_pattern" for l in range(cfg.n_layers)]
+        p = h.watch()
+        hooks = [act_name("pattern", l) for l in range(cfg.n_layers)]
         stored = set(h.run.hook_names(h.steps[-1])) if h.steps else set()
     except READ_ERRORS as e:
-        st.error(f"{h.name}: cannot read the probe set: {e}")
+        st.error(f"{h.name}: cannot read the watch set: {e}")
         return
     if h.steps and not all(x in stored for x in hooks):
         st.info("This run stored no attention patterns (record with `--record-hooks blocks.*.attn.hook_pattern`).")
         return
-    names = probe_names(p.kind, p.topic, p.text, p.subset)
+    names = input_names(p.kind, p.topic, p.text, p.subset)
     c1, c2, c3 = st.columns([3, 1, 1])
-    k_probe = c1.selectbox("probe", list(names), format_func=names.get, key="attn_probe")
+    k_input = c1.selectbox("input", list(names), format_func=names.get, key="attn_input")
     layer = c2.selectbox("enlarged head: layer", range(cfg.n_layers), key="attn_layer")
     head = c3.selectbox("head", range(cfg.n_heads), key="attn_head")
-    k = int(np.flatnonzero(p.subset == k_probe)[0])  # the probe's row in the stored tensors
-    length = int(p.lengths[k_probe])
-    labels = token_labels(h.vocab(), p.tokens[k_probe, :length])
+    k = int(np.flatnonzero(p.subset == k_input)[0])  # the input's row in the stored tensors
+    length = int(p.lengths[k_input])
+    labels = token_labels(h.vocab(), p.tokens[k_input, :length])
 
     def draw(step: int) -> None:
-        patterns = [probe_pattern(h.acts(name, step, k), 0, length) for name in hooks]  # L x (H, n, n)
+        patterns = [input_pattern(h.acts(name, step, k), 0, length) for name in hooks]  # L x (H, n, n)
         chart(grid(patterns, labels, step), key="attn_grid")
         chart(enlarged(patterns[layer][head], labels, layer, head, step), key="attn_head_chart")
 

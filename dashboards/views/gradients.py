@@ -7,6 +7,8 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from guppy import runformat as R
+
 from dashboards.cache import RunHandle
 from dashboards.data import HEALTHY_UPDATE_RATIO, hook_label, log10, over_training, param_group, param_label
 from dashboards.views.common import DIVERGING, SEQUENTIAL, chart, heatmap_layout
@@ -17,17 +19,21 @@ def render(h: RunHandle, others=()) -> None:
         st.info("This run has no readable snapshots yet.")
         return
     last = h.steps[-1]
-    params = [param_label(str(x)) for x in h.read("params/names", last)]
-    grads = over_training(h.over_training("grads/param_norm"), params)
-    ratios = over_training(h.over_training("params/update_ratio"), params)
-    acts = [str(x) for x in h.read("grads/act_names", last)]
+    if h.run.meta.get(R.POSTHOC_KEY):  # written by guppy-record
+        st.info("Snapshots recorded after training (guppy-record): the gradients of the training batches and "
+                "the update of each snapshot's last step are unknown, so those charts stay empty; the gradients "
+                "per activation are measured on the fixed inputs.")
+    params = [param_label(str(x)) for x in h.read(R.PARAM_NAMES, last)]
+    grads = over_training(h.over_training(R.PARAM_GRAD_NORM), params)
+    ratios = over_training(h.over_training(R.PARAM_UPDATE_RATIO), params)
+    acts = [str(x) for x in h.read(R.ACT_GRAD_NAMES, last)]
     order = sorted(range(len(acts)), key=lambda i: _depth(acts[i]))
-    act_grads = over_training({s: v[order] for s, v in h.over_training("grads/act_norm").items()},
+    act_grads = over_training({s: v[order] for s, v in h.over_training(R.ACT_GRAD_NORM).items()},
                               [hook_label(acts[i]) for i in order])
 
     chart(log_heatmap(grads, "gradient norm per parameter (log10, mean since the previous snapshot)",
                       SEQUENTIAL, "log10 ‖g‖"), key="grad_params")
-    chart(log_heatmap(act_grads, "gradient norm per activation (log10, one backward pass on the probe set)",
+    chart(log_heatmap(act_grads, "gradient norm per activation (log10, one backward pass on the watch set)",
                       SEQUENTIAL, "log10 ‖g‖"), key="grad_acts")
     lo, hi = HEALTHY_UPDATE_RATIO
     mid = float(np.sqrt(lo * hi))
@@ -39,10 +45,9 @@ def render(h: RunHandle, others=()) -> None:
 
 def _depth(name: str) -> tuple:
     """Order activation points by where they sit in the forward pass."""
-    parts = name.split(".")
-    layer = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 10**6
-    where = ["hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post"]
-    return layer, where.index(parts[-1]) if parts[-1] in where else len(where)
+    layer = R.layer_of(name)
+    where = [R.act_name(k, layer) for k in ("resid_pre", "attn_out", "mlp_out", "resid_post")] if layer is not None else []
+    return (10**6 if layer is None else layer), where.index(name) if name in where else len(where)
 
 
 def log_heatmap(frame, title: str, scale: str, bar: str, zmid: float | None = None, zrange=None) -> go.Figure:

@@ -9,6 +9,8 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from guppy import runformat as R
+
 from dashboards.cache import READ_ERRORS, RunHandle
 from dashboards.data import CURVES, user_prompt
 from dashboards.views.common import chart
@@ -22,7 +24,9 @@ def render(h: RunHandle, others: list[RunHandle]) -> None:
     status = h.run.status
     cols = st.columns(5)
     cols[0].metric("status", status)
-    cols[1].metric("layers × heads", f"{cfg.n_layers} × {cfg.n_heads}", help=f"d_model {cfg.d_model}, d_mlp {cfg.d_mlp}, n_ctx {cfg.n_ctx}")
+    shape = (f"d_model {cfg.d_model}, d_mlp {cfg.d_mlp}, n_ctx {cfg.n_ctx}; "
+             f"{cfg.positional} positions, {cfg.norm}-LN, {cfg.act}")
+    cols[1].metric("layers × heads", f"{cfg.n_layers} × {cfg.n_heads}", help=shape)
     cols[2].metric("parameters", f"{cfg.num_params():,}")
     m = h.metrics()
     cols[3].metric("last step", int(m.step.max()) if len(m) else 0)
@@ -77,9 +81,9 @@ def replies_table(r: RunHandle) -> None:
     if not r.steps:
         return
     try:
-        p = r.probes()
+        p = r.watch()
         chats = [i for i, k in enumerate(p.kind) if k == "chat"]
-        replies = {s: r.read("samples/replies", s) for s in r.steps}
+        replies = {s: r.read(R.REPLIES, s) for s in r.steps}
     except READ_ERRORS as e:
         st.warning(f"{r.name}: no sampled replies ({e})")
         return

@@ -9,6 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 import guppy
+from guppy.runformat import PROBE_OUTPUTS_DIR
 from dashboards.cache import READ_ERRORS, RunHandle, _mtime
 
 SCRIPTS = ("ablate_heads", "head_types", "logit_lens", "attribution", "patching", "topic_probe")
@@ -45,7 +46,7 @@ def render(h: RunHandle, others=()) -> None:
         st.warning(f"{h.name}: probe output {n!r} points outside the run folder and is not shown")
     outputs = inside
     if not outputs:
-        st.info(f"No probe outputs for this run yet (nothing in `{h.path / 'probes'}`). Run a probe, then reload:")
+        st.info(f"No probe outputs for this run yet (nothing in `{h.path / PROBE_OUTPUTS_DIR}`). Run a probe, then reload:")
         st.code("\n".join(f"python probes/{s}.py --run {h.path}" for s in SCRIPTS), language="bash")
         return
     name = st.selectbox("probe output", list(outputs), key="probe_output",

@@ -1,5 +1,5 @@
 """Residual stream: norm per layer boundary and position over training; the logit lens (each
-layer's top predicted tokens) for a probe; cosine similarity between layer boundaries."""
+layer's top predicted tokens) for an input of the watch set; cosine similarity between layer boundaries."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from guppy import runformat as R
+
 from dashboards.cache import READ_ERRORS, RunHandle
-from dashboards.data import hook_label, layer_similarity, logit_lens, probe_names, token_labels
+from dashboards.data import hook_label, input_names, layer_similarity, logit_lens, token_labels
 from dashboards.views.common import DIVERGING, SEQUENTIAL, chart, heatmap_layout, snapshot_player
 
 
@@ -16,28 +18,28 @@ def render(h: RunHandle, others=()) -> None:
     if not h.steps:
         st.info("This run has no readable snapshots yet.")
         return
-    p = h.probes()
-    points = [str(x) for x in h.read("resid/points", h.steps[-1])]
+    p = h.watch()
+    points = [str(x) for x in h.read(R.RESID_POINTS, h.steps[-1])]
     labels = [hook_label(x) for x in points]
-    norms = h.over_training("resid/norm_by_position")  # {step: (P, T)}, small
+    norms = h.over_training(R.RESID_NORM)  # {step: (P, T)}, small
     T_real = int(p.lengths.max())
     zmax = float(max(np.nanmax(v[:, :T_real]) for v in norms.values()))
 
     st.plotly_chart(norm_lines(norms, labels), key="resid_norm_lines", config={"displaylogo": False})
-    names = probe_names(p.kind, p.topic, p.text, p.subset)
-    k_probe = st.selectbox("probe (logit lens, layer similarity)", list(names), format_func=names.get,
-                           key="resid_probe")
-    k = int(np.flatnonzero(p.subset == k_probe)[0])
-    length = int(p.lengths[k_probe])
-    ids = p.tokens[k_probe, :length]
+    names = input_names(p.kind, p.topic, p.text, p.subset)
+    k_input = st.selectbox("input (logit lens, layer similarity)", list(names), format_func=names.get,
+                           key="resid_input")
+    k = int(np.flatnonzero(p.subset == k_input)[0])
+    length = int(p.lengths[k_input])
+    ids = p.tokens[k_input, :length]
     vocab = h.vocab()
     tok_labels = token_labels(vocab, ids)
     stored = set(h.run.hook_names(h.steps[-1]))
 
     def draw(step: int) -> None:
         chart(norm_heatmap(norms[step][:, :T_real], labels, zmax, step), key="resid_norm_map")
-        lens = logit_lens(h.read("lens/top_tokens", step), k, ids, vocab)
-        lens_loss = h.read("lens/loss", step)
+        lens = logit_lens(h.read(R.LENS_TOP, step), k, ids, vocab)
+        lens_loss = h.read(R.LENS_LOSS, step)
         chart(lens_chart(*lens, tok_labels, [f"{l}<br>loss {v:.2f}" for l, v in zip(labels, lens_loss)], step),
               key="resid_lens")
         if all(x in stored for x in points):
@@ -69,7 +71,7 @@ def norm_heatmap(norm: np.ndarray, labels: list[str], zmax: float, step: int) ->
     fig = go.Figure(go.Heatmap(z=norm.astype(np.float32), y=labels, zmin=0, zmax=zmax, colorscale=SEQUENTIAL,
                                colorbar=dict(title="‖x‖"),
                                hovertemplate="%{y}<br>position %{x}<br>norm %{z:.2f}<extra></extra>"))
-    fig.update_xaxes(title="position (mean over probes)")
+    fig.update_xaxes(title="position (mean over the watch set)")
     fig.update_yaxes(autorange="reversed")
     return heatmap_layout(fig, f"residual norm by layer and position at step {step}", height=120 + 30 * len(labels))
 

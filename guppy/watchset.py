@@ -1,8 +1,9 @@
-"""The probe set of a recorded run: fixed inputs every snapshot is measured on.
+"""The watch set of a recorded run: the fixed inputs every snapshot is measured on.
 
-Stored once per run in `probes.h5`: one held-out chat per topic (showcase topics first) and a
-few random token sequences repeated twice, which reveal induction and previous-token heads.
-Numpy and h5py only, so readers of a run never need torch to list what was probed.
+Stored once per run in `watch.h5` (`probes.h5` in schema-1 runs): one held-out chat per topic
+(showcase topics first) and a few random token sequences repeated twice, which reveal
+induction and previous-token heads. ("Probe" is kept for the analysis scripts in `probes/`.)
+Numpy and h5py only, so readers of a run never need torch to list what was watched.
 """
 
 from __future__ import annotations
@@ -14,41 +15,40 @@ import h5py
 import numpy as np
 
 from guppy.runfiles import atomic_write
-
-SCHEMA_VERSION = 1
+from guppy.runformat import SCHEMA_VERSION, WATCH_ARRAYS, WATCH_STRINGS
 SHOWCASE_TOPICS = ("greeting", "meaning_of_life", "food", "confused", "cat", "bye", "water", "joke")
 
 
 @dataclass
-class ProbeSet:
-    tokens: np.ndarray  # (B, T) int64, padded with pad_id
-    lengths: np.ndarray  # (B,) real tokens per probe
-    reply_start: np.ndarray  # (B,) first reply token (chats); 1 for synthetic probes
-    period: np.ndarray  # (B,) repeat period of synthetic probes; 0 for chats
+class WatchSet:
+    tokens: np.ndarray  # (B, T) int64, padded with pad_id: B inputs
+    lengths: np.ndarray  # (B,) real tokens per input
+    reply_start: np.ndarray  # (B,) first reply token (chats); 1 for synthetic inputs
+    period: np.ndarray  # (B,) repeat period of synthetic inputs; 0 for chats
     kind: list[str]  # "chat" or "repeat"
-    topic: list[str]  # chat topic, "" for synthetic probes
+    topic: list[str]  # chat topic, "" for synthetic inputs
     text: list[str]
-    subset: np.ndarray  # probes whose full tensors are stored
+    subset: np.ndarray  # inputs whose full tensors are stored
 
     def save(self, path: Path) -> None:
         def write(tmp):
             with h5py.File(tmp, "w") as f:
                 f.attrs["schema_version"] = SCHEMA_VERSION
-                for key in ("tokens", "lengths", "reply_start", "period", "subset"):
+                for key in WATCH_ARRAYS:
                     f[key] = getattr(self, key)
-                for key in ("kind", "topic", "text"):
+                for key in WATCH_STRINGS:
                     f[key] = np.array(getattr(self, key), dtype=h5py.string_dtype())
         atomic_write(path, write)
 
     @classmethod
-    def load(cls, path: Path) -> "ProbeSet":
+    def load(cls, path: Path) -> "WatchSet":
         with h5py.File(path, "r") as f:
-            arrays = {k: f[k][()] for k in ("tokens", "lengths", "reply_start", "period", "subset")}
-            strings = {k: [s.decode() for s in f[k][()]] for k in ("kind", "topic", "text")}
+            arrays = {k: f[k][()] for k in WATCH_ARRAYS}
+            strings = {k: [s.decode() for s in f[k][()]] for k in WATCH_STRINGS}
         return cls(**arrays, **strings)
 
 
-def build_probe_set(data, n_ctx: int, full: int = 12, n_repeat: int = 4, period: int = 20, seed: int = 0) -> ProbeSet:
+def build_watch_set(data, n_ctx: int, full: int = 12, n_repeat: int = 4, period: int = 20, seed: int = 0) -> WatchSet:
     """One held-out chat per topic (showcase topics first) plus repeated random sequences."""
     tok = data.tokenizer
     by_topic = {}
@@ -72,21 +72,15 @@ def build_probe_set(data, n_ctx: int, full: int = 12, n_repeat: int = 4, period:
     n_chat = len(chats)
     n_full_rep = min(2, n_repeat)
     subset = list(range(min(full - n_full_rep, n_chat))) + list(range(n_chat, n_chat + n_full_rep))
-    return ProbeSet(
+    return WatchSet(
         tokens=tokens,
         lengths=np.array([len(s) for s in seqs]),
         reply_start=np.array(starts + [1] * n_repeat),
         period=np.array([0] * n_chat + [period] * n_repeat),
         kind=["chat"] * n_chat + ["repeat"] * n_repeat,
         topic=[c.topic for c in chats] + [""] * n_repeat,
-        text=[tok.decode(s, skip_special=False) for s in seqs],
+        # a random token may be the NUL byte, which HDF5 strings cannot hold: shown as the NUL symbol
+        text=[tok.decode(s, skip_special=False).replace("\x00", "\u2400") for s in seqs],
         subset=np.array(subset),
     )
 
-
-def resid_alias(name: str) -> str | None:
-    """blocks.l.hook_resid_post -> blocks.l+1.hook_resid_pre (the same tensor), else None."""
-    parts = name.split(".")
-    if len(parts) == 3 and parts[0] == "blocks" and parts[2] == "hook_resid_post":
-        return f"blocks.{int(parts[1]) + 1}.hook_resid_pre"
-    return None

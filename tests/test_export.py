@@ -1,0 +1,96 @@
+"""A run out to other tools: GuppyLM's hub layout (round trip through guppy-import, and GuppyLM's
+forward), ONNX checked with onnxruntime, transformers' GPT-2 with equal logits and the chat prompt."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from guppylm_files import MINI_DATA, guppylm_forward, series_run, tokens  # noqa: F401
+
+from guppy.config import ModelConfig
+from guppy.guppylm import GuppyLMConfig, refuse_unexpressible
+from guppy.importer import import_guppylm
+from guppy.runs import load_for_inference
+
+
+def test_guppylm_export_round_trips_and_matches_guppylms_forward(tiny_run, tmp_path):
+    from guppy.export import export_run
+
+    out = tmp_path / "hub"
+    export_run(tiny_run, "guppylm", out)
+    assert {f.name for f in out.iterdir()} == {"pytorch_model.bin", "model.safetensors", "config.json", "tokenizer.json"}
+    sd = torch.load(out / "pytorch_model.bin", weights_only=True)
+    assert sd["lm_head.weight"].data_ptr() == sd["tok_emb.weight"].data_ptr()  # tied, as GuppyLM saves it
+    hub = json.loads((out / "config.json").read_text())
+    assert hub["hidden_size"] == 32 and hub["num_attention_heads"] == 4 and hub["intermediate_size"] == 64
+    cfg = GuppyLMConfig.from_dict(hub, "hub").to_dict()
+    original, tok, _ = load_for_inference(tiny_run)
+    x = tokens(2, 30, original.cfg.d_vocab)
+    torch.testing.assert_close(guppylm_forward(sd, cfg, x), original(x), atol=1e-5, rtol=1e-5)
+    back = import_guppylm(out, tmp_path / "runs" / "back", data=MINI_DATA)
+    again, tok2, _ = load_for_inference(back)
+    assert torch.equal(again(x), original(x))  # identical logits after export -> import
+    assert tok2.encode_prompt("Hi Guppy") == tok.encode_prompt("Hi Guppy")
+
+
+def test_export_refuses_what_the_target_cannot_express(tiny_run, tmp_path, capsys):
+    from dataclasses import dataclass
+
+    from guppy.export import main as export_main
+
+    @dataclass(frozen=True)
+    class Rotary(ModelConfig):
+        positional: str = "learned"
+
+    with pytest.raises(ValueError, match="GPT-2 cannot express positional='rotary'"):
+        refuse_unexpressible(Rotary(positional="rotary"), "GPT-2")
+    refuse_unexpressible(Rotary(), "GPT-2")
+    with pytest.raises(ValueError, match="ln_eps"):
+        GuppyLMConfig.of_model(ModelConfig(ln_eps=1e-6), 0, 1, 2)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    assert export_main([str(tiny_run), "--to", "hf", str(tmp_path / "full")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("guppy-export: error:") and "already exists" in err and err.count("\n") == 1
+
+
+def test_onnx_export_matches_onnxruntime(tiny_run, tmp_path):
+    import onnxruntime
+
+    from guppy.export import export_run
+
+    facts = export_run(tiny_run, "onnx", tmp_path / "onnx")
+    assert facts["onnx_max_diff"] <= 1e-4 and facts["files"] == ["model.onnx"]  # one file, for a web page
+    session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    model, _, _ = load_for_inference(tiny_run)
+    for B, T in ((1, 1), (4, 9), (2, model.cfg.n_ctx)):  # dynamic batch and length
+        x = tokens(B, T, model.cfg.d_vocab, seed=B)
+        got = session.run(None, {"input_ids": x.numpy()})[0]
+        np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("which", ["guppy", "imported"])
+def test_transformers_export_gives_equal_logits_and_the_chat_prompt(which, tiny_run, series_run, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from guppy.export import export_run
+    from guppy.generate import generate
+
+    run = tiny_run if which == "guppy" else series_run[0]  # ours, and GuppyLM's through import
+    export_run(run, "hf", tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+    model, tok, _ = load_for_inference(run)
+    x = tokens(3, 25, model.cfg.d_vocab)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, model(x), atol=1e-5, rtol=1e-5)
+    hf_tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    prompt = "Hi Guppy" if which == "imported" else "hi guppy"
+    ids = hf_tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                     tokenize=True, return_dict=True)["input_ids"]
+    assert list(ids) == tok.encode_prompt(prompt)
+    out = hf.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_id)
+    want = generate(model, list(ids), max_new_tokens=5, temperature=0.0, stop_token=tok.end_id)
+    assert out[0, len(ids):].tolist()[:len(want)] == want
