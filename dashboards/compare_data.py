@@ -1,7 +1,7 @@
 """Pure data shaping for comparing runs in the dashboard: sweeps on disk, matched training time,
 and grids padded so that runs of different shapes line up by layer and head. No Streamlit.
 
-Shapes: L layers, H heads, n tokens of a probe; Lmax / Hmax the largest over the runs compared.
+Shapes: L layers, H heads, n tokens of an input; Lmax / Hmax the largest over the runs compared.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from guppy.compare import TIME_AXES, snapshot_at
-from guppy.sweep import SEED_KEY, SWEEP_FILE
-
-RUN_JSON = "run.json"
+from guppy.runformat import RUN_JSON, SEED_KEY, SWEEP_FILE, layer_of
 
 __all__ = ["TIME_AXES", "snapshot_at"]
 
@@ -101,13 +99,6 @@ def pad_patterns(patterns: list[np.ndarray], L: int, H: int) -> list[np.ndarray]
             p[:patterns[l].shape[0]] = patterns[l]
         out.append(p)
     return out
-
-
-def layer_of(name: str) -> int | None:
-    """The layer a hook or parameter name belongs to ('blocks.3.attn.hook_z' -> 3), None outside blocks.
-    (runformat.layer_of once issue 13 lands.)"""
-    m = re.match(r"blocks\.(\d+)\.", name)
-    return int(m.group(1)) if m else None
 
 
 def point(name: str) -> tuple[tuple, str]:

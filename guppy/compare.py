@@ -25,13 +25,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from guppy.runformat import RUN_JSON, SEED_KEY as SEED, SWEEP_FILE
 from guppy.runs import Run, RunError, open_run
-from guppy.sweep import SEED_KEY as SEED, SWEEP_FILE, read_sweep
 
 EVAL_LOSS, PERSONA_PASS = "eval_loss", "persona_pass"  # metrics.csv columns the summaries default to
 TIME_AXES = ("step", "epoch", "tokens")  # what "matched training time" can mean
 NOT_SETTINGS = ("run_name", "runs_dir")  # where a run lives, not how it trained
-RUN_JSON = "run.json"
 
 
 def _run_folders(path: Path) -> tuple[list[Path], dict | None]:
@@ -39,7 +38,10 @@ def _run_folders(path: Path) -> tuple[list[Path], dict | None]:
     if (path / RUN_JSON).exists():
         return [path], None
     if (path / SWEEP_FILE).exists():
-        sweep = read_sweep(path)
+        try:
+            sweep = json.loads((path / SWEEP_FILE).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise RunError(f"{path / SWEEP_FILE}: unreadable sweep file ({e})") from None
         return [path / r["name"] for r in sweep.get("runs", []) if (path / r["name"] / RUN_JSON).exists()], sweep
     if path.is_dir():
         return sorted(d for d in path.iterdir() if (d / RUN_JSON).exists()), None

@@ -126,6 +126,15 @@ def forensics_path(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / FORENSICS_DIR / step_name(step)
 
 
+# ---- sweeps (guppy.sweep writes them, guppy.compare and the dashboard read them) --------------
+
+SWEEP_FILE = "sweep.json"  # runs/<sweep>/sweep.json: the grid, every run's flags and status
+SWEEP_SCHEMA = 1
+SWEEP_LOCK = ".sweep.lock"  # held while a guppy-sweep process drives the sweep
+SWEEP_LOGS_DIR = "_logs"  # runs/<sweep>/_logs/<run>.log; a leading underscore: not listed as a run
+SEED_KEY = "seed"  # --seeds S1,S2 is --vary seed=S1,S2, the grid's last axis
+
+
 # ---- the watch set file (watch.h5) ------------------------------------------------------------
 
 WATCH_ARRAYS = ("tokens", "lengths", "reply_start", "period", "subset")

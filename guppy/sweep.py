@@ -29,14 +29,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from guppy.runfiles import atomic_write, list_checkpoints, read_run_json, state_path
-
-# the sweep's own files, inside runs/<sweep>/ (the lead moves these names into runformat.py)
-SWEEP_FILE = "sweep.json"
-SWEEP_SCHEMA = 1
-LOCK_FILE = ".sweep.lock"
-LOGS_DIR = "_logs"  # a leading underscore: the dashboard does not list it as a run
-SEED_KEY = "seed"  # --seeds S1,S2 is --vary seed=S1,S2, the grid's last axis
+from guppy.runfiles import atomic_write, read_run_json
+from guppy.runformat import SEED_KEY, SWEEP_FILE, SWEEP_LOCK, SWEEP_LOGS_DIR as LOGS_DIR, SWEEP_SCHEMA, \
+    list_checkpoints, state_path
 
 DONE = ("finished", "diverged")  # a diverged run is an outcome: running it again diverges again
 OWNED = ("run_name", "runs_dir", "resume")  # the sweep names and places its runs itself
@@ -336,7 +331,7 @@ def _last_line(path: Path) -> str:
 
 def _lock(folder: Path):
     """Held while this process drives the sweep: two guppy-sweeps on one sweep would train a run twice."""
-    f = open(folder / LOCK_FILE, "w")
+    f = open(folder / SWEEP_LOCK, "w")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from guppy.runfiles import list_checkpoints, state_path
-from guppy.sweep import SWEEP_FILE, parse_vary, plan, run_name
+from guppy.runformat import SWEEP_FILE, list_checkpoints, state_path
+from guppy.sweep import parse_vary, plan, run_name
 from tests.conftest import tiny_sweep_flags
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,11 +11,13 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from guppy import runformat as R
+
 from dashboards import cache
 from dashboards.cache import READ_ERRORS, RunHandle
 from dashboards.compare_data import (TIME_AXES, by_layer, layer_order, matched_steps, pad_grid, pad_patterns, point,
                                      points_in_order, time_points)
-from dashboards.data import head_label, metric_range, probe_names, probe_pattern, reply_mask, token_labels
+from dashboards.data import head_label, input_names, input_pattern, metric_range, token_labels
 from dashboards.views.attention import grid as attention_grid
 from dashboards.views.common import DIVERGING, SEQUENTIAL, chart, heatmap_layout
 from dashboards.views.heads import TITLES
@@ -78,24 +80,24 @@ def _columns(runs, steps):
 def attention(runs, steps, L, H) -> None:
     first = runs[0]
     try:
-        p0 = first.probes()
+        p0 = first.watch()
     except READ_ERRORS as e:
-        st.error(f"{first.name}: cannot read the probe set: {e}")
+        st.error(f"{first.name}: cannot read the watch set: {e}")
         return
-    names = probe_names(p0.kind, p0.topic, p0.text, p0.subset)
-    k_probe = st.selectbox("probe (its place in each run's stored probes)", list(names), format_func=names.get,
-                           key="cmp_attn_probe")
-    k = int(np.flatnonzero(p0.subset == k_probe)[0])
+    names = input_names(p0.kind, p0.topic, p0.text, p0.subset)
+    k_input = st.selectbox("input (its place in each run's stored inputs)", list(names), format_func=names.get,
+                           key="cmp_attn_input")
+    k = int(np.flatnonzero(p0.subset == k_input)[0])
     for i, (col, r, step) in enumerate(_columns(runs, steps)):
         if step is None:
             continue
-        p = r.probes()
+        p = r.watch()
         kp = int(p.subset[min(k, len(p.subset) - 1)])
         length = int(p.lengths[kp])
         labels = token_labels(r.vocab(), p.tokens[kp, :length])
         cfg = r.run.model_config
         try:
-            pats = [probe_pattern(r.acts(f"blocks.{l}.attn.hook_pattern", step, min(k, len(p.subset) - 1)), 0, length)
+            pats = [input_pattern(r.acts(R.act_name("pattern", l), step, min(k, len(p.subset) - 1)), 0, length)
                     for l in range(cfg.n_layers)]
         except READ_ERRORS as e:
             col.warning(f"no attention patterns stored ({e})")
@@ -183,9 +185,9 @@ def residual(runs, steps, L, H) -> None:
         if step is None:
             continue
         try:
-            points = [str(x) for x in r.read("resid/points", step)]
-            by_pos = r.read("resid/norm_by_position", step)  # (P, T); 0 where no probe reaches
-            loss = r.read("lens/loss", step)  # (P,)
+            points = [str(x) for x in r.read(R.RESID_POINTS, step)]
+            by_pos = r.read(R.RESID_NORM, step)  # (P, T); 0 where no input reaches
+            loss = r.read(R.LENS_LOSS, step)  # (P,)
         except READ_ERRORS as e:
             st.warning(f"{r.name}: {e}")
             continue
@@ -205,10 +207,10 @@ def gradients(runs, steps, L, H) -> None:
         if step is None:
             continue
         try:
-            act_names = [str(x) for x in r.read("grads/act_names", step)]
-            act_norm = r.read("grads/act_norm", step)
-            param_names = [str(x) for x in r.read("params/names", step)]
-            param_norm = r.read("grads/param_norm", step)
+            act_names = [str(x) for x in r.read(R.ACT_GRAD_NAMES, step)]
+            act_norm = r.read(R.ACT_GRAD_NORM, step)
+            param_names = [str(x) for x in r.read(R.PARAM_NAMES, step)]
+            param_norm = r.read(R.PARAM_GRAD_NORM, step)
         except READ_ERRORS as e:
             st.warning(f"{r.name}: {e}")
             continue
@@ -216,7 +218,7 @@ def gradients(runs, steps, L, H) -> None:
         acts[r.name] = {point(n)[1]: float(v) for n, v in zip(act_names, act_norm)}
         params[r.name] = by_layer(param_names, param_norm)
     order = points_in_order(names)
-    chart(_lines(acts, order, "gradient norm per activation (one backward pass on the probe set)", "‖g‖", log=True),
+    chart(_lines(acts, order, "gradient norm per activation (one backward pass on the watch set)", "‖g‖", log=True),
           key="cmp_grad_acts")
     chart(_lines(params, layer_order(k for v in params.values() for k in v),
                  "gradient norm of each layer's parameters (mean since the previous snapshot)", "‖g‖", log=True),
@@ -228,27 +230,28 @@ def gradients(runs, steps, L, H) -> None:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def head_importance(path: str, step: int, mtime: int) -> np.ndarray:
-    """(L, H): the rise in reply loss on the probe set when each head alone is zero-ablated,
+    """(L, H): the rise in reply loss on the watch set when each head alone is zero-ablated,
     in one batched pass (guppy.analysis.each_site_losses)."""
     import torch
 
-    from guppy.analysis import each_site_losses, masked_loss
+    from guppy.analysis import each_site_losses
+    from guppy.metrics import mean_loss_per_row, reply_mask
 
     run = cache.run_of(path)
     model = cache.model(path, step, mtime)
-    p = run.probes
+    p = run.watch
     tokens = torch.from_numpy(p.tokens[:, :int(p.lengths.max())])
-    mask = torch.from_numpy(reply_mask(p.reply_start, p.lengths, tokens.shape[1]))
-    weight = mask.sum(1).float()
+    mask = reply_mask(torch.from_numpy(p.reply_start), torch.from_numpy(p.lengths), tokens.shape[1])
+    weight = mask.float().sum(1)
     with torch.no_grad():
-        base = float((masked_loss(model(tokens), tokens, mask) * weight).sum() / weight.sum())
+        base = float((mean_loss_per_row(model(tokens), tokens, mask) * weight).sum() / weight.sum())
     cfg = model.cfg
     heads = each_site_losses(model, tokens, mask, "zero")[: cfg.n_layers * cfg.n_heads]
     return (heads.numpy() - base).reshape(cfg.n_layers, cfg.n_heads)
 
 
 def ablation(runs, steps, L, H) -> None:
-    st.caption("Zero-ablating each head in turn: the rise in reply loss on the probe set (red: the head matters).")
+    st.caption("Zero-ablating each head in turn: the rise in reply loss on the watch set (red: the head matters).")
     grids = {}
     with st.spinner("ablating every head…"):
         for r in runs:

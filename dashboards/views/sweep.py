@@ -20,7 +20,7 @@ from dashboards.compare_data import list_sweeps
 from dashboards.data import run_signature
 from dashboards.views.common import chart, heatmap_layout
 from guppy.compare import EVAL_LOSS, PERSONA_PASS
-from guppy.sweep import SWEEP_FILE
+from guppy.runformat import RUN_JSON, SWEEP_FILE
 
 OUTCOMES = ((EVAL_LOSS, "final eval loss"), (PERSONA_PASS, "final persona pass rate"))
 # train loss first: logged every few steps, where eval points come only at epoch ends by default
@@ -38,7 +38,7 @@ def signature(folder: Path) -> tuple:
     sweep_file = folder / SWEEP_FILE
     parts = [sweep_file.stat().st_mtime_ns if sweep_file.exists() else 0]
     for d in sorted(folder.iterdir()):
-        if d.is_dir() and (d / "run.json").exists():
+        if d.is_dir() and (d / RUN_JSON).exists():
             parts.append(run_signature(d)[:2])  # metrics.csv and run.json
     return tuple(parts)
 
