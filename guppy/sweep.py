@@ -110,9 +110,13 @@ def check_train_flags(parser, flags: list[str]):
     """The TrainConfig these flags give, as guppy-train builds it; ValueError on anything bad."""
     from guppy.config import TrainConfig
 
+    from guppy.train import check_config
+
     args = parser.parse_args(flags)
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "quiet", "dist_backend")}
-    return TrainConfig(**given)
+    cfg = TrainConfig(**given)
+    check_config(cfg)  # what guppy-train checks before it writes: the model builds, --record-hooks exist
+    return cfg
 
 
 def plan(name: str, vary: list[tuple[str, list[str]]], seeds: list[str], base: list[str],

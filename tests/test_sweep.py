@@ -71,6 +71,8 @@ def test_names_are_filesystem_safe_and_booleans_become_flags():
     (["--vary", "lr=1e-3", "--", "--run-name", "x"], "names and places its runs itself"),
     (["--vary", "seed=1,2", "--seeds", "0,1"], "varied twice"),
     ([], "nothing to sweep"),
+    (["--vary", "n_heads=3,4", "--", "--preset", "tiny"], "d_model 32 does not split into 3 heads"),  # the model must build
+    (["--vary", "lr=1e-3", "--", "--record-hooks", "blocks.*.attn.hook_patern"], "matches no hook point"),
 ])
 def test_bad_flags_are_one_line_and_create_nothing(tmp_path, args, message):
     own, base = (args[:args.index("--")], args[args.index("--"):]) if "--" in args else (args, [])
