@@ -131,7 +131,7 @@ def test_ctrl_c_then_sigkill_mid_sweep_and_the_same_command_completes(tmp_path):
     """Run 0 is stopped by Ctrl-C (a clean checkpoint), run 1 by SIGKILL of the whole sweep after a
     checkpoint; each time the same command continues. Finished runs are never touched again, and a
     resumed run ends with the same weights as one never stopped."""
-    args = ["--name", "seeds", "--seeds", "0,1,2", "--", *tiny_sweep_flags(steps=120), "--eval-every", "20",
+    args = ["--name", "seeds", "--seeds", "0,1,2", "--parallel", "1", "--", *tiny_sweep_flags(steps=120), "--eval-every", "20",
             "--record-every", "30"]
     cmd = [sys.executable, "-m", "guppy.sweep", *args]
     env = os.environ | {"PYTHONPATH": str(ROOT)}
