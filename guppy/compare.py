@@ -80,7 +80,7 @@ class Comparison:
         """One row per run (index: run), one column per setting that is not the same in all runs."""
         every = {}
         for name, run in self.runs.items():
-            # the model config wins: a train config field of the same name may say 0 for "the preset's"
+            # the model config wins: a train config field of the same name may say -1 or 0 for "the preset's"
             both = run.meta.get("train_config", {}) | run.meta.get("model_config", {})
             every[name] = {k: v for k, v in both.items() if k not in NOT_SETTINGS}
         keys = list(dict.fromkeys(k for d in every.values() for k in d))
