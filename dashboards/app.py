@@ -23,13 +23,15 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboards/ on the pa
 import streamlit as st  # noqa: E402
 
 from dashboards import data  # noqa: E402
+from dashboards.compare_data import one_per_setting, sweep_members  # noqa: E402
 from dashboards.cache import READ_ERRORS, RunHandle, freeze_imports  # noqa: E402
 import importlib  # noqa: E402
 
 # view modules load when first shown: the ablation view needs torch, the others only numpy
 VIEWS = {"Run overview": "overview", "Attention": "attention", "Head metrics": "heads",
          "Residual stream": "residual", "Gradients": "gradients", "Ablation": "ablation", "Probes": "probes",
-         "Health": "health", "Induction": "induction"}
+         "Health": "health", "Induction": "induction", "Sweep": "sweep"}
+COMPARED = ("attention", "heads", "residual", "gradients", "ablation")  # drawn side by side by views/compare.py
 
 
 def runs_dir_from(argv: list[str]) -> Path:
@@ -58,7 +60,7 @@ def open_handle(runs_dir: Path, name: str) -> RunHandle | None:
     return h
 
 
-def sidebar(runs_dir: Path, names: list[str]) -> tuple[str, str | None, str, bool]:
+def sidebar(runs_dir: Path, names: list[str]) -> tuple[str, list[str], str, bool]:
     q = st.query_params
     asked = q.get("run")
     if asked and asked not in names:  # a link to a run that is not listed: let safe_run_path judge it
@@ -69,11 +71,15 @@ def sidebar(runs_dir: Path, names: list[str]) -> tuple[str, str | None, str, boo
     view_names = list(VIEWS)
     view = st.sidebar.radio("view", view_names, key="view",
                             index=view_names.index(q["view"]) if q.get("view") in view_names else 0)
-    compare = None
-    if view == "Run overview":
-        rest = [n for n in names if n != name]
-        compare = st.sidebar.selectbox("compare with", [None, *rest], key="compare",
-                                       format_func=lambda n: "(none)" if n is None else n)
+    compare = []
+    if VIEWS[view] in ("overview", *COMPARED):  # the views that draw several runs
+        compare = st.sidebar.multiselect("compare with (up to 3 runs)", [n for n in names if n != name],
+                                         max_selections=3, key="compare")
+        members = sweep_members(runs_dir, name.split("/")[0]) if "/" in name else []
+        if len(members) > 1 and st.sidebar.toggle("side by side: this run's sweep", key="compare_sweep",
+                                                  help="One run per setting (its first seed), up to 4."):
+            mine_first = sorted(members, key=lambda m: m[0] != name)  # this run stands for its own setting
+            compare = one_per_setting(mine_first, 4)[1:]
     live = st.sidebar.toggle("auto-refresh (live run)", key="live", help="Show new snapshots as they land.")
     if q.get("run") != name or q.get("view") != view:
         st.query_params.update(run=name, view=view)
@@ -107,9 +113,14 @@ def main() -> None:
     h = open_handle(runs_dir, name)
     if h is None:
         return
-    others = [o for o in [open_handle(runs_dir, compare)] if o is not None] if compare else []
+    others = [o for o in (open_handle(runs_dir, c) for c in compare) if o is not None]
     try:
-        importlib.import_module(f"dashboards.views.{VIEWS[view]}").render(h, others)
+        if view == "Sweep":
+            importlib.import_module("dashboards.views.sweep").render(runs_dir, name)
+        elif others and VIEWS[view] in COMPARED:
+            importlib.import_module("dashboards.views.compare").render(VIEWS[view], [h, *others])
+        else:
+            importlib.import_module(f"dashboards.views.{VIEWS[view]}").render(h, others)
     except READ_ERRORS as e:  # a file that broke while reading: say which, keep the app alive
         st.error(f"{name}: {e}")
     if live:

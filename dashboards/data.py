@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from guppy import runformat as R
+from dashboards.compare_data import is_sweep, sweep_members
 
 # Update-to-weight ratio per step: ~1e-3 is the usual healthy value (Karpathy's heuristic);
 # far below learns too slowly, far above is unstable.
@@ -27,12 +28,19 @@ guppy-train --preset tiny --persona fish --n-chats 600 --steps 60 --record --rec
 
 
 def list_runs(runs_dir: Path) -> list[str]:
-    """Run folder names under runs_dir, newest first (hidden folders skipped)."""
+    """Run folder names under runs_dir, newest first (hidden folders skipped); a sweep's runs as
+    'sweep/run', in name order."""
     if not runs_dir.is_dir():
         return []
     dirs = [d for d in runs_dir.iterdir() if d.is_dir() and not d.name.startswith((".", "_"))]
     dirs = [d for d in dirs if d.name != "artifacts" or (d / R.RUN_JSON).exists()]
-    return [d.name for d in sorted(dirs, key=lambda d: d.stat().st_mtime, reverse=True)]
+    names = []
+    for d in sorted(dirs, key=lambda d: d.stat().st_mtime, reverse=True):
+        if is_sweep(d):  # a sweep: its runs, as sweep/run
+            names += [name for name, _ in sweep_members(runs_dir, d.name)]
+        else:
+            names.append(d.name)
+    return names
 
 
 def safe_run_path(runs_dir: Path, name: str) -> Path:

@@ -132,6 +132,15 @@ RECALL_FILE = "recall.csv"  # run folder: one row per measured step
 RECALL_COLUMNS = ("step", "tokens", "recall_loss", "recall_token_acc", "recall_acc")
 HEAD_COLUMN = "{metric}.L{layer}H{head}"  # per-head columns of recall.csv: induction.L1H2, prev_token.L0H3
 
+# ---- sweeps (guppy.sweep writes them, guppy.compare and the dashboard read them) --------------
+
+SWEEP_FILE = "sweep.json"  # runs/<sweep>/sweep.json: the grid, every run's flags and status
+SWEEP_SCHEMA = 1
+SWEEP_LOCK = ".sweep.lock"  # held while a guppy-sweep process drives the sweep
+SWEEP_LOGS_DIR = "_logs"  # runs/<sweep>/_logs/<run>.log; a leading underscore: not listed as a run
+SEED_KEY = "seed"  # --seeds S1,S2 is --vary seed=S1,S2, the grid's last axis
+
+
 # ---- the watch set file (watch.h5) ------------------------------------------------------------
 
 WATCH_ARRAYS = ("tokens", "lengths", "reply_start", "period", "subset")

@@ -70,3 +70,35 @@ def tiny_recorded_run(tmp_path_factory):
     trainer = start_run(cfg, show_progress=False)
     assert trainer.fit() == "finished"
     return trainer.run_dir
+
+
+# ---- a tiny sweep (guppy-sweep itself: 2 learning rates x 2 seeds), for the compare and dashboard tests
+
+
+def tiny_sweep_flags(steps: int = 20) -> list[str]:
+    """guppy-train flags of the debug recipe, recorded, as the base of a guppy-sweep (after --)."""
+    return ["--preset", "tiny", "--persona", str(MINI), "--n-chats", "600", "--vocab-size", "400",
+            "--steps", str(steps), "--batch-size", "16", "--eval-prompts", "1", "--log-every", "5",
+            "--precision", "fp32", "--device", "cpu", "--record-inputs", "6"]
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory) -> Path:
+    from guppy.sweep import main
+
+    runs = tmp_path_factory.mktemp("tiny_sweep") / "runs"
+    code = main(["--name", "lr", "--vary", "lr=3e-3,1e-3", "--seeds", "0,1", "--parallel", "2",
+                 "--runs-dir", str(runs), "--", *tiny_sweep_flags()])
+    assert code == 0
+    return runs / "lr"
+
+
+@pytest.fixture(scope="session")
+def wide_short_run(tmp_path_factory) -> Path:
+    """A run of another shape (the small preset: 4 layers x 8 heads) that trains half as long as
+    the sweep's runs, with another batch size: what compare_runs and compare mode must line up."""
+    cfg = tiny_train_config(tmp_path_factory.mktemp("wide"), preset="small", steps=10, batch_size=8, run_name="wide",
+                            record=True, record_inputs=4, eval_prompts=0, eval_every=5)
+    trainer = start_run(cfg, show_progress=False)
+    assert trainer.fit() == "finished"
+    return trainer.run_dir

@@ -234,7 +234,7 @@ def test_a_run_written_by_the_previous_format_renders(runs_dir, monkeypatch, vie
 
 def test_overview_compares_two_runs_and_shows_replies(runs_dir, monkeypatch):
     at = app(runs_dir, monkeypatch, "Run overview")
-    at.selectbox(key="compare").set_value("other").run()
+    at.multiselect(key="compare").set_value(["other"]).run()
     ok(at)
     names = {t.get("name") for t in charts(at)[0]["data"]}
     assert {"good", "other"} <= names

@@ -15,7 +15,7 @@ from dashboards.cache import READ_ERRORS, RunHandle
 from dashboards.data import CURVES, user_prompt
 from dashboards.views.common import chart
 
-COLOURS = ("#1f77b4", "#ff7f0e")
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")  # up to 4 runs compared
 
 
 def render(h: RunHandle, others: list[RunHandle]) -> None:
@@ -49,7 +49,7 @@ def curves(runs: list[RunHandle]) -> go.Figure:
             rows = m[["step", col]].dropna()
             fig.add_trace(go.Scatter(x=rows.step, y=rows[col].astype(np.float32), name=r.name, legendgroup=r.name,
                                      showlegend=j == 0, mode="lines+markers" if col.startswith(("eval", "persona")) else "lines",
-                                     line=dict(color=COLOURS[i % 2]),
+                                     line=dict(color=COLOURS[i % len(COLOURS)]),
                                      hovertemplate=f"{r.name}<br>step %{{x}}<br>{title} %{{y:.4g}}<extra></extra>"),
                           row=j // 3 + 1, col=j % 3 + 1)
     for j, (col, _) in enumerate(CURVES):
@@ -67,7 +67,7 @@ def timeline(runs: list[RunHandle]) -> go.Figure:
         t = r.snapshot_table()
         t = t[t.step.isin(r.steps)]
         fig.add_trace(go.Scatter(
-            x=t.step, y=[r.name] * len(t), mode="markers", name=r.name, marker=dict(size=11, color=COLOURS[i % 2]),
+            x=t.step, y=[r.name] * len(t), mode="markers", name=r.name, marker=dict(size=11, color=COLOURS[i % len(COLOURS)]),
             customdata=np.stack([t.epoch.astype(float), t.tokens.astype(float), t.time.astype(float)], -1),
             hovertemplate="step %{x}<br>epoch %{customdata[0]:.3f}<br>tokens %{customdata[1]:,.0f}"
                           "<br>%{customdata[2]:.1f} s of training<extra></extra>"))
