@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 # torch is pinned here (a CPU wheel that lies on disk); the package itself asks only torch>=2.3.
 TORCH  := torch==2.13.0
 
-.PHONY: demo demo-induction test venv clean
+.PHONY: demo demo-induction reference test venv clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,17 @@ demo: $(STAMP)
 	$(BIN)/guppy-chat --run runs/$(DEMO_RUN) --temperature 0 -p "hi guppy" -p "what is the meaning of life?" \
 		-p "do you like money?" -p "IS THE WATER COLD?" -p "the cat is watching you"
 	$(BIN)/guppy-eval --run runs/$(DEMO_RUN) --prompts 12
+
+# the reference fish: the 8.7M `guppy` preset, recorded. One measured run (this session, 1 thread
+# on a busy 2-core CPU, so its 46 min say nothing of a quiet machine): 90.6% of 720 held-out
+# prompts, eval loss 0.97, after 1.4 epochs (1,248 steps); the preset's bare defaults gave 8.3%.
+# Whether it fits 10 minutes on a quiet 2-core CPU is not yet measured (issue 16 stays open).
+REFERENCE_RUN := reference-$(shell date +%Y%m%d-%H%M%S)
+reference: $(STAMP)
+	$(BIN)/guppy-data --persona fish --samples 0
+	$(BIN)/guppy-train --preset guppy --epochs 1.4 --lr 2e-3 --min-lr 2e-4 --warmup-steps 100 --loss-on all \
+		--dropout 0 --record --run-name $(REFERENCE_RUN)
+	$(BIN)/guppy-eval --run runs/$(REFERENCE_RUN) --prompts 12
 
 # an induction head forming on multi-turn memory chats (README, "Watching an induction head form"):
 # train with recall and head scores measured every 10 steps, ablate each head, draw the README's figures
