@@ -31,10 +31,9 @@ demo: $(STAMP)
 		-p "do you like money?" -p "IS THE WATER COLD?" -p "the cat is watching you"
 	$(BIN)/guppy-eval --run runs/$(DEMO_RUN) --prompts 12
 
-# the reference fish: the 8.7M `guppy` preset, recorded. One measured run (this session, 1 thread
-# on a busy 2-core CPU, so its 46 min say nothing of a quiet machine): 90.6% of 720 held-out
+# the reference fish: the 8.7M `guppy` preset, recorded. One measured run: 90.6% of 720 held-out
 # prompts, eval loss 0.97, after 1.4 epochs (1,248 steps); the preset's bare defaults gave 8.3%.
-# Whether it fits 10 minutes on a quiet 2-core CPU is not yet measured (issue 16 stays open).
+# At 2.36K tokens/s on a quiet 2-core Xeon it takes ~20 minutes, not yet the 10 it should.
 REFERENCE_RUN := reference-$(shell date +%Y%m%d-%H%M%S)
 reference: $(STAMP)
 	$(BIN)/guppy-data --persona fish --samples 0
