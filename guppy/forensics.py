@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from guppy.health import layer_of_param
+from guppy.runformat import layer_of
 
 SCORES = "hook_attn_scores"  # its future entries are -inf by design: left out of its numbers
 
@@ -57,7 +57,7 @@ class StepRing:
         self.names = [n for n, _ in named_params]
         self.params = [p for _, p in named_params]
         device = self.params[0].device
-        self.layers = torch.tensor([-1 if layer_of_param(n) is None else layer_of_param(n) for n in self.names])
+        self.layers = torch.tensor([-1 if layer_of(n) is None else layer_of(n) for n in self.names])
         self.grad, self.update, self.weight = (torch.full((size, len(self.params)), float("nan"), device=device)
                                                for _ in range(3))
         self.steps = [-1] * size

@@ -23,18 +23,14 @@ from contextlib import ExitStack
 
 import torch
 
+from guppy.runformat import layer_of
+
 Q, K, RESID = "attn.hook_q", "attn.hook_k", "hook_resid_post"
 
 
 def is_logged(step: int, total_steps: int, log_every: int) -> bool:
     """Whether the trainer writes a metrics row after `step` (the same rule as guppy.train)."""
     return step % log_every == 0 or step == total_steps
-
-
-def layer_of_param(name: str) -> int | None:
-    """'blocks.3.attn.qkv.weight' -> 3; parameters outside the blocks -> None."""
-    parts = name.split(".")
-    return int(parts[1]) if parts[0] == "blocks" and len(parts) > 2 and parts[1].isdigit() else None
 
 
 class ForwardSignals:
@@ -73,11 +69,11 @@ class ForwardSignals:
         # the watch opens after the previous step, so evaluation and generation (eval mode) can
         # pass before this step's forward does: only training forwards count
         if self.model.training:
-            self._q[_layer(hook.name)] = x.detach()
+            self._q[layer_of(hook.name)] = x.detach()
 
     @torch.no_grad()
     def _on_k(self, k, hook):
-        layer = _layer(hook.name)
+        layer = layer_of(hook.name)
         if layer not in self._q:  # an eval-mode forward
             return
         q = self._q.pop(layer).float()  # (B, T, H, E)
@@ -91,7 +87,7 @@ class ForwardSignals:
     def _on_resid(self, x, hook):
         if not self.model.training:
             return
-        layer = _layer(hook.name)
+        layer = layer_of(hook.name)
         self.sumsq[layer] = self.sumsq[layer] + torch.linalg.vector_norm(x.detach(), dtype=torch.float32) ** 2
         self.count[layer] += x.numel()
 
@@ -103,8 +99,6 @@ class ForwardSignals:
         return out
 
 
-def _layer(hook_name: str) -> int:
-    return int(hook_name.split(".")[1])
 
 
 def layer_sums(values: torch.Tensor, layers: torch.Tensor, n_layers: int) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 from guppy import metrics as M
 from guppy.callbacks import Callback
 from guppy.runfiles import atomic_write
-from guppy.runformat import HEAD_COLUMN, RECALL_COLUMNS, RECALL_FILE  # noqa: F401 (RECALL_COLUMNS: re-exported)
+from guppy.runformat import HEAD_COLUMN, RECALL_COLUMNS, RECALL_FILE, layer_of  # noqa: F401 (RECALL_COLUMNS: re-exported)
 DENSE_METRICS = ("induction", "prev_token")
 
 
@@ -109,7 +109,7 @@ def chat_induction(model, batch: RecallBatch) -> dict[str, float]:
     out: dict[str, float] = {}
 
     def on_pattern(pattern, hook):  # (B, H, T, T)
-        layer = int(hook.name.split(".")[1])
+        layer = layer_of(hook.name)
         mass = pattern[row, :, q, k].float().mean(0) if len(row) else torch.zeros(pattern.shape[1])  # (H,)
         for h, v in enumerate(mass.tolist()):
             out[HEAD_COLUMN.format(metric="chat_induction", layer=layer, head=h)] = v
@@ -154,7 +154,7 @@ def dense_head_scores(model, tokens, lengths, period) -> dict[str, float]:
     out: dict[str, float] = {}
 
     def on_pattern(pattern, hook):
-        layer = int(hook.name.split(".")[1])
+        layer = layer_of(hook.name)
         scores = M.head_metrics(pattern.detach(), lengths, period)
         for metric in DENSE_METRICS:
             for h, v in enumerate(scores[metric].tolist()):
