@@ -1,10 +1,12 @@
 """Training throughput: guppy's loop vs a plain reference loop of the same model, same run.
 
-    python benchmarks/bench_train.py [--preset guppy] [--steps 12]
+    python benchmarks/bench_train.py [--preset guppy] [--steps 12] [--device cuda]
 
 Reference loop (what nanoGPT and the public fish do on a CPU): fp32, random batches padded to
 the longest chat, torch's default AdamW (foreach). guppy's loop (the Trainer's step):
-length-bucketed batches, bf16 autocast where the CPU has it, fused AdamW. Both train on every
+length-bucketed batches, the Trainer's precision (`pick_precision("auto")`: bf16 autocast on a
+GPU, and on a CPU only where its bf16 matmul is measured >= 1.5x its fp32), fused AdamW. A third
+row runs guppy's loop in the other precision, so both are always measured. Both train on every
 target token, the same model, from the same initial weights.
 Throughput counts non-padding target tokens per second. MFU compares the model FLOPs
 (6 x matmul parameters per token, plus attention) to a bf16 and an fp32 matmul measured here.
@@ -34,17 +36,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from guppy.config import model_preset  # noqa: E402
 from guppy.data import DataConfig, bucket_batches, collate, load_dataset, random_batches  # noqa: E402
 from guppy.model import GuppyLM  # noqa: E402
-from guppy.train import TrainConfig, build_optimizer, pick_precision, target_loss  # noqa: E402
+from guppy.train import (BF16_CPU_MIN_SPEEDUP, TrainConfig, build_optimizer, cpu_bf16_speedup,  # noqa: E402
+                         pick_precision, target_loss)
 from guppy.watchdog import Watchdog  # noqa: E402
 from machine import load_note  # noqa: E402  (benchmarks/machine.py)
 
 
-def matmul_flops(dtype: torch.dtype, n: int = 2048, reps: int = 8) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_flops(dtype: torch.dtype, device: torch.device = torch.device("cpu"), reps: int = 8) -> float:
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
+    sync(device)
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
+    sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
@@ -73,8 +84,9 @@ class Watched:
     def __init__(self, model, total_steps: int, log_every: int):
         run_dir = Path(tempfile.mkdtemp(prefix="bench-health-"))
         (run_dir / "run.json").write_text(json.dumps({}))
+        device = next(model.parameters()).device
         self.view = SimpleNamespace(model=model, step=0, total_steps=total_steps, cfg=SimpleNamespace(log_every=log_every),
-                                    scaler=torch.amp.GradScaler("cpu", enabled=False), step_loss=float("nan"),
+                                    scaler=torch.amp.GradScaler(device.type, enabled=False), step_loss=float("nan"),
                                     run_dir=run_dir, ranks=SimpleNamespace(is_main=True), callbacks=[], show_progress=False)
         self.dog = Watchdog(spike_factor=4.0)
         self.dog.on_train_start(self.view)
@@ -97,8 +109,9 @@ def train_step(model, opt, loss_fn, data, idx, pad_id, dtype, watch: Watched | N
     """One optimizer step on the chats `idx` (loss on every real token); returns the non-padding
     target tokens it saw."""
     inputs, targets, mask = collate(data.train, idx, pad_id, model.cfg.n_ctx, reply_only=False)
-    x, y, m = map(torch.from_numpy, (inputs, targets, mask))
-    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+    device = next(model.parameters()).device
+    x, y, m = (torch.from_numpy(a).to(device) for a in (inputs, targets, mask))
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         loss = loss_fn(model, x, y, m)
     loss.backward()
     value = loss.item()  # as the Trainer reads it (and the Watchdog's spike check needs it)
@@ -119,12 +132,37 @@ def run_loops(loops: dict, steps: int, warmup: int = 2) -> dict[str, tuple[float
     for i in range(warmup + steps):
         for name, (model, opt, loss_fn, batches, dtype, data, pad_id, *watch) in loops.items():
             model.train()
+            device = next(model.parameters()).device
+            sync(device)
             t = time.perf_counter()
             n = train_step(model, opt, loss_fn, data, batches[i], pad_id, dtype, *watch)
+            sync(device)
             if i >= warmup:
                 seconds[name] += time.perf_counter() - t
                 targets[name] += n
     return {k: (targets[k] / seconds[k], seconds[k] / steps) for k in loops}
+
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product",
+              "aten::_flash_attention", "aten::_efficient_attention", "aten::linear")
+
+
+def where_time_goes(loop: tuple, steps: int = 4) -> list[tuple[str, float]]:
+    """The profiler's self time of a few steps of `loop` by operator, as shares of the total: the
+    matrix products together, then the largest others."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, opt, loss_fn, batches, dtype, data, pad_id = loop[:7]
+    cuda = next(model.parameters()).device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for idx in batches[-steps:]:
+            train_step(model, opt, loss_fn, data, idx, pad_id, dtype)
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    times = {e.key: getattr(e, attr) for e in prof.key_averages() if getattr(e, attr) > 0}
+    total = sum(times.values()) or 1.0
+    matmul = sum(t for k, t in times.items() if k.startswith(MATMUL_OPS))
+    others = sorted(((k, t) for k, t in times.items() if not k.startswith(MATMUL_OPS)), key=lambda kv: -kv[1])
+    return [("matrix products", matmul / total)] + [(k, t / total) for k, t in others[:4]]
 
 
 def main() -> None:
@@ -133,8 +171,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps of each loop")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--log-every", type=int, default=10, help="health rows every N steps, as guppy-train's default")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args()
 
+    device = torch.device(args.device)
     cfg = model_preset(args.preset)
     data = load_dataset(DataConfig(vocab_size=min(DataConfig().vocab_size, cfg.d_vocab)))  # demo: 2304 tokens
     pad = data.tokenizer.pad_id
@@ -142,39 +182,52 @@ def main() -> None:
     lengths = data.train.lengths
     plain_batches = random_batches(len(lengths), args.batch_size, rng)
     bucketed = bucket_batches(lengths, args.batch_size, rng)
-    fast_dtype = pick_precision("auto", torch.device("cpu"))
+    fast_dtype = pick_precision("auto", device)
+    other_dtype = torch.float32 if fast_dtype != torch.float32 else torch.bfloat16
 
     torch.manual_seed(0)
-    ref = GuppyLM(cfg)
-    ours = GuppyLM(cfg)
-    ours.load_state_dict(ref.state_dict())
-    watched = GuppyLM(cfg)
-    watched.load_state_dict(ref.state_dict())
-    watch = Watched(watched, args.steps + 2, args.log_every)
+    ref = GuppyLM(cfg).to(device)
+    copies = {}
+    for name in ("ours", "other", "health"):
+        copies[name] = GuppyLM(cfg).to(device)
+        copies[name].load_state_dict(ref.state_dict())
+    watch = Watched(copies["health"], args.steps + 2, args.log_every)
     tcfg = TrainConfig()
     # the reference loop: fp32, pad-to-longest random batches, loss on every token, plain AdamW
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=tcfg.lr, betas=(0.9, 0.95), weight_decay=tcfg.weight_decay)
-    timed = run_loops({"ref": (ref, ref_opt, plain_loss, plain_batches, torch.float32, data, pad),
-                       "ours": (ours, build_optimizer(ours, tcfg), guppy_loss, bucketed, fast_dtype, data, pad),
-                       "health": (watched, build_optimizer(watched, tcfg), guppy_loss, bucketed, fast_dtype, data, pad,
-                                  watch)},
-                      args.steps)
+    loops = {"ref": (ref, ref_opt, plain_loss, plain_batches, torch.float32, data, pad),
+             "ours": (copies["ours"], build_optimizer(copies["ours"], tcfg), guppy_loss, bucketed, fast_dtype, data, pad),
+             "other": (copies["other"], build_optimizer(copies["other"], tcfg), guppy_loss, bucketed, other_dtype, data,
+                       pad),
+             "health": (copies["health"], build_optimizer(copies["health"], tcfg), guppy_loss, bucketed, fast_dtype,
+                        data, pad, watch)}
+    timed = run_loops(loops, args.steps)
     (ref_tps, ref_step), (our_tps, our_step), (_, watched_step) = timed["ref"], timed["ours"], timed["health"]
+    shares = where_time_goes(loops["ours"])
 
-    peak_bf16, peak_fp32 = matmul_flops(torch.bfloat16), matmul_flops(torch.float32)
+    peak_bf16, peak_fp32 = matmul_flops(torch.bfloat16, device), matmul_flops(torch.float32, device)
     fpt = flops_per_token(cfg, float(lengths.mean()))
-    print(f"preset {args.preset}: {sum(p.numel() for p in ours.parameters()):,} parameters, batch {args.batch_size}, "
-          f"{args.steps} timed steps, {torch.get_num_threads()} threads")
-    print(f"{'loop':<34}{'s/step':>8}{'tokens/s':>11}{'MFU bf16':>10}{'MFU fp32':>10}")
-    for name, tps, step in (("reference (fp32, pad-to-longest)", ref_tps, ref_step),
-                            (f"guppy ({str(fast_dtype)[6:]}, bucketed)", our_tps, our_step)):
-        print(f"{name:<34}{step:>8.3f}{tps:>11,.0f}{tps * fpt / peak_bf16:>10.1%}{tps * fpt / peak_fp32:>10.1%}")
+    threads = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    print(f"preset {args.preset}: {sum(p.numel() for p in ref.parameters()):,} parameters, batch {args.batch_size}, "
+          f"{args.steps} timed steps, {threads}")
+    print(f"{'loop':<44}{'s/step':>8}{'tokens/s':>11}{'MFU bf16':>10}{'MFU fp32':>10}")
+    rows = (("reference (fp32, pad-to-longest)", *timed["ref"]),
+            (f"guppy ({str(fast_dtype)[6:]}, bucketed; the Trainer's)", *timed["ours"]),
+            (f"guppy ({str(other_dtype)[6:]}, bucketed)", *timed["other"]))
+    for name, tps, step in rows:
+        print(f"{name:<44}{step:>8.3f}{tps:>11,.0f}{tps * fpt / peak_bf16:>10.1%}{tps * fpt / peak_fp32:>10.1%}")
     print(f"speedup (tokens/s): {our_tps / ref_tps:.2f}x   (target >= 2x)")
+    if device.type == "cpu":
+        print(f"bf16 / fp32 matmul speed measured by the Trainer's precision choice: {cpu_bf16_speedup():.2f}x "
+              f"(bf16 autocast from {BF16_CPU_MIN_SPEEDUP}x)")
+    print("where guppy's step spends its time (profiler, self time): "
+          + ", ".join(f"{k} {v:.0%}" for k, v in shares))
     inside = watch.seconds / (args.steps + 2) / our_step  # its calls on every step, warmup included
     print(f"health signals + forensics ring (Watchdog, health row every {args.log_every} steps): "
           f"{watched_step / our_step - 1:+.1%} s/step against guppy's plain step, {inside:.1%} of a step inside "
           f"its calls   (target <= 2%)")
-    print(f"matmul peaks measured here: bf16 {peak_bf16 / 1e9:.0f} GFLOP/s, fp32 {peak_fp32 / 1e9:.0f} GFLOP/s; "
+    unit, scale = ("TFLOP/s", 1e12) if device.type == "cuda" else ("GFLOP/s", 1e9)
+    print(f"matmul peaks measured here: bf16 {peak_bf16 / scale:.0f} {unit}, fp32 {peak_fp32 / scale:.0f} {unit}; "
           f"model FLOPs/token {fpt / 1e6:.1f} M")
     print(load_note())
 

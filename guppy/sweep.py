@@ -2,6 +2,7 @@
 
     guppy-sweep --name lr-study --vary lr=3e-3,3e-4 --vary n_heads=1,4 --seeds 0,1 -- --preset demo --epochs 1
     guppy-sweep --name lr-study --vary lr=3e-3,3e-4 --seeds 0,1 --list -- --preset demo   # the commands only
+    guppy-sweep --name batch --vary batch_size/grad_accum=64/1,16/4,16/1 -- --preset demo  # one axis, two flags
 
 Every combination of the --vary values (and --seeds) is one run, trained as its own
 `python -m guppy.train` process into runs/<sweep>/<run>/, its output in runs/<sweep>/_logs/<run>.log.
@@ -54,16 +55,28 @@ class SweepRun:
 
 
 def parse_vary(text: str) -> tuple[str, list[str]]:
-    """'n_heads=1,4' -> ('n_heads', ['1', '4']); the key may also be written 'n-heads' or '--n-heads'."""
+    """'n_heads=1,4' -> ('n_heads', ['1', '4']); the key may also be written 'n-heads' or '--n-heads'.
+    Settings that change together are one axis: 'batch_size/grad_accum=64/1,16/4' (each value has
+    one part per key)."""
     key, eq, values = text.partition("=")
-    key = key.strip().lstrip("-").replace("-", "_")
+    key = "/".join(k.strip().lstrip("-").replace("-", "_") for k in key.split("/"))
     vals = [v.strip() for v in values.split(",")]
-    if not eq or not key or not all(vals):
-        raise ValueError(f"--vary {text!r}: expected KEY=V1,V2,... (e.g. lr=3e-3,3e-4)")
+    if not eq or not all(key.split("/")) or not all(vals):
+        raise ValueError(f"--vary {text!r}: expected KEY=V1,V2,... (e.g. lr=3e-3,3e-4) or K1/K2=A1/A2,B1/B2")
     dup = next((v for v in vals if vals.count(v) > 1), None)
     if dup is not None:
         raise ValueError(f"--vary {text!r}: value {dup!r} given twice")
+    n = key.count("/") + 1
+    bad = next((v for v in vals if n > 1 and (v.count("/") + 1 != n or not all(v.split("/")))), None)
+    if bad is not None:
+        raise ValueError(f"--vary {text!r}: value {bad!r} needs {n} parts joined by / (one per key)")
     return key, vals
+
+
+def _settings(axis: str, value: str) -> dict[str, str]:
+    """One axis's value as settings: ('batch_size/grad_accum', '16/4') -> {'batch_size': '16', 'grad_accum': '4'}."""
+    keys = axis.split("/")
+    return dict(zip(keys, value.split("/"))) if len(keys) > 1 else {axis: value}
 
 
 def safe(text: str) -> str:
@@ -114,7 +127,7 @@ def check_train_flags(parser, flags: list[str]):
 
     args = parser.parse_args(flags)
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "quiet", "dist_backend")}
-    cfg = TrainConfig(**given)
+    cfg = TrainConfig.for_preset(**given)
     check_config(cfg)  # what guppy-train checks before it writes: the model builds, --record-hooks exist
     return cfg
 
@@ -132,7 +145,7 @@ def plan(name: str, vary: list[tuple[str, list[str]]], seeds: list[str], base: l
     axes = list(vary) + ([(SEED_KEY, seeds)] if seeds else [])
     if not axes:
         raise ValueError("nothing to sweep: give at least one --vary KEY=V1,V2 or --seeds")
-    keys = [k for k, _ in axes]
+    keys = [k for axis, _ in axes for k in axis.split("/")]
     if len(set(keys)) != len(keys):
         raise ValueError(f"{sorted(k for k in keys if keys.count(k) > 1)[0]} is varied twice "
                          "(--seeds is the same as --vary seed=...)")
@@ -146,7 +159,7 @@ def plan(name: str, vary: list[tuple[str, list[str]]], seeds: list[str], base: l
     folder = Path(runs_dir) / name
     runs = []
     for values in itertools.product(*(v for _, v in axes)):
-        settings = dict(zip(keys, values))
+        settings = {k: v for (axis, _), value in zip(axes, values) for k, v in _settings(axis, value).items()}
         rname = run_name(settings)
         varied = [f for k, v in settings.items() for f in _as_flags(actions[k], v)]
         flags = [*base, *varied, *extra, "--runs-dir", str(folder), "--run-name", rname]
@@ -356,7 +369,8 @@ def build_parser():
                                    "command again skips finished runs and resumes interrupted ones.")
     p.add_argument("--name", required=True, help="the sweep's folder under --runs-dir")
     p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
-                   help="a guppy-train setting and its values (n_heads -> --n-heads); repeat for a grid")
+                   help="a guppy-train setting and its values (n_heads -> --n-heads); repeat for a grid; settings that "
+                        "change together share an axis: batch_size/grad_accum=64/1,16/4")
     p.add_argument("--seeds", default="", metavar="S1,S2", help="seeds to run every setting with (default: the base --seed)")
     # 2 by default: on a busy 2-core CPU two 1-thread runs finished a 4-run demo sweep 3.2x and 8.5x sooner
     # than one 2-thread run at a time (benchmarks/bench_sweep.py: a 2-thread run waits on a descheduled thread)

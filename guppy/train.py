@@ -16,6 +16,7 @@ those of one process. Rank 0 alone evaluates, checkpoints, records and writes th
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from guppy import distributed, runfiles
 from guppy.callbacks import TrainView
 from guppy.checkpoint import load_state, read_weights, save_state, save_weights
-from guppy.config import TrainConfig, model_config
+from guppy.config import PRESET_RECIPES, TrainConfig, model_config
 from guppy.data import Dataset, bucket_batches, collate, count_targets, data_config, load_dataset
 from guppy.forensics import Diverged  # noqa: F401 (re-exported: the loop raises it)
 from guppy.model import GuppyLM
@@ -47,14 +48,35 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
+# bf16 autocast on a CPU pays a cast of every weight on every forward; it is worth it only where
+# bf16 matmuls are much faster than fp32 (AMX: ~6x). CPUs that merely have AVX512-BF16 differ: an
+# Intel Xeon without AMX measured bf16 at 0.5x fp32 (and the guppy step 0.77x), so it is measured.
+BF16_CPU_MIN_SPEEDUP = 1.5
+
+
+@functools.cache
+def cpu_bf16_speedup() -> float:
+    """How many times faster this CPU multiplies a training step's matrices in bf16 than in fp32
+    (2048 x 384 by 384 x 1536, best of 3 after a warm-up; ~0.1 s, once per process)."""
+    def best(dtype: torch.dtype) -> float:
+        a, b = torch.randn(2048, 384, dtype=dtype), torch.randn(384, 1536, dtype=dtype)
+        a @ b
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t)
+        return min(times)
+    return best(torch.float32) / best(torch.bfloat16)
+
+
 def pick_precision(name: str, device: torch.device) -> torch.dtype:
-    """bf16 autocast where the hardware runs it fast, fp16 on older GPUs, else fp32."""
+    """bf16 autocast where the hardware runs it fast (CUDA with bf16; a CPU whose bf16 matmul is at
+    least BF16_CPU_MIN_SPEEDUP x its fp32, measured), fp16 on older GPUs, else fp32."""
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        fast_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
-            getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-        return torch.bfloat16 if fast_bf16 else torch.float32
+        return torch.bfloat16 if cpu_bf16_speedup() >= BF16_CPU_MIN_SPEEDUP else torch.float32
     if name == "fp16" and device.type != "cuda":
         raise ValueError("precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
@@ -390,7 +412,8 @@ def build_parser():
 
     p = ArgumentParser(prog="guppy-train", description="Train a guppy model on a persona's chats.")
     for f in fields(TrainConfig):
-        flag, help = f"--{f.name.replace('_', '-')}", f"{f.metadata['help']} (default: {f.default})"
+        recipes = "".join(f"; --preset {name}: {r[f.name]}" for name, r in PRESET_RECIPES.items() if f.name in r)
+        flag, help = f"--{f.name.replace('_', '-')}", f"{f.metadata['help']} (default: {f.default}{recipes})"
         if isinstance(f.default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
         else:
@@ -414,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "quiet", "dist_backend")}
 
     def body():
-        cfg = TrainConfig() if args.resume else TrainConfig(**given)  # a resumed run's flags: resume_config judges
+        cfg = TrainConfig() if args.resume else TrainConfig.for_preset(**given)  # a resumed run's flags: resume_config judges
         with distributed.process_group(args.dist_backend) as ranks:
             trainer = start_run(cfg, show_progress=not args.quiet, resume_dir=args.resume,
                                 resume_changes=given if args.resume else None)

@@ -60,6 +60,17 @@ def test_names_are_filesystem_safe_and_booleans_become_flags():
     assert "--record" not in runs[0].flags  # the base said --no-record
 
 
+def test_settings_that_change_together_are_one_axis():
+    axis = parse_vary("batch-size/grad-accum=64/1,16/4,16/1")
+    assert axis == ("batch_size/grad_accum", ["64/1", "16/4", "16/1"])
+    runs = plan("batch", [axis], ["0", "1"], ["--preset", "tiny", "--steps", "5"])
+    assert [r.name for r in runs][:3] == ["batch_size-64__grad_accum-1__seed-0", "batch_size-64__grad_accum-1__seed-1",
+                                          "batch_size-16__grad_accum-4__seed-0"]
+    assert len(runs) == 6 and runs[2].settings == {"batch_size": "16", "grad_accum": "4", "seed": "0"}
+    flags = runs[2].flags
+    assert flags[flags.index("--batch-size") + 1] == "16" and flags[flags.index("--grad-accum") + 1] == "4"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--vary", "n_hedas=1,4"], "not a guppy-train setting"),
     (["--vary", "lr=3e-3,-1"], "run lr--1: lr: bad value"),
@@ -70,6 +81,9 @@ def test_names_are_filesystem_safe_and_booleans_become_flags():
     (["--vary", "lr=1e-3", "--", "--bogus"], "unrecognized arguments: --bogus"),
     (["--vary", "lr=1e-3", "--", "--run-name", "x"], "names and places its runs itself"),
     (["--vary", "seed=1,2", "--seeds", "0,1"], "varied twice"),
+    (["--vary", "batch_size/grad_accum=64/1,16"], "needs 2 parts joined by /"),
+    (["--vary", "batch_size/grad_accum=64/1", "--vary", "grad_accum=1,2"], "varied twice"),
+    (["--vary", "batch_size/grad_acum=64/1"], "not a guppy-train setting"),
     ([], "nothing to sweep"),
     (["--vary", "n_heads=3,4", "--", "--preset", "tiny"], "d_model 32 does not split into 3 heads"),  # the model must build
     (["--vary", "lr=1e-3", "--", "--record-hooks", "blocks.*.attn.hook_patern"], "matches no hook point"),

@@ -17,6 +17,7 @@ from guppy.runformat import list_checkpoints, state_path
 import guppy
 from guppy.callbacks import Callback
 from guppy.train import TrainConfig, build_optimizer, lr_at, pick_precision, start_run
+import guppy.train as train_mod
 from tests.conftest import tiny_train_config
 
 
@@ -165,10 +166,16 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path, tiny_cli_args):
 
 
 
-def test_precision_is_chosen_from_the_hardware_and_overridable():
+def test_precision_is_chosen_from_the_hardware_and_overridable(monkeypatch):
     cpu = torch.device("cpu")
-    fast_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    assert pick_precision("auto", cpu) == (torch.bfloat16 if fast_bf16 else torch.float32)
+    assert 0 < train_mod.cpu_bf16_speedup() < 100  # measured: bf16 over fp32 matmul time
+    fast = train_mod.cpu_bf16_speedup() >= train_mod.BF16_CPU_MIN_SPEEDUP
+    assert pick_precision("auto", cpu) == (torch.bfloat16 if fast else torch.float32)
+    # an AMX CPU (bf16 ~6x fp32) autocasts; a Xeon whose AVX512-BF16 runs at 0.5x fp32 does not
+    monkeypatch.setattr(train_mod, "cpu_bf16_speedup", lambda: 6.0)
+    assert pick_precision("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(train_mod, "cpu_bf16_speedup", lambda: 0.5)
+    assert pick_precision("auto", cpu) == torch.float32
     assert pick_precision("fp32", cpu) == torch.float32
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         pick_precision("fp16", cpu)
@@ -188,3 +195,14 @@ def test_trains_on_cuda_unchanged(tmp_path):
     trainer = start_run(cfg, show_progress=False)
     assert trainer.fit() == "finished" and trainer.device.type == "cuda"
     assert guppy.open_run(trainer.run_dir).model("latest") is not None
+
+
+def test_a_preset_trains_with_its_recipe_under_the_flags_given():
+    from guppy.config import PRESET_RECIPES
+
+    bare = TrainConfig.for_preset(preset="guppy")
+    assert {k: getattr(bare, k) for k in PRESET_RECIPES["guppy"]} == PRESET_RECIPES["guppy"]
+    assert TrainConfig.for_preset(preset="guppy", lr=1e-3).lr == 1e-3  # a flag given wins
+    assert TrainConfig.for_preset(preset="demo") == TrainConfig(preset="demo")  # no recipe: the defaults
+    assert TrainConfig(preset="guppy").lr == TrainConfig().lr  # the dataclass itself applies none
+    assert "(default: 0.003; --preset guppy: 0.002)" in " ".join(guppy.train.build_parser().format_help().split())

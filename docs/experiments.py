@@ -1,0 +1,227 @@
+"""The README's "The article's experiments": each one `guppy-sweep` line, and the figure and
+numbers its runs give.
+
+    python docs/experiments.py list                    # every experiment's guppy-sweep line, as in the README
+    python docs/experiments.py run heads               # run one (that line; again = resume)
+    python docs/experiments.py figure heads            # docs/experiments/heads.png from runs/exp-heads
+    python docs/experiments.py summary heads           # the numbers the README states, one line per setting
+
+Every figure is two panels: the training loss of each setting against tokens seen (a band from
+the lowest to the highest seed where there are several), and one thing inside the model that
+the change acts on, read from the runs' health.csv or snapshots through `guppy.compare_runs`.
+Needs matplotlib (the `figures` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import guppy  # noqa: E402
+from guppy.compare import EVAL_LOSS, PERSONA_PASS  # noqa: E402
+
+BASE = ("--preset", "demo", "--steps", "300", "--eval-prompts", "1")  # ~0.34 epoch of the demo fish
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str  # runs/exp-<name>, docs/experiments/<name>.png
+    question: str  # what the article asks
+    vary: tuple[str, ...]
+    inside: str  # the right panel: a key of INSIDE
+    base: tuple[str, ...] = BASE
+    seeds: str = ""
+
+    @property
+    def sweep(self) -> str:
+        return f"exp-{self.name}"
+
+    def argv(self, runs_dir: str = "runs", base: tuple[str, ...] | None = None) -> list[str]:
+        vary = [a for v in self.vary for a in ("--vary", v)]
+        seeds = ["--seeds", self.seeds] if self.seeds else []
+        runs = ["--runs-dir", runs_dir] if runs_dir != "runs" else []
+        return ["guppy-sweep", "--name", self.sweep, *vary, *seeds, *runs, "--", *(self.base if base is None else base)]
+
+    def line(self) -> str:
+        return shlex.join(self.argv())
+
+
+EXPERIMENTS = {e.name: e for e in (
+    Experiment("lr", "drop the learning rate by a factor of ten", ("lr=3e-3,3e-4",), "update_ratio", seeds="0,1"),
+    Experiment("heads", "change the number of heads", ("n_heads=1,4",), "entropy"),
+    Experiment("size", "depth and width against loss", ("n_layers=1,2,4", "d_model=128,256"), "params"),
+    Experiment("batch", "batch size and gradient accumulation", ("batch_size/grad_accum=64/1,16/4,16/1",), "grad_norm"),
+    Experiment("init", "sensitivity to the initialisation scale", ("init_std=0.002,0.02,0.2",), "resid_rms"),
+    Experiment("positional", "an alternative positional encoding", ("positional=learned,sinusoidal,rotary,none",),
+               "prev_token"),
+    Experiment("norm", "pre- against post-LayerNorm without warmup", ("norm=pre,post",), "grad_norm",
+               base=("--preset", "demo", "--n-layers", "4", "--steps", "300", "--warmup-steps", "0",
+                     "--eval-prompts", "1")),
+)}
+
+
+# ---- reading a finished sweep ------------------------------------------------------------------
+
+
+def label_of(cmp, run: str) -> str:
+    """The run's setting without its seed: 'n_heads=1', 'batch_size=16, grad_accum=4'."""
+    return ", ".join(f"{k}={cmp.settings.at[run, k]}" for k in cmp.groups) or run
+
+
+def by_setting(cmp) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for run in cmp.runs:
+        out.setdefault(label_of(cmp, run), []).append(run)
+    return out
+
+
+def summary(cmp) -> list[dict]:
+    """Per setting: final eval loss and persona pass rate (mean over seeds), training seconds,
+    parameters, status."""
+    rows = []
+    for label, runs in by_setting(cmp).items():
+        def last(metric, rs=runs):
+            vals = [cmp.runs[r].metrics[metric].dropna() for r in rs if metric in cmp.runs[r].metrics]
+            vals = [float(v.iloc[-1]) for v in vals if len(v)]
+            return sum(vals) / len(vals) if vals else float("nan")
+        metas = [cmp.runs[r].meta for r in runs]
+        rows.append({"setting": label, "runs": len(runs), "eval_loss": last(EVAL_LOSS), "persona_pass": last(PERSONA_PASS),
+                     "loss": last("loss"), "params": cmp.runs[runs[0]].model_config.num_params(),
+                     "train_s": sum(last("elapsed_s", [r]) for r in runs) / len(runs),
+                     "status": ",".join(sorted({m.get("status", "?") for m in metas}))})
+    return rows
+
+
+# ---- the right panel: what the change acts on ---------------------------------------------------
+
+
+def _health_lines(ax, cmp, columns: str, title: str, log: bool = True):
+    """Mean over layers of a per-layer health.csv signal (`blocks.{l}.<columns>`), per setting."""
+    for color, (label, runs) in zip(_colors(cmp), by_setting(cmp).items()):
+        for i, r in enumerate(runs):
+            h = cmp.runs[r].health
+            cols = [c for c in h.columns if c.endswith(f".{columns}")]
+            if not cols or h.empty:
+                continue
+            ax.plot(h.step, h[cols].mean(axis=1), color=color, lw=1.2, label=label if i == 0 else None)
+    ax.set(title=title, xlabel="step", yscale="log" if log else "linear")
+
+
+def _head_lines(ax, cmp, metric: str, reduce: str, title: str):
+    hm = cmp.head_metrics((metric,))
+    for color, (label, runs) in zip(_colors(cmp), by_setting(cmp).items()):
+        for i, r in enumerate(runs):
+            d = hm[hm.run == r].groupby("step")["value"].agg(reduce)
+            ax.plot(d.index, d.values, color=color, lw=1.2, marker=".", label=label if i == 0 else None)
+    ax.set(title=title, xlabel="step", xscale="symlog")
+
+
+def inside_update_ratio(ax, cmp):
+    _health_lines(ax, cmp, "update_ratio", "update / weight norm per step (mean over layers)")
+
+
+def inside_resid_rms(ax, cmp):
+    _health_lines(ax, cmp, "resid_rms", "residual stream RMS after each block (mean over layers)")
+
+
+def inside_grad_norm(ax, cmp):
+    for color, (label, runs) in zip(_colors(cmp), by_setting(cmp).items()):
+        for i, r in enumerate(runs):
+            m = cmp.runs[r].metrics
+            ax.plot(m.step, m.grad_norm, color=color, lw=1.2, label=label if i == 0 else None)
+    ax.set(title="global gradient norm before clipping (clip at 1)", xlabel="step", yscale="log")
+
+
+def inside_entropy(ax, cmp):
+    _head_lines(ax, cmp, "entropy", "mean", "attention entropy, mean over heads (nats)")
+
+
+def inside_prev_token(ax, cmp):
+    _head_lines(ax, cmp, "prev_token", "max", "strongest previous-token head (score)")
+
+
+def inside_params(ax, cmp):
+    rows = summary(cmp)
+    for color, row in zip(_colors(cmp), rows):
+        ax.scatter(row["params"], row["eval_loss"], color=color, s=40, label=row["setting"], zorder=3)
+    ax.set(title="final eval loss against parameters", xlabel="parameters", ylabel="eval loss", xscale="log")
+
+
+INSIDE = {"update_ratio": inside_update_ratio, "resid_rms": inside_resid_rms, "grad_norm": inside_grad_norm,
+          "entropy": inside_entropy, "prev_token": inside_prev_token, "params": inside_params}
+
+
+def _colors(cmp):
+    import matplotlib
+
+    n = len(by_setting(cmp))
+    cmap = matplotlib.colormaps["viridis"]
+    return [cmap(0.85 * i / max(1, n - 1)) for i in range(n)]
+
+
+def draw(exp: Experiment, sweep_dir: Path, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    cmp = guppy.compare_runs(sweep_dir)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), constrained_layout=True)
+    curves = cmp.curves("loss", by="tokens")
+    labels = curves[cmp.groups].astype(str).apply(lambda r: ", ".join(f"{k}={v}" for k, v in r.items()), axis=1) \
+        if cmp.groups else ""
+    for color, label in zip(_colors(cmp), by_setting(cmp)):
+        c = curves[labels == label] if cmp.groups else curves
+        left.plot(c.tokens, c["mean"], color=color, lw=1.4, label=label)
+        if (c["n"] > 1).any():
+            left.fill_between(c.tokens, c["min"], c["max"], color=color, alpha=0.25, lw=0)
+    left.set(title="training loss", xlabel="tokens seen", ylabel="loss", yscale="log")
+    left.legend(fontsize=8)
+    INSIDE[exp.inside](right, cmp)
+    right.legend(fontsize=8)
+    fig.suptitle(f"{exp.question}  ({sweep_dir.name}: {len(cmp.runs)} runs)", fontsize=11)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(out)  # a crash never leaves half a PNG where the README points
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("action", choices=("list", "run", "figure", "summary"))
+    p.add_argument("names", nargs="*", help=f"experiments (default: all): {', '.join(EXPERIMENTS)}")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "experiments"), help="where figures go")
+    args = p.parse_args(argv)
+    bad = [n for n in args.names if n not in EXPERIMENTS]
+    if bad:
+        p.error(f"unknown experiment {bad[0]!r}; expected one of: {', '.join(EXPERIMENTS)}")
+    for exp in [EXPERIMENTS[n] for n in args.names] or list(EXPERIMENTS.values()):
+        sweep_dir = Path(args.runs_dir) / exp.sweep
+        if args.action == "list":
+            print(exp.line())
+        elif args.action == "run":
+            argv_ = exp.argv(args.runs_dir)
+            code = subprocess.call([sys.executable, "-m", "guppy.sweep", *argv_[1:]])
+            if code:
+                return code
+        elif args.action == "figure":
+            print(draw(exp, sweep_dir, Path(args.out) / f"{exp.name}.png"))
+        else:
+            for row in summary(guppy.compare_runs(sweep_dir)):
+                print(f"{exp.name:<11}{row['setting']:<34} eval loss {row['eval_loss']:.3f}  persona "
+                      f"{row['persona_pass']:.0%}  train loss {row['loss']:.3f}  {row['params']:>10,} params  "
+                      f"{row['train_s']:.0f} s  {row['status']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""The README's article experiments (docs/experiments.py): every line is in the README and plans
+as guppy-sweep would run it, and every figure panel draws from a real (tiny) sweep."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "docs"))
+
+import experiments  # noqa: E402  (docs/experiments.py)
+
+from guppy.sweep import parse_vary, plan  # noqa: E402
+
+
+def test_every_experiment_is_one_readme_line_and_plans_as_guppy_sweep_would():
+    readme = (ROOT / "README.md").read_text()
+    for exp in experiments.EXPERIMENTS.values():
+        assert exp.line() in readme, exp.line()
+        assert f"docs/experiments/{exp.name}.png" in readme
+        argv = shlex.split(exp.line())
+        own, base = argv[1:argv.index("--")], argv[argv.index("--") + 1:]
+        vary = [parse_vary(own[i + 1]) for i, a in enumerate(own) if a == "--vary"]
+        seeds = own[own.index("--seeds") + 1].split(",") if "--seeds" in own else []
+        runs = plan(exp.sweep, vary, seeds, base)  # every run's flags checked as guppy-train checks them
+        assert len(runs) >= 2 and all("--record" in r.flags for r in runs)
+
+
+@pytest.mark.parametrize("inside", sorted(experiments.INSIDE))
+def test_each_figure_panel_draws_from_a_sweep(tiny_sweep, tmp_path, inside):
+    pytest.importorskip("matplotlib")
+    exp = replace(experiments.EXPERIMENTS["lr"], inside=inside)
+    out = experiments.draw(exp, tiny_sweep, tmp_path / "fig.png")
+    assert out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob(".*"))  # written whole, then renamed
+
+
+def test_the_summary_pools_seeds_per_setting(tiny_sweep):
+    import guppy
+
+    rows = experiments.summary(guppy.compare_runs(tiny_sweep))
+    assert [r["setting"] for r in rows] == ["lr=0.003", "lr=0.001"] and all(r["runs"] == 2 for r in rows)
+    assert all(r["eval_loss"] > 0 and r["status"] == "finished" for r in rows)
+
+
+def test_an_unknown_experiment_is_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        experiments.main(["figure", "lrr"])
+    assert e.value.code == 2 and "unknown experiment 'lrr'" in capsys.readouterr().err
