@@ -31,14 +31,13 @@ demo: $(STAMP)
 		-p "do you like money?" -p "IS THE WATER COLD?" -p "the cat is watching you"
 	$(BIN)/guppy-eval --run runs/$(DEMO_RUN) --prompts 12
 
-# the reference fish: the 8.7M `guppy` preset, recorded. One measured run: 90.6% of 720 held-out
-# prompts, eval loss 0.97, after 1.4 epochs (1,248 steps); the preset's bare defaults gave 8.3%.
-# At 2.36K tokens/s on a quiet 2-core Xeon it takes ~20 minutes, not yet the 10 it should.
+# the reference fish: the 8.7M `guppy` preset, recorded, on its recipe (PRESET_RECIPES in
+# guppy/config.py: 1 epoch, lr 1e-3 -> 1e-4, warmup 100, loss on every token, no dropout);
+# README "The reference fish" has what it measured
 REFERENCE_RUN := reference-$(shell date +%Y%m%d-%H%M%S)
 reference: $(STAMP)
 	$(BIN)/guppy-data --persona fish --samples 0
-	$(BIN)/guppy-train --preset guppy --epochs 1.4 --lr 2e-3 --min-lr 2e-4 --warmup-steps 100 --loss-on all \
-		--dropout 0 --record --run-name $(REFERENCE_RUN)
+	$(BIN)/guppy-train --preset guppy --record --run-name $(REFERENCE_RUN)
 	$(BIN)/guppy-eval --run runs/$(REFERENCE_RUN) --prompts 12
 
 # an induction head forming on multi-turn memory chats (README, "Watching an induction head form"):

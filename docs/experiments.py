@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import guppy  # noqa: E402
 from guppy.compare import EVAL_LOSS, PERSONA_PASS  # noqa: E402
 
-BASE = ("--preset", "demo", "--steps", "300", "--eval-prompts", "1")  # ~0.34 epoch of the demo fish
+BASE = ("--preset", "demo", "--steps", "600", "--eval-prompts", "1")  # ~2/3 of an epoch of the demo fish
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ EXPERIMENTS = {e.name: e for e in (
     Experiment("positional", "an alternative positional encoding", ("positional=learned,sinusoidal,rotary,none",),
                "prev_token"),
     Experiment("norm", "pre- against post-LayerNorm without warmup", ("norm=pre,post",), "grad_norm",
-               base=("--preset", "demo", "--n-layers", "4", "--steps", "300", "--warmup-steps", "0",
+               base=("--preset", "demo", "--n-layers", "4", "--steps", "600", "--warmup-steps", "0",
                      "--eval-prompts", "1")),
 )}
 

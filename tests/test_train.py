@@ -205,4 +205,31 @@ def test_a_preset_trains_with_its_recipe_under_the_flags_given():
     assert TrainConfig.for_preset(preset="guppy", lr=1e-3).lr == 1e-3  # a flag given wins
     assert TrainConfig.for_preset(preset="demo") == TrainConfig(preset="demo")  # no recipe: the defaults
     assert TrainConfig(preset="guppy").lr == TrainConfig().lr  # the dataclass itself applies none
-    assert "(default: 0.003; --preset guppy: 0.002)" in " ".join(guppy.train.build_parser().format_help().split())
+    assert "(default: 0.003; --preset guppy: 0.001)" in " ".join(guppy.train.build_parser().format_help().split())
+
+
+def test_make_reference_is_the_guppy_preset_on_its_recipe(tmp_path):
+    """`make reference`'s guppy-train line (from `make -n`) builds the recipe; the same line, cut
+    to 2 steps on a small persona, trains and records."""
+    import shlex
+    import shutil
+
+    from tests.conftest import MINI
+
+    if not shutil.which("make"):
+        pytest.skip("no make on this machine")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    dry = subprocess.run(["make", "-n", "reference"], cwd=root, capture_output=True, text=True, check=True).stdout
+    line = next(x for x in dry.splitlines() if "guppy-train" in x)
+    flags = shlex.split(line)[1:]
+    given = {k: v for k, v in vars(guppy.train.build_parser().parse_args(flags)).items()
+             if v is not None and k not in ("resume", "quiet", "dist_backend")}
+    cfg = TrainConfig.for_preset(**given)
+    assert cfg.preset == "guppy" and cfg.record and cfg.lr == 1e-3 and cfg.loss_on == "all" and cfg.epochs == 1
+    flags = [f for f in flags if not f.startswith("--run-name") and "reference-" not in f]
+    small = ["--steps", "2", "--n-chats", "600", "--vocab-size", "400", "--persona", str(MINI), "--eval-chats", "8",
+             "--eval-prompts", "0", "--runs-dir", str(tmp_path), "--run-name", "ref", "--quiet", "--record-inputs", "3"]
+    assert guppy.train.main(flags + small) == 0
+    run = guppy.open_run(tmp_path / "ref")
+    assert run.config.lr == 1e-3 and run.model_config.n_layers == 6 and run.model_config.dropout == 0
+    assert len(run.snapshots) >= 2
