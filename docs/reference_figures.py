@@ -20,6 +20,7 @@ matplotlib (the `figures` extra).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -59,7 +60,9 @@ def run_probe(run_dir: Path, name: str, args: list[str]) -> float:
     """probes/<name>.py on the run, in its own process; its error line becomes ours."""
     t0 = time.perf_counter()
     cmd = [sys.executable, str(ROOT / "probes" / f"{name}.py"), "--run", str(run_dir), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    # this checkout's guppy in the probes too (not another one installed in editable mode)
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
         raise ValueError(f"probes/{name}.py failed: {last}")
@@ -286,7 +289,7 @@ def report(resid, lens, topic, heads, ablation, top) -> None:
     typed = last[last.type != "other"]
     first = {r.label: heads[(heads.label == r.label) & (heads.type == r.type)].step.min() for r in typed.itertuples()}
     print(f"head types, step {int(last.step.iloc[0])}: {len(typed)} of {len(last)} heads typed: "
-          + (", ".join(f"{r.label} {r.type} (from step {first[r.label]})" for r in typed.itertuples()) or "none"))
+          + (", ".join(f"{r.label} {r.type} (first at step {first[r.label]})" for r in typed.itertuples()) or "none"))
     from guppy.analysis import HEAD_TYPES
 
     print("  strongest score at the end: " + "; ".join(
@@ -296,10 +299,10 @@ def report(resid, lens, topic, heads, ablation, top) -> None:
           f"snapshots {', '.join(map(str, sorted(ablation.step.unique())))}:")
     for site in top:
         s = ablation[ablation.site == site].sort_values("step")
-        half = s[s.delta_loss >= final.loc[site, "delta_loss"] / 2].step.min()
-        print(f"  {site}: +{final.loc[site, 'delta_loss']:.3f} nats; over training "
-              + ", ".join(f"{int(a)}: {b:+.3f}" for a, b in zip(s.step, s.delta_loss))
-              + f"; half its final effect from step {int(half)}")
+        effect = final.loc[site, "delta_loss"]
+        half = f"half its final effect from step {s[s.delta_loss >= effect / 2].step.min()}" if effect > 0 else "no effect"
+        print(f"  {site}: {effect:+.3f} nats; over training "
+              + ", ".join(f"{int(a)}: {b:+.3f}" for a, b in zip(s.step, s.delta_loss)) + f"; {half}")
 
 
 def main(argv: list[str] | None = None) -> int:
