@@ -240,7 +240,7 @@ def ablation_figure(df, n_layers: int, n_heads: int, path: Path) -> list[str]:
     bound = float(np.abs(grid).max()) or 1.0
     im = axes[0].imshow(grid, cmap="RdBu_r", norm=SymLogNorm(0.01, vmin=-bound, vmax=bound), aspect="auto")
     for (l, h), v in np.ndenumerate(grid):
-        axes[0].text(h, l, f"{v:.2f}", ha="center", va="center", fontsize=7)
+        axes[0].text(h, l, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if abs(v) > 1 else "black")
     axes[0].set(xticks=range(n_heads + 1), xticklabels=[f"H{h}" for h in range(n_heads)] + ["MLP"],
                 yticks=range(n_layers), yticklabels=[f"L{l}" for l in range(n_layers)],
                 title=f"step {int(last.step.iloc[0])}: loss increase (nats, symlog colour)")
