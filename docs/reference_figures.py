@@ -278,8 +278,9 @@ def report(resid, lens, topic, heads, ablation, top) -> None:
     print(f"  largest drop: {short(points[d])} -> {short(points[d + 1])} ({loss[-1, d]:.3f} -> {loss[-1, d + 1]:.3f})")
     steps, points, test = by_point(topic, "test_acc")
     _, _, control = by_point(topic, "control_test_acc")
-    print(f"topic probe, step {steps[-1]}, test / shuffled-label control by boundary (chance "
-          f"{topic.chance.iloc[0]:.3f}): " + "; ".join(f"{short(p)} {t:.3f} / {c:.3f}"
+    n = topic.iloc[0]
+    print(f"topic probe, step {steps[-1]}, {n.n_topics} topics, {n.n_train} train / {n.n_test} test chats, test / "
+          f"shuffled-label control by boundary (chance {n.chance:.3f}): " + "; ".join(f"{short(p)} {t:.3f} / {c:.3f}"
                                                      for p, t, c in zip(points, test[-1], control[-1])))
     best = test.max(1)
     for level in (0.5, 0.9):
@@ -292,6 +293,7 @@ def report(resid, lens, topic, heads, ablation, top) -> None:
           + (", ".join(f"{r.label} {r.type} (first at step {first[r.label]})" for r in typed.itertuples()) or "none"))
     from guppy.analysis import HEAD_TYPES
 
+    print("  a type needs: " + ", ".join(f"{s} >= {t}" for s, t, _ in HEAD_TYPES.values()))
     print("  strongest score at the end: " + "; ".join(
         f"{s} {last[s].max():.3f} ({last.loc[last[s].idxmax(), 'label']})" for s, _, _ in HEAD_TYPES.values()))
     final = ablation[ablation.step == ablation.step.max()].set_index("site")
@@ -303,6 +305,11 @@ def report(resid, lens, topic, heads, ablation, top) -> None:
         half = f"half its final effect from step {s[s.delta_loss >= effect / 2].step.min()}" if effect > 0 else "no effect"
         print(f"  {site}: {effect:+.3f} nats; over training "
               + ", ".join(f"{int(a)}: {b:+.3f}" for a, b in zip(s.step, s.delta_loss)) + f"; {half}")
+    later = final[final.layer > 0]
+    if len(later):
+        print("  largest after layer 0: " + "; ".join(f"{k} {later[later.kind == k].delta_loss.idxmax()} "
+                                                     f"{later[later.kind == k].delta_loss.max():+.3f}"
+                                                     for k in ("head", "mlp") if (later.kind == k).any()))
 
 
 def main(argv: list[str] | None = None) -> int:
