@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 # torch is pinned here (a CPU wheel that lies on disk); the package itself asks only torch>=2.3.
 TORCH  := torch==2.13.0
 
-.PHONY: demo demo-induction reference test venv clean
+.PHONY: demo demo-induction reference reference-figures test venv clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,14 @@ reference: $(STAMP)
 	$(BIN)/guppy-data --persona fish --samples 0
 	$(BIN)/guppy-train --preset guppy --record --run-name $(REFERENCE_RUN)
 	$(BIN)/guppy-eval --run runs/$(REFERENCE_RUN) --prompts 12
+
+# the README's "What the reference fish learned" figures (docs/reference/*.png) from a recorded reference run,
+# the newest runs/reference-* unless RUN=runs/<name>: the probe scripts on its snapshots, then the PNGs and
+# their numbers (~4 minutes for the 8.7M model on a busy 2-core machine)
+RUN ?= $(lastword $(sort $(wildcard runs/reference-*)))
+reference-figures: $(STAMP)
+	@test -n "$(RUN)" || { echo "make reference-figures: no runs/reference-* folder: make reference first, or give RUN=runs/<name>"; exit 1; }
+	$(BIN)/python docs/reference_figures.py --run $(RUN) --out docs/reference
 
 # an induction head forming on multi-turn memory chats (README, "Watching an induction head form"):
 # train with recall and head scores measured every 10 steps, ablate each head, draw the README's figures

@@ -36,7 +36,8 @@ T = TypeVar("T")
 def probe_parser(prog: str, description: str, allow_all: bool = True) -> ArgumentParser:
     p = ArgumentParser(prog=prog, description=description)
     p.add_argument("--run", required=True, help="a recorded run folder (guppy-train --record), e.g. runs/demo")
-    which = "a snapshot step, 'latest' or 'all'" if allow_all else "a snapshot step or 'latest'"
+    which = ("a snapshot step, comma-separated steps (e.g. 16,178,891), 'latest' or 'all'" if allow_all
+             else "a snapshot step or 'latest'")
     p.add_argument("--snapshot", default="latest", help=f"{which} (default latest)")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads (default 1: the models are small, and on a busy 2-core machine a second "
@@ -73,22 +74,22 @@ def open_recorded_run(path: str):
 
 
 def snapshot_steps(run, spec: str, allow_all: bool = True) -> list[int]:
-    """Steps named by --snapshot: one step, 'latest', or (where allowed) 'all'."""
+    """Steps named by --snapshot: 'latest', one step, or (where allowed) 'all' or steps separated by
+    commas (a few log-spaced snapshots: the slow probes on every snapshot of a long run take minutes)."""
     steps = list(run.snapshot_files)
     if spec == "latest":
         return [steps[-1]]
+    parts = spec.split(",")
+    if not allow_all and (spec == "all" or len(parts) > 1):
+        raise ValueError(f"--snapshot {spec}: more than one snapshot is not supported by this probe; "
+                         "give a step or 'latest'")
     if spec == "all":
-        if not allow_all:
-            raise ValueError("--snapshot all is not supported by this probe; give a step or 'latest'")
         return steps
-    try:
-        step = int(spec)
-    except ValueError:
-        step = None
-    if step not in steps:
-        raise ValueError(f"--snapshot {spec!r}: expected 'latest'{', all' if allow_all else ''} or one of steps "
-                         f"{', '.join(map(str, steps))}")
-    return [step]
+    chosen = [int(p) if p.strip().isdigit() else None for p in parts]
+    if any(step not in steps for step in chosen):
+        many = ", all, steps separated by commas" if allow_all else ""
+        raise ValueError(f"--snapshot {spec!r}: expected 'latest'{many} or one of steps {', '.join(map(str, steps))}")
+    return sorted(set(chosen))
 
 
 def output_dir(run) -> Path:

@@ -240,6 +240,23 @@ def test_ablate_heads_reports_a_pass_rate_for_the_eval_methods(tiny_recorded_run
     assert len(last) == 3 * (2 * 4 + 2)
 
 
+def test_snapshot_steps_latest_all_one_or_a_list():
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(snapshot_files={0: None, 10: None, 20: None, 40: None})
+    assert A.snapshot_steps(run, "latest") == [40]
+    assert A.snapshot_steps(run, "all") == [0, 10, 20, 40]
+    assert A.snapshot_steps(run, "10") == [10]
+    assert A.snapshot_steps(run, "40,0,10,10") == [0, 10, 40]  # sorted, once each
+    for bad in ("15", "10,15", "10,", "x", "-10"):
+        with pytest.raises(ValueError, match="one of steps 0, 10, 20, 40"):
+            A.snapshot_steps(run, bad)
+    assert A.snapshot_steps(run, "20", allow_all=False) == [20]
+    for many in ("all", "0,10"):
+        with pytest.raises(ValueError, match="not supported by this probe"):
+            A.snapshot_steps(run, many, allow_all=False)
+
+
 def test_bad_input_is_one_clear_line(tiny_recorded_run, tmp_path, capsys):
     assert load_probe("logit_lens").main(["--run", str(tiny_recorded_run), "--snapshot", "12345"]) == 1
     err = capsys.readouterr().err
