@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from guppy.config import model_preset  # noqa: E402
+from guppy.config import model_config  # noqa: E402
 from guppy.data import DataConfig, bucket_batches, collate, load_dataset, random_batches  # noqa: E402
 from guppy.model import GuppyLM  # noqa: E402
 from guppy.train import (BF16_CPU_MIN_SPEEDUP, TrainConfig, build_optimizer, cpu_bf16_speedup,  # noqa: E402
@@ -175,7 +175,7 @@ def main() -> None:
     args = p.parse_args()
 
     device = torch.device(args.device)
-    cfg = model_preset(args.preset)
+    cfg = model_config(TrainConfig.for_preset(preset=args.preset))  # as guppy-train builds it: the recipe's dropout
     data = load_dataset(DataConfig(vocab_size=min(DataConfig().vocab_size, cfg.d_vocab)))  # demo: 2304 tokens
     pad = data.tokenizer.pad_id
     rng = np.random.default_rng(0)
@@ -208,7 +208,8 @@ def main() -> None:
     peak_bf16, peak_fp32 = matmul_flops(torch.bfloat16, device), matmul_flops(torch.float32, device)
     fpt = flops_per_token(cfg, float(lengths.mean()))
     threads = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
-    print(f"preset {args.preset}: {sum(p.numel() for p in ref.parameters()):,} parameters, batch {args.batch_size}, "
+    print(f"preset {args.preset}: {sum(p.numel() for p in ref.parameters()):,} parameters, dropout {cfg.dropout}, "
+          f"batch {args.batch_size}, "
           f"{args.steps} timed steps, {threads}")
     print(f"{'loop':<44}{'s/step':>8}{'tokens/s':>11}{'MFU bf16':>10}{'MFU fp32':>10}")
     rows = (("reference (fp32, pad-to-longest)", *timed["ref"]),

@@ -6,8 +6,8 @@ numbers its runs give.
     python docs/experiments.py figure heads            # docs/experiments/heads.png from runs/exp-heads
     python docs/experiments.py summary heads           # the numbers the README states, one line per setting
 
-Every figure is two panels: the training loss of each setting against tokens seen (a band from
-the lowest to the highest seed where there are several), and one thing inside the model that
+Every figure is two panels: the training loss of each run against tokens seen (seeds of a
+setting share its colour), and one thing inside the model that
 the change acts on, read from the runs' health.csv or snapshots through `guppy.compare_runs`.
 Needs matplotlib (the `figures` extra).
 """
@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import guppy  # noqa: E402
 from guppy.compare import EVAL_LOSS, PERSONA_PASS  # noqa: E402
+from guppy.runformat import SEED_KEY  # noqa: E402
 
 BASE = ("--preset", "demo", "--steps", "600", "--eval-prompts", "1")  # ~2/3 of an epoch of the demo fish
 
@@ -53,10 +54,12 @@ class Experiment:
 
 
 EXPERIMENTS = {e.name: e for e in (
-    Experiment("lr", "drop the learning rate by a factor of ten", ("lr=3e-3,3e-4",), "update_ratio", seeds="0,1"),
+    Experiment("lr", "drop the learning rate by a factor of ten", ("lr/min_lr=3e-3/3e-4,3e-4/3e-5",), "update_ratio",
+               seeds="0,1"),  # the whole schedule /10: min_lr's default (3e-4) would make 3e-4 a constant rate
     Experiment("heads", "change the number of heads", ("n_heads=1,4",), "entropy"),
     Experiment("size", "depth and width against loss", ("n_layers=1,2,4", "d_model=128,256"), "params"),
-    Experiment("batch", "batch size and gradient accumulation", ("batch_size/grad_accum=64/1,16/4,16/1",), "grad_norm"),
+    Experiment("batch", "batch size and gradient accumulation", ("batch_size/grad_accum=64/1,16/4,16/1",), "grad_norm",
+               seeds="0,1"),
     Experiment("init", "sensitivity to the initialisation scale", ("init_std=0.002,0.02,0.2",), "resid_rms"),
     Experiment("positional", "an alternative positional encoding", ("positional=learned,sinusoidal,rotary,none",),
                "prev_token"),
@@ -70,8 +73,11 @@ EXPERIMENTS = {e.name: e for e in (
 
 
 def label_of(cmp, run: str) -> str:
-    """The run's setting without its seed: 'n_heads=1', 'batch_size=16, grad_accum=4'."""
-    return ", ".join(f"{k}={cmp.settings.at[run, k]}" for k in cmp.groups) or run
+    """The run's setting without its seed: 'n_heads=1', 'batch_size=16, grad_accum=4'; a sweep's
+    own axes only (d_head follows n_heads, but the sweep varied n_heads)."""
+    axes = [k for axis in (cmp.sweep or {}).get("grid", {}) for k in axis.split("/") if k != SEED_KEY]
+    keys = [k for k in axes if k in cmp.groups] or cmp.groups
+    return ", ".join(f"{k}={cmp.settings.at[run, k]}" for k in keys) or run
 
 
 def by_setting(cmp) -> dict[str, list[str]]:
@@ -149,8 +155,8 @@ def inside_prev_token(ax, cmp):
 def inside_params(ax, cmp):
     rows = summary(cmp)
     for color, row in zip(_colors(cmp), rows):
-        ax.scatter(row["params"], row["eval_loss"], color=color, s=40, label=row["setting"], zorder=3)
-    ax.set(title="final eval loss against parameters", xlabel="parameters", ylabel="eval loss", xscale="log")
+        ax.scatter(row["params"] / 1e6, row["eval_loss"], color=color, s=40, label=row["setting"], zorder=3)
+    ax.set(title="final eval loss against parameters", xlabel="parameters (millions)", ylabel="eval loss", xscale="log")
 
 
 INSIDE = {"update_ratio": inside_update_ratio, "resid_rms": inside_resid_rms, "grad_norm": inside_grad_norm,
@@ -161,8 +167,9 @@ def _colors(cmp):
     import matplotlib
 
     n = len(by_setting(cmp))
-    cmap = matplotlib.colormaps["viridis"]
-    return [cmap(0.85 * i / max(1, n - 1)) for i in range(n)]
+    if n <= 10:  # settings are few: colours told apart at a glance
+        return [matplotlib.colormaps["tab10"](i) for i in range(n)]
+    return [matplotlib.colormaps["viridis"](0.9 * i / (n - 1)) for i in range(n)]
 
 
 def draw(exp: Experiment, sweep_dir: Path, out: Path) -> Path:
@@ -170,21 +177,25 @@ def draw(exp: Experiment, sweep_dir: Path, out: Path) -> Path:
 
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     cmp = guppy.compare_runs(sweep_dir)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), constrained_layout=True)
-    curves = cmp.curves("loss", by="tokens")
-    labels = curves[cmp.groups].astype(str).apply(lambda r: ", ".join(f"{k}={v}" for k, v in r.items()), axis=1) \
-        if cmp.groups else ""
-    for color, label in zip(_colors(cmp), by_setting(cmp)):
-        c = curves[labels == label] if cmp.groups else curves
-        left.plot(c.tokens, c["mean"], color=color, lw=1.4, label=label)
-        if (c["n"] > 1).any():
-            left.fill_between(c.tokens, c["min"], c["max"], color=color, alpha=0.25, lw=0)
+    for color, (label, runs) in zip(_colors(cmp), by_setting(cmp).items()):
+        for k, r in enumerate(runs):  # one line per run: seeds of a setting share its colour
+            m = cmp.runs[r].metrics.dropna(subset=["loss"])
+            left.plot(m.tokens, m.loss, color=color, lw=1.2, alpha=1.0 if len(runs) == 1 else 0.75,
+                      label=label + (f" ({len(runs)} seeds)" if len(runs) > 1 else "") if k == 0 else None)
     left.set(title="training loss", xlabel="tokens seen", ylabel="loss", yscale="log")
     left.legend(fontsize=8)
     INSIDE[exp.inside](right, cmp)
     right.legend(fontsize=8)
+    for ax in (left, right):
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() == "log":
+                axis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+                axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+                axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.suptitle(f"{exp.question}  ({sweep_dir.name}: {len(cmp.runs)} runs)", fontsize=11)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")
