@@ -372,8 +372,8 @@ def build_parser():
                    help="a guppy-train setting and its values (n_heads -> --n-heads); repeat for a grid; settings that "
                         "change together share an axis: batch_size/grad_accum=64/1,16/4")
     p.add_argument("--seeds", default="", metavar="S1,S2", help="seeds to run every setting with (default: the base --seed)")
-    # 2 by default: on a busy 2-core CPU two 1-thread runs finished a 4-run demo sweep 3.2x and 8.5x sooner
-    # than one 2-thread run at a time (benchmarks/bench_sweep.py: a 2-thread run waits on a descheduled thread)
+    # 2 by default: two 1-thread runs finished a 4-run demo sweep 1.33x sooner than one 2-thread run at a
+    # time on a quiet 2-core CPU, 3.2x and 8.5x on a busy one (benchmarks/bench_sweep.py)
     p.add_argument("--parallel", type=positive_int, default=2, metavar="N",
                    help="runs at a time; the cores are split between them (OMP_NUM_THREADS caps a run's share) (default: 2)")
     p.add_argument("--list", action="store_true", help="print one guppy-train command per run and exit; creates nothing")
