@@ -202,7 +202,7 @@ def main() -> None:
              "health": (copies["health"], build_optimizer(copies["health"], tcfg), guppy_loss, bucketed, fast_dtype,
                         data, pad, watch)}
     timed = run_loops(loops, args.steps)
-    (ref_tps, ref_step), (our_tps, our_step), (_, watched_step) = timed["ref"], timed["ours"], timed["health"]
+    (ref_tps, _), (our_tps, our_step), (_, watched_step) = timed["ref"], timed["ours"], timed["health"]
     shares = where_time_goes(loops["ours"])
 
     peak_bf16, peak_fp32 = matmul_flops(torch.bfloat16, device), matmul_flops(torch.float32, device)

@@ -7,7 +7,6 @@ Shapes: L layers, H heads, n tokens of an input; Lmax / Hmax the largest over th
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np

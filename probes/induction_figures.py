@@ -101,7 +101,7 @@ def patterns_figure(run, formed, path: Path) -> list[int]:
         ax.set_xticks([])
         ax.set_yticks([])
     np.atleast_1d(axes)[0].set_ylabel("query")
-    fig.suptitle(f"attention on a start token + 20 random tokens, repeated: the stripe 19 back is induction", fontsize=9)
+    fig.suptitle("attention on a start token + 20 random tokens, repeated: the stripe 19 back is induction", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

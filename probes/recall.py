@@ -20,7 +20,6 @@ import sys
 import time
 
 import pandas as pd
-import torch
 
 from guppy import analysis as A
 from guppy.ablate import METHODS, ablation_hooks

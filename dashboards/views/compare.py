@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
 from guppy import runformat as R
 
@@ -178,19 +177,26 @@ def _lines(per_run: dict[str, dict[str, float]], order: list[str], title: str, y
     return heatmap_layout(fig, title, height=340)
 
 
-def residual(runs, steps, L, H) -> None:
-    norms, lens, names = {}, {}, []
+def _read_each(runs, steps, *keys):
+    """(run, [each key's array]) at each run's matched step, for the runs with a snapshot there;
+    a run whose snapshot cannot give them says so and is left out."""
     for r in runs:
         step = steps[r.name]
         if step is None:
             continue
         try:
-            points = [str(x) for x in r.read(R.RESID_POINTS, step)]
-            by_pos = r.read(R.RESID_NORM, step)  # (P, T); 0 where no input reaches
-            loss = r.read(R.LENS_LOSS, step)  # (P,)
+            values = [r.read(k, step) for k in keys]
         except READ_ERRORS as e:
             st.warning(f"{r.name}: {e}")
             continue
+        yield r, values
+
+
+def residual(runs, steps, L, H) -> None:
+    norms, lens, names = {}, {}, []
+    # norms by position (P, T), 0 where no input reaches; logit-lens loss (P,)
+    for r, (points, by_pos, loss) in _read_each(runs, steps, R.RESID_POINTS, R.RESID_NORM, R.LENS_LOSS):
+        points = [str(x) for x in points]
         names += points
         norms[r.name] = {point(p)[1]: float(v[v > 0].mean()) if (v > 0).any() else np.nan for p, v in zip(points, by_pos)}
         lens[r.name] = {point(p)[1]: float(v) for p, v in zip(points, loss)}
@@ -202,18 +208,9 @@ def residual(runs, steps, L, H) -> None:
 
 def gradients(runs, steps, L, H) -> None:
     acts, params, names = {}, {}, []
-    for r in runs:
-        step = steps[r.name]
-        if step is None:
-            continue
-        try:
-            act_names = [str(x) for x in r.read(R.ACT_GRAD_NAMES, step)]
-            act_norm = r.read(R.ACT_GRAD_NORM, step)
-            param_names = [str(x) for x in r.read(R.PARAM_NAMES, step)]
-            param_norm = r.read(R.PARAM_GRAD_NORM, step)
-        except READ_ERRORS as e:
-            st.warning(f"{r.name}: {e}")
-            continue
+    keys = (R.ACT_GRAD_NAMES, R.ACT_GRAD_NORM, R.PARAM_NAMES, R.PARAM_GRAD_NORM)
+    for r, (act_names, act_norm, param_names, param_norm) in _read_each(runs, steps, *keys):
+        act_names, param_names = [str(x) for x in act_names], [str(x) for x in param_names]
         names += act_names
         acts[r.name] = {point(n)[1]: float(v) for n, v in zip(act_names, act_norm)}
         params[r.name] = by_layer(param_names, param_norm)
