@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import guppy  # noqa: E402
 from guppy.compare import EVAL_LOSS, PERSONA_PASS  # noqa: E402
-from guppy.runformat import SEED_KEY  # noqa: E402
+from guppy.runfiles import atomic_write  # noqa: E402
+from guppy.runformat import SEED_KEY, axis_keys  # noqa: E402
 
 BASE = ("--preset", "demo", "--steps", "600", "--eval-prompts", "1")  # ~2/3 of an epoch of the demo fish
 
@@ -75,7 +76,7 @@ EXPERIMENTS = {e.name: e for e in (
 def label_of(cmp, run: str) -> str:
     """The run's setting without its seed: 'n_heads=1', 'batch_size=16, grad_accum=4'; a sweep's
     own axes only (d_head follows n_heads, but the sweep varied n_heads)."""
-    axes = [k for axis in (cmp.sweep or {}).get("grid", {}) for k in axis.split("/") if k != SEED_KEY]
+    axes = [k for k in axis_keys((cmp.sweep or {}).get("grid", {})) if k != SEED_KEY]
     keys = [k for k in axes if k in cmp.groups] or cmp.groups
     return ", ".join(f"{k}={cmp.settings.at[run, k]}" for k in keys) or run
 
@@ -90,17 +91,14 @@ def by_setting(cmp) -> dict[str, list[str]]:
 def summary(cmp) -> list[dict]:
     """Per setting: final eval loss and persona pass rate (mean over seeds), training seconds,
     parameters, status."""
+    lasts = {m: cmp.last(m).set_index("run")["value"] for m in (EVAL_LOSS, PERSONA_PASS, "loss", "elapsed_s")}
     rows = []
     for label, runs in by_setting(cmp).items():
-        def last(metric, rs=runs):
-            vals = [cmp.runs[r].metrics[metric].dropna() for r in rs if metric in cmp.runs[r].metrics]
-            vals = [float(v.iloc[-1]) for v in vals if len(v)]
-            return sum(vals) / len(vals) if vals else float("nan")
-        metas = [cmp.runs[r].meta for r in runs]
-        rows.append({"setting": label, "runs": len(runs), "eval_loss": last(EVAL_LOSS), "persona_pass": last(PERSONA_PASS),
-                     "loss": last("loss"), "params": cmp.runs[runs[0]].model_config.num_params(),
-                     "train_s": sum(last("elapsed_s", [r]) for r in runs) / len(runs),
-                     "status": ",".join(sorted({m.get("status", "?") for m in metas}))})
+        mean = {m: float(v.reindex(runs).mean()) for m, v in lasts.items()}  # over the seeds that logged it
+        rows.append({"setting": label, "runs": len(runs), "eval_loss": mean[EVAL_LOSS], "persona_pass": mean[PERSONA_PASS],
+                     "loss": mean["loss"], "params": cmp.runs[runs[0]].model_config.num_params(),
+                     "train_s": mean["elapsed_s"],
+                     "status": ",".join(sorted({cmp.runs[r].meta.get("status", "?") for r in runs}))})
     return rows
 
 
@@ -198,10 +196,8 @@ def draw(exp: Experiment, sweep_dir: Path, out: Path) -> Path:
                 axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.suptitle(f"{exp.question}  ({sweep_dir.name}: {len(cmp.runs)} runs)", fontsize=11)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=90))  # never half a PNG where the README points
     plt.close(fig)
-    tmp.replace(out)  # a crash never leaves half a PNG where the README points
     return out
 
 

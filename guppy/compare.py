@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from guppy.runformat import RUN_JSON, SEED_KEY as SEED, SWEEP_FILE
+from guppy.runformat import RUN_JSON, SEED_KEY as SEED, SWEEP_FILE, axis_keys
 from guppy.runs import Run, RunError, open_run
 
 EVAL_LOSS, PERSONA_PASS = "eval_loss", "persona_pass"  # metrics.csv columns the summaries default to
@@ -85,7 +85,7 @@ class Comparison:
             every[name] = {k: v for k, v in both.items() if k not in NOT_SETTINGS}
         keys = list(dict.fromkeys(k for d in every.values() for k in d))
         differ = [k for k in keys if len({json.dumps(d.get(k)) for d in every.values()}) > 1]
-        first = [k for axis in (self.sweep or {}).get("grid", {}) for k in axis.split("/")]  # a sweep's own axes lead, in its order
+        first = axis_keys((self.sweep or {}).get("grid", {}))  # a sweep's own axes lead, in its order
         cols = [k for k in first if k in differ] + [k for k in differ if k not in first]
         return pd.DataFrame([{k: every[n].get(k) for k in cols} for n in self.runs],
                             index=pd.Index(list(self.runs), name="run"), columns=cols)

@@ -17,6 +17,7 @@ import sys
 from dataclasses import replace
 
 from guppy.config import TrainConfig
+from guppy.runformat import head_column_parts
 
 
 def recipe(**overrides) -> TrainConfig:
@@ -43,7 +44,8 @@ def summary(run_dir) -> str:
         best = max((c for c in table.columns if c.startswith("induction.")), key=lambda c: table[c].max())
         lines.append(f"no head's induction score reached 0.5 (best: {best} {table[best].max():.3f})")
     else:
-        prev = [c for c in table.columns if c.startswith(f"prev_token.L") and int(c.split("L")[1][0]) < f["layer"]]
+        prev = [c for c in table.columns
+                if (p := head_column_parts(c)) and p[0] == "prev_token" and p[1] < f["layer"]]
         lines.append(f"induction head {f['head']} formed at step {f['step']}: score {f['score_before']:.3f} -> "
                      f"{f['score_after']:.3f}, rising between steps {f['rise_from']} and {f['rise_to']}")
         if prev:

@@ -28,7 +28,7 @@ import torch
 from guppy import metrics as M
 from guppy.callbacks import Callback
 from guppy.runfiles import atomic_write
-from guppy.runformat import HEAD_COLUMN, RECALL_COLUMNS, RECALL_FILE, layer_of  # noqa: F401 (RECALL_COLUMNS: re-exported)
+from guppy.runformat import HEAD_COLUMN, RECALL_FILE, head_column_parts, layer_of
 DENSE_METRICS = ("induction", "prev_token")
 
 
@@ -231,6 +231,6 @@ def formation(table: pd.DataFrame, threshold: float = 0.5, metric: str = "induct
     t10 = steps[np.argmax(s >= lo + 0.1 * (hi - lo))]
     t90 = steps[np.argmax(s >= lo + 0.9 * (hi - lo))]
     head = best.split(".", 1)[1]  # "L1H2"
-    layer, h = (int(x) for x in head[1:].split("H"))
+    _, layer, h = head_column_parts(best)
     return {"head": head, "layer": layer, "index": h, "step": int(steps[np.argmax(s >= threshold)]),
             "score_before": float(lo), "score_after": float(s[-1]), "rise_from": int(t10), "rise_to": int(t90)}

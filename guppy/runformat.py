@@ -131,6 +131,13 @@ def forensics_path(run_dir: str | Path, step: int) -> Path:
 RECALL_FILE = "recall.csv"  # run folder: one row per measured step
 RECALL_COLUMNS = ("step", "tokens", "recall_loss", "recall_token_acc", "recall_acc")
 HEAD_COLUMN = "{metric}.L{layer}H{head}"  # per-head columns of recall.csv: induction.L1H2, prev_token.L0H3
+_HEAD_COLUMN = re.compile(r"^(\w+)\.L(\d+)H(\d+)$")
+
+
+def head_column_parts(name: str) -> tuple[str, int, int] | None:
+    """A per-head column's metric, layer and head: 'induction.L1H2' -> ('induction', 1, 2); None otherwise."""
+    m = _HEAD_COLUMN.match(name)
+    return (m.group(1), int(m.group(2)), int(m.group(3))) if m else None
 
 # ---- sweeps (guppy.sweep writes them, guppy.compare and the dashboard read them) --------------
 
@@ -139,6 +146,23 @@ SWEEP_SCHEMA = 1
 SWEEP_LOCK = ".sweep.lock"  # held while a guppy-sweep process drives the sweep
 SWEEP_LOGS_DIR = "_logs"  # runs/<sweep>/_logs/<run>.log; a leading underscore: not listed as a run
 SEED_KEY = "seed"  # --seeds S1,S2 is --vary seed=S1,S2, the grid's last axis
+# settings that change together are one axis of the grid: axis "batch_size/grad_accum", value "16/4"
+
+
+def axis_keys(axes) -> list[str]:
+    """The settings an iterable of grid axes varies, in order: ['lr', 'batch_size/grad_accum'] ->
+    ['lr', 'batch_size', 'grad_accum']."""
+    return [k for axis in axes for k in axis.split("/")]
+
+
+def axis_name(keys) -> str:
+    """['batch_size', 'grad_accum'] -> 'batch_size/grad_accum'."""
+    return "/".join(keys)
+
+
+def axis_values(value: str) -> list[str]:
+    """One value of an axis, a part per setting: '16/4' -> ['16', '4']."""
+    return value.split("/")
 
 
 # ---- the watch set file (watch.h5) ------------------------------------------------------------

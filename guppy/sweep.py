@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guppy.runfiles import atomic_write, read_run_json
-from guppy.runformat import SEED_KEY, SWEEP_FILE, SWEEP_LOCK, SWEEP_LOGS_DIR as LOGS_DIR, SWEEP_SCHEMA, \
-    list_checkpoints, state_path
+from guppy.runformat import SEED_KEY, SWEEP_FILE, SWEEP_LOCK, SWEEP_LOGS_DIR as LOGS_DIR, SWEEP_SCHEMA, axis_keys, \
+    axis_name, axis_values, list_checkpoints, state_path
 
 DONE = ("finished", "diverged")  # a diverged run is an outcome: running it again diverges again
 OWNED = ("run_name", "runs_dir", "resume")  # the sweep names and places its runs itself
@@ -59,15 +59,15 @@ def parse_vary(text: str) -> tuple[str, list[str]]:
     Settings that change together are one axis: 'batch_size/grad_accum=64/1,16/4' (each value has
     one part per key)."""
     key, eq, values = text.partition("=")
-    key = "/".join(k.strip().lstrip("-").replace("-", "_") for k in key.split("/"))
+    keys = [k.strip().lstrip("-").replace("-", "_") for k in axis_keys([key])]
+    key, n = axis_name(keys), len(keys)
     vals = [v.strip() for v in values.split(",")]
-    if not eq or not all(key.split("/")) or not all(vals):
+    if not eq or not all(keys) or not all(vals):
         raise ValueError(f"--vary {text!r}: expected KEY=V1,V2,... (e.g. lr=3e-3,3e-4) or K1/K2=A1/A2,B1/B2")
     dup = next((v for v in vals if vals.count(v) > 1), None)
     if dup is not None:
         raise ValueError(f"--vary {text!r}: value {dup!r} given twice")
-    n = key.count("/") + 1
-    bad = next((v for v in vals if n > 1 and (v.count("/") + 1 != n or not all(v.split("/")))), None)
+    bad = next((v for v in vals if n > 1 and (len(axis_values(v)) != n or not all(axis_values(v)))), None)
     if bad is not None:
         raise ValueError(f"--vary {text!r}: value {bad!r} needs {n} parts joined by / (one per key)")
     return key, vals
@@ -75,8 +75,8 @@ def parse_vary(text: str) -> tuple[str, list[str]]:
 
 def _settings(axis: str, value: str) -> dict[str, str]:
     """One axis's value as settings: ('batch_size/grad_accum', '16/4') -> {'batch_size': '16', 'grad_accum': '4'}."""
-    keys = axis.split("/")
-    return dict(zip(keys, value.split("/"))) if len(keys) > 1 else {axis: value}
+    keys = axis_keys([axis])
+    return dict(zip(keys, axis_values(value))) if len(keys) > 1 else {axis: value}
 
 
 def safe(text: str) -> str:
@@ -145,7 +145,7 @@ def plan(name: str, vary: list[tuple[str, list[str]]], seeds: list[str], base: l
     axes = list(vary) + ([(SEED_KEY, seeds)] if seeds else [])
     if not axes:
         raise ValueError("nothing to sweep: give at least one --vary KEY=V1,V2 or --seeds")
-    keys = [k for axis, _ in axes for k in axis.split("/")]
+    keys = axis_keys(axis for axis, _ in axes)
     if len(set(keys)) != len(keys):
         raise ValueError(f"{sorted(k for k in keys if keys.count(k) > 1)[0]} is varied twice "
                          "(--seeds is the same as --vary seed=...)")

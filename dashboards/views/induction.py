@@ -18,6 +18,7 @@ from plotly.subplots import make_subplots
 from dashboards.cache import READ_ERRORS, RunHandle
 from dashboards.data import input_pattern, token_labels
 from dashboards.views.common import SEQUENTIAL, chart, heatmap_layout
+from guppy.runformat import head_column_parts
 
 THRESHOLD = 0.5
 
@@ -74,7 +75,8 @@ def curves(table: pd.DataFrame, metrics: pd.DataFrame | None, formed: dict | Non
                                  line=dict(width=3 if main else 1.2, color=f"hsl({int(360 * j / len(heads))},65%,45%)")),
                       row=1, col=1)
     if formed:
-        prev = [c for c in table.columns if c.startswith("prev_token.L") and int(c.split("L")[1].split("H")[0]) < formed["layer"]]
+        prev = [c for c in table.columns
+                if (p := head_column_parts(c)) and p[0] == "prev_token" and p[1] < formed["layer"]]
         if prev:
             best = max(prev, key=lambda c: table[c].iloc[-1])
             fig.add_trace(go.Scatter(x=table.step, y=table[best], name=f"{best.split('.', 1)[1]} previous-token",
