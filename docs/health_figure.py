@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import guppy  # noqa: E402
-from guppy.healthfiles import LAYER_SIGNALS, SIGNAL_TITLES  # noqa: E402
+from guppy.runformat import LAYER_SIGNALS, SIGNAL_TITLES  # noqa: E402
 
 
 def draw(run_dir: Path, out: Path) -> Path:

@@ -32,11 +32,8 @@ from guppy.runfiles import atomic_write
 if TYPE_CHECKING:
     import pandas as pd
 
-# the names are the run format's (guppy.runformat); imported here for the trainer's side
-from guppy.runformat import (BATCH_FILE, DIVERGENCE_KEY, FORENSICS_DIR, HEALTH_FILE, HISTORY_KEY,  # noqa: E402,F401
-                             HOOK_COLUMNS, HOOKS_FILE, LAYER_SIGNALS, PARAM_COLUMNS, PARAMS_FILE, REPLAY_PARAMS_FILE,
-                             SIGNAL_TITLES, SPIKES_KEY, SUMMARY_FILE, TABLE_COLUMNS, WEIGHTS_FILE, forensics_path,
-                             health_columns, step_name)
+from guppy.runformat import (BATCH_FILE, FORENSICS_DIR, HEALTH_FILE, HOOKS_FILE, PARAMS_FILE,  # noqa: E402
+                             REPLAY_PARAMS_FILE, SUMMARY_FILE, TABLE_COLUMNS, WEIGHTS_FILE, forensics_path)
 
 
 # ---- writing ----------------------------------------------------------------------------------

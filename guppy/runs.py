@@ -36,7 +36,7 @@ import numpy as np
 from guppy import runformat as R
 from guppy.config import ModelConfig
 from guppy.data import DataConfig, data_config, load_dataset
-from guppy.healthfiles import DIVERGENCE_KEY, HISTORY_KEY, SPIKES_KEY, Forensics, read_forensics, read_health
+from guppy.healthfiles import Forensics, read_forensics, read_health
 from guppy.runfiles import read_run_json, read_train_config
 from guppy.tokenizer import ChatTokenizer
 from guppy.watchset import WatchSet
@@ -173,8 +173,8 @@ class Run:
         """What went wrong and what was done, from run.json read afresh (a live run adds to it):
         {"spikes": [...], "divergence": {...} or None, "history": [resumes with changed flags]}."""
         meta = read_run_json(self.path)
-        return {"spikes": meta.get(SPIKES_KEY) or [], "divergence": meta.get(DIVERGENCE_KEY),
-                "history": meta.get(HISTORY_KEY) or []}
+        return {"spikes": meta.get(R.SPIKES_KEY) or [], "divergence": meta.get(R.DIVERGENCE_KEY),
+                "history": meta.get(R.HISTORY_KEY) or []}
 
     def forensics(self, step: int | str = "latest") -> Forensics:
         """What a divergence left: .summary (the facts), .hooks (every hook point of the fp32

@@ -18,7 +18,8 @@ import torch
 import guppy
 from guppy.forensics import SpikeDetector, StepRing, replay
 from guppy.health import ForwardSignals
-from guppy.healthfiles import FORENSICS_DIR, LAYER_SIGNALS, forensic_steps, read_forensics, write_forensics
+from guppy.healthfiles import forensic_steps, read_forensics, write_forensics
+from guppy.runformat import FORENSICS_DIR, LAYER_SIGNALS
 from guppy.runs import RunError
 from guppy.train import start_run
 from guppy.watchdog import InjectFault
