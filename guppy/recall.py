@@ -1,16 +1,18 @@
 """Recall on memory chats: can the model repeat what the user told it earlier in the chat?
 
     batch = recall_batch(tokenizer, chats, n_ctx)        # held-out memory chats (guppy.memorychats)
-    recall_scores(model, batch)                          # {"loss", "token_acc", "acc"}
+    recall_scores(model, batch)                          # {"recall_loss", "recall_token_acc", "recall_acc"}
     recall_scores(model, batch, fwd_hooks=ablation_hooks(model, heads=[(1, 2)]))   # the same, one head off
+    chat_scores(model, random_items(batch, vocab_size))  # the item swapped for random tokens, + copy scores
 
 Scored teacher-forced on the tokens of the recalled item in the last reply (`Chat.recall`): its
 loss, the share of its tokens predicted exactly (argmax), and `acc`, the share of chats whose
 item is right in every token. Held-out items are never in train, so only copying scores.
 
 `RecallMonitor` is a training callback that measures this every few steps, together with each
-head's induction and previous-token scores on repeated random tokens (`guppy.metrics`), and
-rewrites `recall.csv` in the run folder: a curve dense enough to date when the induction head
+head's copy score inside the chats (`chat_scores`), the same two with the item swapped for random
+tokens (`random_items`), and each head's induction and previous-token scores on repeated random
+tokens (`guppy.metrics`), and rewrites `recall.csv` in the run folder: a curve dense enough to date when the induction head
 forms, far cheaper than a full snapshot.
 """
 
@@ -68,59 +70,106 @@ def recall_batch(tokenizer, chats, n_ctx: int) -> RecallBatch:
         tokens[row, :len(x)] = torch.tensor(x)
         first, end = item_token_span(tokenizer, c.reply, c.recall)
         item[row, s + first - 1:s + end - 1] = True  # target t is predicted at position t - 1
+    return RecallBatch(tokens, torch.tensor([len(x) for x in ids]), item, chats, _copy_pairs(tokens, item))
+
+
+def _copy_pairs(tokens: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+    """RecallBatch.copy_pairs for these tokens and item mask."""
     pairs = []
-    for row in range(len(ids)):
+    for row in range(len(tokens)):
         seq = tokens[row].tolist()
         for q in torch.nonzero(item[row]).flatten().tolist():
             earlier = [k for k in range(q - 1) if seq[k] == seq[q]]
             if earlier:
                 pairs.append((row, q, earlier[-1] + 1))
-    return RecallBatch(tokens, torch.tensor([len(x) for x in ids]), item, chats,
-                       torch.tensor(pairs, dtype=torch.long).reshape(-1, 3))
+    return torch.tensor(pairs, dtype=torch.long).reshape(-1, 3)
+
+
+def random_items(batch: RecallBatch, vocab_size: int, seed: int = 0) -> RecallBatch:
+    """The same chats with the recalled item's tokens, wherever the chat says them, replaced by the
+    same random tokens (ids 3..V-1, never special, as in the repeated-random-tokens probe): copying
+    these is copying tokens the model was never trained to copy, inside the chat's frame. Chats
+    whose item's tokens do not occur verbatim earlier (a tokenization that differs) are left out."""
+    g = torch.Generator().manual_seed(seed)
+    tokens, keep = batch.tokens.clone(), []
+    for row in range(len(tokens)):
+        at = torch.nonzero(batch.item_mask[row]).flatten() + 1  # the item's tokens in the last reply
+        first, n = int(at[0]), len(at)
+        seq = tokens[row].tolist()
+        earlier = [i for i in range(first - n + 1) if seq[i:i + n] == seq[first:first + n]]
+        if not earlier:
+            continue
+        random_tokens = torch.randint(3, vocab_size, (n,), generator=g)
+        for i in [*earlier, first]:
+            tokens[row, i:i + n] = random_tokens
+        keep.append(row)
+    if not keep:
+        raise ValueError("no memory chat repeats its item verbatim: nothing to swap random tokens into")
+    tokens, item = tokens[keep], batch.item_mask[keep]
+    return RecallBatch(tokens, batch.lengths[keep], item, [batch.chats[i] for i in keep], _copy_pairs(tokens, item))
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 @torch.no_grad()
-def recall_scores(model, batch: RecallBatch, fwd_hooks=()) -> dict[str, float]:
-    """Teacher-forced loss and accuracy on the recalled items' tokens (see the module docstring)."""
-    was_training = model.training
-    model.eval()
-    try:
-        x, y = batch.tokens[:, :-1], batch.tokens[:, 1:]
-        logits = model.run_with_hooks(x, fwd_hooks=list(fwd_hooks))  # (B, T-1, V)
-    finally:
-        model.train(was_training)
-    m = batch.item_mask[:, :x.shape[1]]
-    loss = torch.nn.functional.cross_entropy(logits[m].float(), y[m])
-    right = torch.zeros_like(m)
-    right[m] = logits[m].argmax(-1) == y[m]
-    chat_right = (right | ~m).all(1)  # every item token right
-    return {"recall_loss": float(loss), "recall_token_acc": float(right[m].float().mean()),
-            "recall_acc": float(chat_right.float().mean())}
-
-
-@torch.no_grad()
-def chat_induction(model, batch: RecallBatch) -> dict[str, float]:
-    """Every head's induction score inside the memory chats: its mean attention, from each position
+def chat_scores(model, batch: RecallBatch, fwd_hooks=(), prefix: str = "recall",
+                copy_metric: str | None = "chat_induction") -> dict[str, float]:
+    """One forward pass over `batch`: the recall scores (`{prefix}_loss`, `{prefix}_token_acc`,
+    `{prefix}_acc`; see the module docstring) and, unless `copy_metric` is None, every head's copy
+    score, as recall.csv columns `{copy_metric}.L{l}H{h}`: its mean attention, from each position
     that predicts a token of the recalled item, to the position after the last earlier occurrence
-    of the current token (the copy an induction head makes), as recall.csv columns
-    `chat_induction.L{l}H{h}`. Unlike the score on repeated random tokens, this is measured on the
-    model's own data, where a copying head may work before it generalises to any token."""
-    row, q, k = batch.copy_pairs.unbind(1)
+    of the current token (the copy an induction head makes). Unlike the score on repeated random
+    tokens, this is measured on the model's own data, where a copying head may work before it
+    generalises to any token."""
+    device = _device(model)
+    tokens, m = batch.tokens.to(device), batch.item_mask.to(device)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    row, q, k = batch.copy_pairs.to(device).unbind(1)
     out: dict[str, float] = {}
 
     def on_pattern(pattern, hook):  # (B, H, T, T)
         layer = layer_of(hook.name)
         mass = pattern[row, :, q, k].float().mean(0) if len(row) else torch.zeros(pattern.shape[1])  # (H,)
         for h, v in enumerate(mass.tolist()):
-            out[HEAD_COLUMN.format(metric="chat_induction", layer=layer, head=h)] = v
+            out[HEAD_COLUMN.format(metric=copy_metric, layer=layer, head=h)] = v
 
+    hooks = [*fwd_hooks, *([("blocks.*.attn.hook_pattern", on_pattern)] if copy_metric else [])]
     was_training = model.training
     model.eval()
     try:
-        model.run_with_hooks(batch.tokens[:, :-1], fwd_hooks=[("blocks.*.attn.hook_pattern", on_pattern)])
+        logits = model.run_with_hooks(x, fwd_hooks=hooks)  # (B, T-1, V)
     finally:
         model.train(was_training)
-    return out
+    m = m[:, :x.shape[1]]
+    loss = torch.nn.functional.cross_entropy(logits[m].float(), y[m])
+    right = torch.zeros_like(m)
+    right[m] = logits[m].argmax(-1) == y[m]
+    chat_right = (right | ~m).all(1)  # every item token right
+    return {f"{prefix}_loss": float(loss), f"{prefix}_token_acc": float(right[m].float().mean()),
+            f"{prefix}_acc": float(chat_right.float().mean())} | out
+
+
+def recall_scores(model, batch: RecallBatch, fwd_hooks=()) -> dict[str, float]:
+    """Teacher-forced loss and accuracy on the recalled items' tokens (see the module docstring)."""
+    return chat_scores(model, batch, fwd_hooks, copy_metric=None)
+
+
+def chat_induction(model, batch: RecallBatch) -> dict[str, float]:
+    """Every head's copy score inside the memory chats, `chat_induction.L{l}H{h}` (see `chat_scores`)."""
+    return {k: v for k, v in chat_scores(model, batch).items() if head_column_parts(k)}
+
+
+@torch.no_grad()
+def chat_pattern(model, batch: RecallBatch, layer: int, head: int, row: int = 0) -> np.ndarray:
+    """One head's attention in one chat of `batch`, (item positions, chat positions): the rows are
+    the positions that predict the recalled item's tokens, the columns the whole chat."""
+    n = int(batch.lengths[row]) - 1
+    name = f"blocks.{layer}.attn.hook_pattern"
+    _, cache = model.run_with_cache(batch.tokens[row:row + 1, :n].to(_device(model)), names=name)
+    rows = torch.nonzero(batch.item_mask[row, :n]).flatten().to(_device(model))
+    return cache[name][0, head][rows].float().cpu().numpy()
 
 
 def corrupted(chats, seed: int = 0) -> list:
@@ -153,6 +202,9 @@ def dense_head_scores(model, tokens, lengths, period) -> dict[str, float]:
     """Every head's induction and previous-token score on repeated random tokens, as recall.csv columns."""
     out: dict[str, float] = {}
 
+    device = _device(model)
+    tokens, lengths, period = tokens.to(device), lengths.to(device), period.to(device)
+
     def on_pattern(pattern, hook):
         layer = layer_of(hook.name)
         scores = M.head_metrics(pattern.detach(), lengths, period)
@@ -170,8 +222,10 @@ def dense_head_scores(model, tokens, lengths, period) -> dict[str, float]:
 
 
 class RecallMonitor(Callback):
-    """A training callback: every `every` steps and at the last, the
-    recall scores of `n_chats` held-out memory chats and the dense head scores, into recall.csv."""
+    """A training callback: every `every` steps and at the last, into recall.csv: the recall and copy
+    scores of `n_chats` held-out memory chats (`chat_scores`), the same of those chats with their
+    item swapped for random tokens (`random_items`: `random_recall_*`, `chat_random_induction.*`),
+    and the dense head scores on repeated random tokens."""
 
     def __init__(self, every: int = 10, n_chats: int = 256):
         self.every, self.n_chats = every, n_chats
@@ -182,6 +236,7 @@ class RecallMonitor(Callback):
         self.path = Path(trainer.run_dir) / RECALL_FILE
         model, tok = trainer.model, trainer.data.tokenizer
         self.batch = recall_batch(tok, [c for c in trainer.data.chats.eval if c.recall][:self.n_chats], model.cfg.n_ctx)
+        self.random = random_items(self.batch, tok.vocab_size)
         self.repeats = repeated_tokens(tok.vocab_size, start_id=tok.start_id)
         if self.path.exists():  # a resumed run keeps the rows it measured up to its checkpoint
             old = pd.read_csv(self.path)
@@ -198,8 +253,9 @@ class RecallMonitor(Callback):
     def measure(self, trainer) -> None:
         t0 = time.perf_counter()
         model = trainer.model
-        row = {"step": trainer.step, "tokens": trainer.tokens} | recall_scores(model, self.batch)
-        row |= dense_head_scores(model, *self.repeats) | chat_induction(model, self.batch)
+        row = {"step": trainer.step, "tokens": trainer.tokens} | chat_scores(model, self.batch)
+        row |= chat_scores(model, self.random, prefix="random_recall", copy_metric="chat_random_induction")
+        row |= dense_head_scores(model, *self.repeats)
         self.rows.append(row)
         self._write()
         self.seconds += time.perf_counter() - t0
@@ -215,19 +271,21 @@ def read_recall(run_dir: str | Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
-def formation(table: pd.DataFrame, threshold: float = 0.5, metric: str = "induction") -> dict | None:
+def formation(table: pd.DataFrame, threshold: float | None = 0.5, metric: str = "induction") -> dict | None:
     """When the induction head formed, from recall.csv: the head whose `metric` score rises
-    highest, the first step it exceeds `threshold`, and the steps its score took to climb from
-    10% to 90% of its rise. None if no head reaches the threshold."""
-    cols = [c for c in table.columns if c.startswith(f"{metric}.")]
-    if not cols:
+    highest, the first step it exceeds `threshold` (None: half way up its own rise), and the steps
+    its score took to climb from 10% to 90% of its rise. None if no head reaches the threshold."""
+    cols = [c for c in table.columns if c.startswith(f"{metric}.") and (p := head_column_parts(c)) and p[1] > 0]
+    if not cols:  # layer 0 never: an induction head reads what a previous-token head of an earlier layer wrote
         return None
     best = max(cols, key=lambda c: table[c].max())
     s = table[best].to_numpy()
     steps = table.step.to_numpy()
+    lo, hi = s[: int(np.argmax(s)) + 1].min(), s.max()
+    if threshold is None:
+        threshold = lo + 0.5 * (hi - lo)
     if s.max() < threshold:
         return None
-    lo, hi = s[: int(np.argmax(s)) + 1].min(), s.max()
     t10 = steps[np.argmax(s >= lo + 0.1 * (hi - lo))]
     t90 = steps[np.argmax(s >= lo + 0.9 * (hi - lo))]
     head = best.split(".", 1)[1]  # "L1H2"

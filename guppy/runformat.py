@@ -129,7 +129,8 @@ def forensics_path(run_dir: str | Path, step: int) -> Path:
 # ---- recall of memory chats (guppy.recall writes it; the Induction view reads it) ------------
 
 RECALL_FILE = "recall.csv"  # run folder: one row per measured step
-RECALL_COLUMNS = ("step", "tokens", "recall_loss", "recall_token_acc", "recall_acc")
+RECALL_COLUMNS = ("step", "tokens", "recall_loss", "recall_token_acc", "recall_acc",
+                  "random_recall_loss", "random_recall_token_acc", "random_recall_acc")  # then per-head columns
 HEAD_COLUMN = "{metric}.L{layer}H{head}"  # per-head columns of recall.csv: induction.L1H2, prev_token.L0H3
 _HEAD_COLUMN = re.compile(r"^(\w+)\.L(\d+)H(\d+)$")
 

@@ -43,7 +43,12 @@ def chat_induction_table(run, table):
 
 
 def formation_figure(table, chat, metrics, formed, path: Path) -> None:
+    """Scores on repeated random tokens, copy scores inside the memory chats (and, where measured,
+    in the same chats with the item swapped for random tokens), and the losses. Shaded: the rise
+    of the head that crossed 0.5 on random tokens or, if none did, of the best copy head in the chats."""
     import matplotlib.pyplot as plt
+
+    from guppy.recall import formation
 
     fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True, gridspec_kw={"height_ratios": [3, 3, 2]})
     for ax, t, prefix, what in ((axes[0], table, "induction.", "on repeated random tokens"),
@@ -63,9 +68,16 @@ def formation_figure(table, chat, metrics, formed, path: Path) -> None:
         best = max(prev, key=lambda c: table[c].iloc[-1])
         axes[0].plot(table.step, table[best], ":", color="C0", lw=1.5, label=f"{best.split('.', 1)[1]} previous-token")
         axes[0].legend(loc="upper left", frameon=False, fontsize=8)
-    if formed:
+    swapped = [c for c in table.columns if c.startswith("chat_random_induction.")]
+    if swapped:
+        best = max(swapped, key=lambda c: table[c].iloc[-1])
+        axes[1].plot(table.step, table[best], "--", color="C1", lw=1.5,
+                     label=f"{best.split('.', 1)[1]}, the item swapped for random tokens")
+        axes[1].legend(loc="upper left", frameon=False, fontsize=8)
+    rise = formed or formation(chat, threshold=None, metric="chat_induction")
+    if rise:
         for ax in axes:
-            ax.axvspan(formed["rise_from"], formed["rise_to"], color="gold", alpha=0.3, lw=0)
+            ax.axvspan(rise["rise_from"], rise["rise_to"], color="gold", alpha=0.3, lw=0)
     axes[2].plot(table.step, table.recall_loss, color="C3", lw=2, label="loss on recalled tokens (held-out items)")
     if metrics is not None:
         m = metrics.dropna(subset=["loss"])
@@ -74,7 +86,9 @@ def formation_figure(table, chat, metrics, formed, path: Path) -> None:
     axes[2].set_xlabel("training step")
     axes[2].legend(loc="upper right", frameon=False, fontsize=8)
     title = (f"{formed['head']} crosses 0.5 at step {formed['step']}" if formed
-             else "no head's induction score on repeated random tokens reaches 0.5")
+             else "no head's induction score on repeated random tokens reaches 0.5" + (
+                 f";\nin the chats {rise['head']}'s copy score rises between steps {rise['rise_from']} and {rise['rise_to']}"
+                 if rise else ""))
     fig.suptitle(title + " (grey: the other heads)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -112,9 +126,8 @@ def chat_patterns_figure(run, head: str, steps: list[int], path: Path) -> None:
     """`head`'s attention on one held-out memory chat at `steps`, computed from the snapshots' weights:
     rows are the positions that predict the recalled item, columns the whole chat."""
     import matplotlib.pyplot as plt
-    import torch
 
-    from guppy.recall import recall_batch
+    from guppy.recall import chat_pattern, recall_batch
     from guppy.runs import load_eval_data
 
     _, chats = load_eval_data(run.path)
@@ -122,12 +135,10 @@ def chat_patterns_figure(run, head: str, steps: list[int], path: Path) -> None:
     chat = next((c for c in recall if len(c.recall.split()) >= 4), recall[0])  # a long item shows the diagonal
     batch = recall_batch(run.tokenizer, [chat], run.model_config.n_ctx)
     n = int(batch.lengths[0]) - 1
-    rows = torch.nonzero(batch.item_mask[0]).flatten()
     layer, h = (int(x) for x in head[1:].split("H"))
     fig, axes = plt.subplots(len(steps), 1, figsize=(9, 1.3 * len(steps) + 0.8), sharex=True)
     for ax, s in zip(np.atleast_1d(axes), steps):
-        _, cache = run.model(s).run_with_cache(batch.tokens[:, :n], names=f"blocks.{layer}.attn.hook_pattern")
-        pat = cache[f"blocks.{layer}.attn.hook_pattern"][0, h, rows, :n].float().numpy()  # (item tokens, n)
+        pat = chat_pattern(run.model(s), batch, layer, h)  # (item tokens, n)
         ax.imshow(pat, vmin=0, vmax=1, cmap="viridis", aspect="auto", interpolation="nearest")
         ax.set_ylabel(f"step {s}", fontsize=9)
         ax.set_yticks([])
@@ -173,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
               f"(step {int(chat.step.iloc[-1])})")
         snaps = list(run.snapshot_files)
         if snaps:  # the head most induction-like inside the chats, before, during and after its rise
-            head = best_chat.split(".", 1)[1]
-            picked = sorted({min(snaps, key=lambda s: abs(s - t)) for t in (1000, 2000, 3000, snaps[-1])})
+            rise = formation(chat, threshold=None, metric="chat_induction")  # a head of layer 1 or later
+            head = rise["head"] if rise else best_chat.split(".", 1)[1]
+            marks = (rise["rise_from"], rise["step"], rise["rise_to"]) if rise else ()
+            picked = sorted({min(snaps, key=lambda s: abs(s - t)) for t in (*marks, snaps[-1])})
             chat_patterns_figure(run, head, picked, out / "chat_patterns.png")
             print(f"wrote {out / 'chat_patterns.png'} ({head} at steps {', '.join(map(str, picked))})")
         if formed is None:

@@ -12,7 +12,11 @@ import pandas as pd
 import pytest
 
 import guppy
-from guppy.recall import RECALL_FILE, RecallMonitor, dense_head_scores, read_recall, repeated_tokens
+import torch
+
+from guppy.recall import (RECALL_FILE, RecallMonitor, dense_head_scores, random_items, read_recall, recall_batch,
+                          repeated_tokens)
+from guppy.runs import load_eval_data
 from guppy.train import start_run
 
 from conftest import tiny_train_config
@@ -34,11 +38,35 @@ def memory_run(tmp_path_factory) -> Path:
 def test_monitor_writes_a_row_every_few_steps(memory_run):
     table = read_recall(memory_run)
     assert table.step.tolist() == [0, 5, 10, 15, 20, 25, 30]
-    heads = [f"{m}.L{l}H{h}" for m in ("induction", "prev_token", "chat_induction") for l in range(2) for h in range(4)]
+    heads = [f"{m}.L{l}H{h}" for m in ("induction", "prev_token", "chat_induction", "chat_random_induction")
+             for l in range(2) for h in range(4)]
     assert set(heads) <= set(table.columns)
-    values = table[heads + ["recall_acc", "recall_token_acc"]].to_numpy()
+    values = table[heads + ["recall_acc", "recall_token_acc", "random_recall_acc", "random_recall_token_acc"]].to_numpy()
     assert ((values >= 0) & (values <= 1)).all()
     assert table.recall_loss.iloc[-1] < table.recall_loss.iloc[0]  # it learns something, even in 30 steps
+
+
+def test_random_items_swap_every_copy_of_the_item_and_nothing_else(memory_run):
+    run = guppy.open_run(memory_run)
+    _, chats = load_eval_data(memory_run)
+    batch = recall_batch(run.tokenizer, chats[:64], run.model_config.n_ctx)
+    swapped = random_items(batch, run.tokenizer.vocab_size, seed=3)
+    assert 0 < len(swapped.chats) <= len(batch.chats)
+    for row, chat in enumerate(swapped.chats):
+        old = batch.tokens[batch.chats.index(chat)]
+        new = swapped.tokens[row]
+        item = (torch.nonzero(swapped.item_mask[row]).flatten() + 1).tolist()
+        said = tuple(new[item].tolist())
+        assert min(said) >= 3 and said != tuple(old[item].tolist())
+        changed = torch.nonzero(new != old).flatten().tolist()
+        assert set(item) <= set(changed) or said == tuple(old[item].tolist())
+        n = len(item)
+        starts = [i for i in range(len(new) - n + 1) if tuple(new[i:i + n].tolist()) == said]
+        assert len(starts) >= 2 and starts[-1] == item[0]  # told earlier and recalled, the same random tokens
+        assert set(changed) <= {i + j for i in starts for j in range(n)}  # nothing else touched
+    for row, q, k in swapped.copy_pairs.tolist():  # the key follows an earlier copy of the query's token
+        assert k - 1 < q and swapped.tokens[row, k - 1] == swapped.tokens[row, q]
+    assert random_items(batch, run.tokenizer.vocab_size, seed=3).tokens.equal(swapped.tokens)  # deterministic
 
 
 def test_dense_scores_are_the_recorders(memory_run):
@@ -124,3 +152,11 @@ def test_cli_refuses_bad_flags(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--steps", "0"])
     assert e.value.code == 2 and "positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_monitor_measures_a_model_on_cuda(tmp_path):
+    """The monitor's batches live on the CPU; the model it measures may not (this crashed on a GPU)."""
+    cfg = tiny_train_config(tmp_path, preset="induction", memory_fraction=0.5, steps=4, device="cuda", eval_prompts=0)
+    trainer = start_run(cfg, callbacks=[RecallMonitor(every=2, n_chats=16)], show_progress=False)
+    assert trainer.fit() == "finished" and read_recall(trainer.run_dir).step.tolist() == [0, 2, 4]

@@ -5,6 +5,9 @@ induction score on repeated random tokens over training (and the best head's ins
 chats, dashed), with the loss on the recalled items'
 tokens and the training loss below it on the same step axis (the bump); the step the score
 crossed 0.5; and the head's attention on a repeated sequence at the snapshots before and after.
+A run where no head crosses 0.5 on random tokens but one copies inside the chats (the fish's
+demo run: see the README) shows that head instead: the step half way up its rise, and its
+attention on a held-out memory chat at the snapshots before and after.
 """
 
 from __future__ import annotations
@@ -45,6 +48,14 @@ def render(h: RunHandle, others=()) -> None:
         c1.metric("induction head", formed["head"])
         c2.metric("formed at step", formed["step"], help=f"first measured step with induction score >= {THRESHOLD}")
         c3.metric("induction score", f"{formed['score_after']:.2f}", f"{formed['score_after'] - formed['score_before']:+.2f}")
+    elif in_chats := formation(table, None, "chat_induction"):
+        c1.metric("copy head (in the chats)", in_chats["head"],
+                  help=f"no head's induction score on repeated random tokens reached {THRESHOLD}; this head's "
+                       "copy score inside held-out memory chats rose the most")
+        c2.metric("formed at step", in_chats["step"],
+                  help="half way up its copy score's rise inside the chats (shaded: 10% to 90% of the rise)")
+        c3.metric("copy score in the chats", f"{in_chats['score_after']:.2f}",
+                  f"{in_chats['score_after'] - in_chats['score_before']:+.2f}")
     else:
         best = max((c for c in table.columns if c.startswith("induction.")), key=lambda c: table[c].max())
         c1.metric("best induction head", best.split(".", 1)[1])
@@ -56,9 +67,12 @@ def render(h: RunHandle, others=()) -> None:
         metrics = h.metrics()
     except READ_ERRORS:
         metrics = None
-    chart(curves(table, metrics, formed), key="induction_curves")
+    rise = formed or in_chats
+    chart(curves(table, metrics, rise), key="induction_curves")
     if formed and h.steps:
         patterns(h, formed)
+    elif rise and h.steps:
+        chat_patterns(h, rise)
 
 
 def curves(table: pd.DataFrame, metrics: pd.DataFrame | None, formed: dict | None) -> go.Figure:
@@ -81,11 +95,13 @@ def curves(table: pd.DataFrame, metrics: pd.DataFrame | None, formed: dict | Non
             best = max(prev, key=lambda c: table[c].iloc[-1])
             fig.add_trace(go.Scatter(x=table.step, y=table[best], name=f"{best.split('.', 1)[1]} previous-token",
                                      mode="lines", line=dict(dash="dot", color="black")), row=1, col=1)
-    chat = [c for c in table.columns if c.startswith("chat_induction.")]
-    if chat:  # the same kind of score measured inside the memory chats, where copying is needed
-        best = max(chat, key=lambda c: table[c].iloc[-1])
-        fig.add_trace(go.Scatter(x=table.step, y=table[best], name=f"{best.split('.', 1)[1]} induction in memory chats",
-                                 mode="lines", line=dict(dash="dash", color="crimson")), row=1, col=1)
+    for metric, name, color in (("chat_induction", "copy score in memory chats", "crimson"),
+                                ("chat_random_induction", "the same, item swapped for random tokens", "darkorange")):
+        chat = [c for c in table.columns if c.startswith(f"{metric}.")]
+        if chat:  # the same kind of score measured inside the memory chats, where copying is needed
+            best = max(chat, key=lambda c: table[c].iloc[-1])
+            fig.add_trace(go.Scatter(x=table.step, y=table[best], name=f"{best.split('.', 1)[1]} {name}",
+                                     mode="lines", line=dict(dash="dash", color=color)), row=1, col=1)
     fig.add_hline(y=THRESHOLD, line_dash="dash", line_color="grey", row=1, col=1)
     fig.add_trace(go.Scatter(x=table.step, y=table.recall_loss, name="recall loss (held out)", mode="lines",
                              line=dict(color="crimson", width=2)), row=2, col=1)
@@ -133,6 +149,43 @@ def patterns(h: RunHandle, formed: dict) -> None:
     st.caption("A repeated random sequence (a start token, then 20 random tokens twice). An induction head "
                "attends from each token of the second copy to the token after its first occurrence: the "
                "off-diagonal stripe 19 positions back.")
+
+
+def chat_patterns(h: RunHandle, rise: dict) -> None:
+    """The copy head's attention on one held-out memory chat, from the snapshots' weights before,
+    during and after its rise: rows predict the recalled item's tokens, columns are the chat."""
+    from guppy.recall import chat_pattern, recall_batch
+    from guppy.runs import load_eval_data
+
+    try:
+        _, chats = load_eval_data(h.path)
+    except (OSError, ValueError, KeyError) as e:
+        st.error(f"{h.name}: cannot rebuild its held-out chats: {e}")
+        return
+    recall = [c for c in chats if c.recall]
+    if not recall:
+        return
+    chat = next((c for c in recall if len(c.recall.split()) >= 4), recall[0])  # a long item shows the diagonal
+    tok = h.tokenizer()
+    batch = recall_batch(tok, [chat], h.run.model_config.n_ctx)
+    labels = [tok.decode([i]) for i in batch.tokens[0, :int(batch.lengths[0]) - 1].tolist()]
+    steps = list(dict.fromkeys(min(h.steps, key=lambda s: abs(s - t))
+                               for t in (rise["rise_from"], rise["rise_to"], h.steps[-1])))
+    for step in steps:
+        try:
+            pat = chat_pattern(h.model(step), batch, rise["layer"], rise["index"])
+        except READ_ERRORS:
+            st.info(f"step {step}: no readable weights")
+            continue
+        fig = go.Figure(go.Heatmap(z=pat, x=list(range(len(labels))), zmin=0, zmax=1, colorscale=SEQUENTIAL,
+                                   showscale=False, customdata=np.broadcast_to(np.array(labels), pat.shape),
+                                   hovertemplate="key %{customdata}<br>attention %{z:.3f}<extra></extra>"))
+        fig.update_yaxes(autorange="reversed", showticklabels=False, title="predicting the item")
+        fig.update_xaxes(title="position in the chat")
+        chart(heatmap_layout(fig, f"{rise['head']} at step {step}", height=220), key=f"chat_pattern_{step}")
+    st.caption(f"A held-out memory chat; the recalled item: '{chat.recall}'. A copying head attends from each "
+               "position of the answer to the token after the same token's earlier occurrence: a diagonal "
+               "across the told item.")
 
 
 def pattern(p: np.ndarray, labels: list[str], head: str, step: int, period: int) -> go.Figure:
