@@ -6,7 +6,8 @@
 On held-out memory chats (items never seen in training; guppy.memorychats), teacher-forced:
 the share of chats whose recalled item is predicted right in every token (`recall_acc`), of
 item tokens right, and the loss on them (guppy.recall). Then the same with each head ablated
-in turn (mean ablation at its slice of `attn.hook_z`, means over the same chats), and `chance`:
+in turn (mean ablation at its slice of `attn.hook_z`, means over the same chats), the heads after
+layer 0 that copy inside the chats (copy score at least half the best's) ablated together, and `chance`:
 the accuracy when the item told earlier is swapped for another chat's item, i.e. what the model
 scores without the information. A head whose ablation drops recall to chance does the copying.
 
@@ -25,6 +26,7 @@ from guppy import analysis as A
 from guppy.ablate import METHODS, ablation_hooks
 from guppy.cli import positive_int, run_main
 from guppy.recall import chat_induction, corrupted, recall_batch, recall_scores
+from guppy.runformat import head_column_parts
 
 PROG = "recall.py"
 
@@ -45,7 +47,19 @@ def recall_table(model, tokenizer, chats, method: str = "mean") -> pd.DataFrame:
             rows.append({"site": f"L{layer}H{head}", "layer": layer, "head": head,
                          **recall_scores(model, batch, fwd_hooks=hooks),
                          "chat_induction": inside[f"chat_induction.L{layer}H{head}"]})
+    copiers = copy_heads(inside)
+    if len(copiers) > 1:  # copying shared by several heads: ablate them together too
+        hooks = ablation_hooks(model, heads=copiers, method=method, reference=reference, pad_id=tokenizer.pad_id)
+        rows.append({"site": "+".join(f"L{l}H{h}" for l, h in copiers), "layer": -1, "head": -1,
+                     **recall_scores(model, batch, fwd_hooks=hooks)})
     return pd.DataFrame(rows)
+
+
+def copy_heads(inside: dict[str, float]) -> list[tuple[int, int]]:
+    """The heads after layer 0 whose copy score inside the chats is at least half the highest one's."""
+    scores = {(p[1], p[2]): v for k, v in inside.items() if (p := head_column_parts(k)) and p[1] > 0}
+    top = max(scores.values(), default=0.0)
+    return sorted(k for k, v in scores.items() if top > 0 and v >= top / 2)
 
 
 def figure(df: pd.DataFrame):
@@ -93,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recall {base:.1%}, chance {chance:.1%}; ablating the head most induction-like inside the chats, "
               f"{top.site} (score there {top.chat_induction:.2f}, on random tokens {top.induction:.2f}): "
               f"{top.recall_acc:.1%}; the most harmful ablation: {worst.site} ({worst.recall_acc:.1%})")
+        joint = last[last.site.str.contains("+", regex=False)]
+        if len(joint):
+            print(f"ablating the copy heads together, {joint.site.iloc[0]}: {joint.recall_acc.iloc[0]:.1%} "
+                  f"(loss {joint.recall_loss.iloc[0]:.3f})")
         written = A.write_outputs(run, "recall_ablation", {"": df}, figure(df))
         print(f"wrote {', '.join(str(w) for w in written)} ({time.perf_counter() - t0:.1f} s)")
 

@@ -107,8 +107,21 @@ def test_recall_probe_ablates_every_head(memory_run, capsys):
     out = capsys.readouterr().out
     assert "chance" in out and "most induction-like" in out
     df = pd.read_csv(memory_run / "probes" / "recall_ablation.csv")
-    assert df.site.tolist() == ["none", "chance"] + [f"L{l}H{h}" for l in range(2) for h in range(4)]
-    assert df.induction.iloc[2:].between(0, 1).all()
+    heads = [f"L{l}H{h}" for l in range(2) for h in range(4)]
+    assert df.site.tolist()[:10] == ["none", "chance"] + heads
+    assert df.induction.iloc[2:10].between(0, 1).all()
+    for joint in df.site.iloc[10:]:  # the copy heads together, if several share the copying
+        assert set(joint.split("+")) <= set(heads[4:]) and "+" in joint
+
+
+def test_copy_heads_are_the_later_layers_best_copiers():
+    sys.path.insert(0, str(ROOT / "probes"))
+    from recall import copy_heads
+
+    scores = {"chat_induction.L0H0": 0.9, "chat_induction.L1H0": 0.30, "chat_induction.L1H1": 0.14,
+              "chat_induction.L1H2": 0.34, "chat_induction.L2H0": 0.2}
+    assert copy_heads(scores) == [(1, 0), (1, 2), (2, 0)]
+    assert copy_heads({"chat_induction.L1H0": 0.0}) == []
 
 
 def test_recall_probe_refuses_a_run_without_memory_chats(tiny_recorded_run, capsys):

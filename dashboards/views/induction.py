@@ -40,7 +40,7 @@ def render(h: RunHandle, others=()) -> None:
     table = recall_table(str(h.path), f.stat().st_mtime_ns) if f.exists() else None
     if table is None or table.empty:
         st.info("This run has no recall.csv: it was not trained with memory chats and a RecallMonitor. "
-                "Make one with `make demo-induction` (about 10 minutes on 2 CPU cores).")
+                "Make one with `make demo-induction` (about 9 minutes on 2 CPU cores).")
         return
     formed = formation(table, THRESHOLD)
     c1, c2, c3, c4 = st.columns(4)
