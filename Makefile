@@ -54,6 +54,7 @@ INDUCTION_RUN := induction-$(shell date +%Y%m%d-%H%M%S)
 demo-induction: $(STAMP)
 	$(BIN)/python -m guppy.induction --run-name $(INDUCTION_RUN)
 	$(BIN)/python probes/recall.py --run runs/$(INDUCTION_RUN)
+	$(BIN)/python probes/induction_frames.py --run runs/$(INDUCTION_RUN)
 	$(BIN)/python probes/head_types.py --run runs/$(INDUCTION_RUN)
 	$(BIN)/python probes/induction_figures.py --run runs/$(INDUCTION_RUN) --out docs/induction
 

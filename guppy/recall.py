@@ -85,11 +85,12 @@ def _copy_pairs(tokens: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
     return torch.tensor(pairs, dtype=torch.long).reshape(-1, 3)
 
 
-def random_items(batch: RecallBatch, vocab_size: int, seed: int = 0) -> RecallBatch:
+def random_items(batch: RecallBatch, vocab_size: int, seed: int = 0, pool: torch.Tensor | None = None) -> RecallBatch:
     """The same chats with the recalled item's tokens, wherever the chat says them, replaced by the
     same random tokens (ids 3..V-1, never special, as in the repeated-random-tokens probe): copying
     these is copying tokens the model was never trained to copy, inside the chat's frame. Chats
-    whose item's tokens do not occur verbatim earlier (a tokenization that differs) are left out."""
+    whose item's tokens do not occur verbatim earlier (a tokenization that differs) are left out.
+    `pool`: draw the random tokens from these ids instead (e.g. `item_tokens(batch)`)."""
     g = torch.Generator().manual_seed(seed)
     tokens, keep = batch.tokens.clone(), []
     for row in range(len(tokens)):
@@ -99,7 +100,8 @@ def random_items(batch: RecallBatch, vocab_size: int, seed: int = 0) -> RecallBa
         earlier = [i for i in range(first - n + 1) if seq[i:i + n] == seq[first:first + n]]
         if not earlier:
             continue
-        random_tokens = torch.randint(3, vocab_size, (n,), generator=g)
+        random_tokens = (torch.randint(3, vocab_size, (n,), generator=g) if pool is None
+                         else pool[torch.randint(len(pool), (n,), generator=g)])
         for i in [*earlier, first]:
             tokens[row, i:i + n] = random_tokens
         keep.append(row)
@@ -159,6 +161,29 @@ def recall_scores(model, batch: RecallBatch, fwd_hooks=()) -> dict[str, float]:
 def chat_induction(model, batch: RecallBatch) -> dict[str, float]:
     """Every head's copy score inside the memory chats, `chat_induction.L{l}H{h}` (see `chat_scores`)."""
     return {k: v for k, v in chat_scores(model, batch).items() if head_column_parts(k)}
+
+
+def item_tokens(batch: RecallBatch) -> torch.Tensor:
+    """The distinct token ids the recalled items of `batch` are made of."""
+    return torch.unique(batch.tokens[:, 1:][batch.item_mask])
+
+
+def repeated_batch(prefix: list[int], middle: list[int], period: int, pool: torch.Tensor, pad_id: int,
+                   n: int = 32, seed: int = 0) -> RecallBatch:
+    """`n` sequences `prefix + r + middle + r`, r `period` distinct tokens drawn from `pool`, as a
+    RecallBatch whose 'item' is the second copy after its first token (what copying can predict):
+    `chat_scores` on it gives every head's copy score and the accuracy of the copy, in any frame
+    (a bare start token, a user turn, words between the copies)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        r = pool[torch.randperm(len(pool), generator=g)[:period]].tolist()
+        rows.append([*prefix, *r, *middle, *r])
+    T = len(rows[0])
+    tokens = torch.tensor(rows)
+    item = torch.zeros(n, T - 1, dtype=torch.bool)
+    item[:, T - period:] = True  # targets: the second copy's tokens 2..period, predicted at T-period .. T-2
+    return RecallBatch(tokens, torch.full((n,), T), item, [None] * n, _copy_pairs(tokens, item))
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import guppy
 import torch
 
 from guppy.recall import (RECALL_FILE, RecallMonitor, dense_head_scores, random_items, read_recall, recall_batch,
-                          repeated_tokens)
+                          repeated_batch, repeated_tokens)
 from guppy.runs import load_eval_data
 from guppy.train import start_run
 
@@ -112,6 +112,30 @@ def test_recall_probe_ablates_every_head(memory_run, capsys):
     assert df.induction.iloc[2:10].between(0, 1).all()
     for joint in df.site.iloc[10:]:  # the copy heads together, if several share the copying
         assert set(joint.split("+")) <= set(heads[4:]) and "+" in joint
+
+
+def test_frames_probe_scores_every_frame_and_pool(memory_run, capsys):
+    sys.path.insert(0, str(ROOT / "probes"))
+    import induction_frames
+
+    assert induction_frames.main(["--run", str(memory_run), "--chats", "16"]) == 0
+    assert "user turn, again" in capsys.readouterr().out
+    df = pd.read_csv(memory_run / "probes" / "induction_frames.csv")
+    assert len(df) == 8 and set(df.frame) == {"bare", "user turn", "user turn, again", "memory chat"}
+    assert set(df.pool) == {"any token", "item tokens"}
+    heads = [f"L1H{h}" for h in range(4)]
+    assert df[heads + ["copy_token_acc"]].stack().between(0, 1).all() and "L0H0" not in df
+
+
+def test_repeated_batch_points_the_second_copy_at_the_first():
+    prefix, middle, period = [1, 7], [9, 9], 5
+    b = repeated_batch(prefix, middle, period, torch.arange(20, 60), pad_id=0, n=3)
+    T = len(prefix) + 2 * period + len(middle)
+    assert b.tokens.shape == (3, T) and b.item_mask[:, :T - period].sum() == 0
+    for row, q, k in b.copy_pairs.tolist():  # from the second copy's token j to the first copy's token j + 1
+        first = len(prefix) + (q - (T - period))
+        assert k == first + 1 and b.tokens[row, q] == b.tokens[row, first]
+    assert len(b.copy_pairs) == 3 * (period - 1)
 
 
 def test_copy_heads_are_the_later_layers_best_copiers():
