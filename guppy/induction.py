@@ -22,12 +22,13 @@ from guppy.runformat import head_column_parts
 
 def recipe(**overrides) -> TrainConfig:
     """The demo's run: the 2-layer `induction` preset, 90% memory chats of the kinds whose items are
-    arbitrary (words, letter codes, and either said twice in one turn; names, foods and numbers can
+    arbitrary (words, letter codes, and either said twice in one turn, with words between the two
+    copies or none, which taught copying outside the chat's phrases; names, foods and numbers can
     be recalled by their look alone: a head that attends to 'name-like' tokens, no induction
     needed; measured on this data, see the README), loss on every token (on the last reply only the
     copy heads formed later and less surely), 4,000 steps (under 6 minutes of training on 2 CPU
     cores), snapshots every 100 steps."""
-    base = TrainConfig(preset="induction", memory_fraction=0.9, memory_kinds="words,poem,code,twice", n_chats=60_000,
+    base = TrainConfig(preset="induction", memory_fraction=0.9, memory_kinds="words,poem,code,twice,echo", n_chats=60_000,
                        batch_size=32, lr=3e-3, min_lr=3e-4, warmup_steps=50, steps=4000, loss_on="all",
                        eval_every=500, eval_prompts=0, record=True, record_every=100, log_every=10)
     return replace(base, **overrides)

@@ -155,7 +155,7 @@ def test_bad_memory_tables_fail_in_one_line(tmp_path, bad, message):
 def test_fish_memory_pools_are_large():
     fish = load_persona("fish")
     assert {k: fish.item_space(k) >= 900 for k in fish.memory} == {"name": True, "food": True, "flakes": True,
-                                                                    "words": True, "poem": True, "code": True, "twice": True}
+                                                                    "words": True, "poem": True, "code": True, "twice": True, "echo": True}
 
 
 def test_cached_dataset_keeps_history(tmp_path):
