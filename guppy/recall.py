@@ -73,6 +73,17 @@ def recall_batch(tokenizer, chats, n_ctx: int) -> RecallBatch:
     return RecallBatch(tokens, torch.tensor([len(x) for x in ids]), item, chats, _copy_pairs(tokens, item))
 
 
+def held_out_memory_chats(run_dir, n: int) -> list:
+    """The first `n` held-out memory chats of a run (regenerated from its data config, cached);
+    a clear error if it was trained without memory chats."""
+    from guppy.runs import load_eval_data
+
+    chats = [c for c in load_eval_data(run_dir)[1] if c.recall][:n]
+    if not chats:
+        raise ValueError(f"{run_dir}: the run has no memory chats (train with --memory-fraction > 0)")
+    return chats
+
+
 def _copy_pairs(tokens: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
     """RecallBatch.copy_pairs for these tokens and item mask."""
     pairs = []

@@ -79,15 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body():
-        from guppy.runs import load_eval_data
+        from guppy.recall import held_out_memory_chats
 
         t0 = time.perf_counter()
         run = A.open_recorded_run(args.run)
         steps = A.snapshot_steps(run, args.snapshot)
-        _, chats = load_eval_data(run.path)
-        chats = [c for c in chats if c.recall][:args.chats]
-        if not chats:
-            raise ValueError(f"{run.path}: the run has no memory chats (train with --memory-fraction > 0)")
+        chats = held_out_memory_chats(run.path, args.chats)
         heads = run.head_metrics(("induction",))
         tables = []
         for s in steps:
