@@ -65,9 +65,15 @@ def test_items_must_be_copied_not_memorised():
     train items occur once, so recalling them means copying from the chat."""
     fish = load_persona("fish")
     mem = memory(generate_chats(fish, DataConfig(n_chats=3000, memory_fraction=0.5)).train)
-    for kind in ("recall_name", "recall_food", "recall_words"):
+    for kind in ("recall_name", "recall_food", "recall_words", "recall_code", "recall_twice", "recall_echo"):
         items = [c.recall for c in mem if c.topic == kind]
-        assert len(set(items)) > 0.75 * len(items), kind
+        assert items and len(set(items)) > 0.75 * len(items), kind
+    for c in mem:  # twice and echo: the user says the item twice in one turn (echo: nothing but it)
+        if c.topic in ("recall_twice", "recall_echo"):
+            (tell,) = [u for u, _ in c.history if c.recall in u]
+            assert tell.count(c.recall) == 2, c
+            if c.topic == "recall_echo":
+                assert not tell.replace(c.recall, "").strip(" ,.!"), c
 
 
 def test_no_memory_without_the_option_and_same_ordinary_chats():
@@ -129,6 +135,10 @@ def test_formation_dates_the_rise():
     assert f["head"] == "L1H0" and (f["layer"], f["index"]) == (1, 0) and f["step"] == 100
     assert f["rise_from"] == 80 and f["rise_to"] == 110
     assert formation(table.assign(**{"induction.L1H0": [0.1] * 20})) is None
+    half = formation(table, threshold=None)  # half way up its own rise: 0.02 + 0.5 * 0.83 = 0.435
+    assert half["step"] == 100 and half["rise_from"] == 80
+    layer0 = pd.DataFrame({"step": steps, "induction.L0H0": rising})  # no earlier layer to compose with
+    assert formation(layer0) is None
 
 
 @pytest.mark.parametrize("bad, message", [
