@@ -179,7 +179,7 @@ def item_tokens(batch: RecallBatch) -> torch.Tensor:
     return torch.unique(batch.tokens[:, 1:][batch.item_mask])
 
 
-def repeated_batch(prefix: list[int], middle: list[int], period: int, pool: torch.Tensor, pad_id: int,
+def repeated_batch(prefix: list[int], middle: list[int], period: int, pool: torch.Tensor,
                    n: int = 32, seed: int = 0) -> RecallBatch:
     """`n` sequences `prefix + r + middle + r`, r `period` distinct tokens drawn from `pool`, as a
     RecallBatch whose 'item' is the second copy after its first token (what copying can predict):

@@ -42,15 +42,15 @@ def frames_table(model, tokenizer, chats, period: int = PERIOD) -> pd.DataFrame:
     from guppy.recall import chat_scores, item_tokens, random_items, recall_batch, repeated_batch
 
     batch = recall_batch(tokenizer, chats, model.cfg.n_ctx)
-    user = tokenizer.encode_chats(["x"], ["y"])[0][0]
-    user = user[:user.index(tokenizer.tok.token_to_id("x"))] if tokenizer.tok.token_to_id("x") in user else user[:3]
+    empty = tokenizer.encode_chats([""], [""])[0][0]
+    user = empty[:empty.index(tokenizer.end_id)]  # the user turn's opening: start, "user", newline
     again = tokenizer.tok.encode(". again:", add_special_tokens=False).ids
     pools = {"any token": torch.arange(3, tokenizer.vocab_size), "item tokens": item_tokens(batch)}
     rows = []
     for pool_name, pool in pools.items():
         frames = {"bare": ([tokenizer.start_id], []), "user turn": (user, []), "user turn, again": (user, again)}
         for frame, (prefix, middle) in frames.items():
-            b = repeated_batch(prefix, middle, min(period, len(pool)), pool, tokenizer.pad_id)
+            b = repeated_batch(prefix, middle, min(period, len(pool)), pool)
             rows.append({"frame": frame, "pool": pool_name, **_scores(chat_scores(model, b, prefix="copy"))})
         b = random_items(batch, tokenizer.vocab_size, pool=None if pool_name == "any token" else pool)
         rows.append({"frame": "memory chat", "pool": pool_name, **_scores(chat_scores(model, b, prefix="copy"))})

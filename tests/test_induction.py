@@ -129,7 +129,7 @@ def test_frames_probe_scores_every_frame_and_pool(memory_run, capsys):
 
 def test_repeated_batch_points_the_second_copy_at_the_first():
     prefix, middle, period = [1, 7], [9, 9], 5
-    b = repeated_batch(prefix, middle, period, torch.arange(20, 60), pad_id=0, n=3)
+    b = repeated_batch(prefix, middle, period, torch.arange(20, 60), n=3)
     T = len(prefix) + 2 * period + len(middle)
     assert b.tokens.shape == (3, T) and b.item_mask[:, :T - period].sum() == 0
     for row, q, k in b.copy_pairs.tolist():  # from the second copy's token j to the first copy's token j + 1
