@@ -17,7 +17,6 @@ import sys
 from dataclasses import replace
 
 from guppy.config import TrainConfig
-from guppy.runformat import head_column_parts
 
 
 def recipe(**overrides) -> TrainConfig:
@@ -35,7 +34,7 @@ def recipe(**overrides) -> TrainConfig:
 
 
 def summary(run_dir) -> str:
-    from guppy.recall import formation, read_recall
+    from guppy.recall import formation, previous_token_head, read_recall
 
     table = read_recall(run_dir)
     f = formation(table)
@@ -47,13 +46,10 @@ def summary(run_dir) -> str:
         best = max((c for c in table.columns if c.startswith("induction.")), key=lambda c: table[c].max())
         lines.append(f"no head's induction score reached 0.5 (best: {best} {table[best].max():.3f})")
     else:
-        prev = [c for c in table.columns
-                if (p := head_column_parts(c)) and p[0] == "prev_token" and p[1] < f["layer"]]
         lines.append(f"induction head {f['head']} formed at step {f['step']}: score {f['score_before']:.3f} -> "
                      f"{f['score_after']:.3f}, rising between steps {f['rise_from']} and {f['rise_to']}")
-        if prev:
-            best = max(prev, key=lambda c: last[c])
-            lines.append(f"previous-token head of an earlier layer: {best.split('.', 1)[1]} (score {last[best]:.3f})")
+        if prev := previous_token_head(table, f["layer"]):
+            lines.append(f"previous-token head of an earlier layer: {prev.split('.', 1)[1]} (score {last[prev]:.3f})")
     for metric, where in (("chat_induction", "inside held-out memory chats"),
                           ("chat_random_induction", "in the same chats with the item swapped for random tokens")):
         rise = formation(table, threshold=0.0, metric=metric)
@@ -63,10 +59,8 @@ def summary(run_dir) -> str:
     if "random_recall_acc" in table:
         lines.append(f"recall of random tokens swapped in for the item: {last.random_recall_acc:.1%} of chats "
                      f"({last.random_recall_token_acc:.1%} of item tokens)")
-    prev = [c for c in table.columns if (p := head_column_parts(c)) and p[0] == "prev_token"]
-    if prev and f is None:
-        best = max(prev, key=lambda c: last[c])
-        lines.append(f"best previous-token head on random tokens: {best.split('.', 1)[1]} {last[best]:.3f}")
+    if f is None and (prev := previous_token_head(table)):
+        lines.append(f"best previous-token head on random tokens: {prev.split('.', 1)[1]} {last[prev]:.3f}")
     return "\n".join(lines)
 
 

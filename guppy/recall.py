@@ -73,15 +73,21 @@ def recall_batch(tokenizer, chats, n_ctx: int) -> RecallBatch:
     return RecallBatch(tokens, torch.tensor([len(x) for x in ids]), item, chats, _copy_pairs(tokens, item))
 
 
-def held_out_memory_chats(run_dir, n: int) -> list:
-    """The first `n` held-out memory chats of a run (regenerated from its data config, cached);
-    a clear error if it was trained without memory chats."""
+def held_out_memory_chats(run_dir, n: int | None = None) -> list:
+    """The first `n` (default all) held-out memory chats of a run (regenerated from its data
+    config, cached); a clear error if it was trained without memory chats."""
     from guppy.runs import load_eval_data
 
     chats = [c for c in load_eval_data(run_dir)[1] if c.recall][:n]
     if not chats:
         raise ValueError(f"{run_dir}: the run has no memory chats (train with --memory-fraction > 0)")
     return chats
+
+
+def example_chat(chats: list):
+    """The memory chat to draw a copy head's attention on: the first whose item has four words or
+    more (a long item shows the copy's diagonal), else the first."""
+    return next((c for c in chats if len(c.recall.split()) >= 4), chats[0])
 
 
 def _copy_pairs(tokens: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
@@ -305,6 +311,14 @@ def read_recall(run_dir: str | Path) -> pd.DataFrame | None:
     """A run's recall.csv (one row per measured step), or None if it has none."""
     path = Path(run_dir) / RECALL_FILE
     return pd.read_csv(path) if path.exists() else None
+
+
+def previous_token_head(table: pd.DataFrame, before_layer: int | None = None) -> str | None:
+    """recall.csv's previous-token column (`prev_token.L0H3`) highest at the last measured step,
+    among the layers before `before_layer` (where an induction head's partner must sit), or all."""
+    cols = [c for c in table.columns if (p := head_column_parts(c)) and p[0] == "prev_token"
+            and (before_layer is None or p[1] < before_layer)]
+    return max(cols, key=lambda c: table[c].iloc[-1], default=None)
 
 
 def formation(table: pd.DataFrame, threshold: float | None = 0.5, metric: str = "induction") -> dict | None:

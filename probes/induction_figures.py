@@ -34,11 +34,9 @@ def chat_induction_table(run, table):
         return table[["step", *cols]]
     import pandas as pd
 
-    from guppy.recall import chat_induction, recall_batch
-    from guppy.runs import load_eval_data
+    from guppy.recall import chat_induction, held_out_memory_chats, recall_batch
 
-    _, chats = load_eval_data(run.path)
-    batch = recall_batch(run.tokenizer, [c for c in chats if c.recall][:128], run.model_config.n_ctx)
+    batch = recall_batch(run.tokenizer, held_out_memory_chats(run.path, 128), run.model_config.n_ctx)
     return pd.DataFrame([{"step": s, **chat_induction(run.model(s), batch)} for s in run.snapshot_files])
 
 
@@ -48,7 +46,7 @@ def formation_figure(table, chat, metrics, formed, path: Path) -> None:
     of the head that crossed 0.5 on random tokens or, if none did, of the best copy head in the chats."""
     import matplotlib.pyplot as plt
 
-    from guppy.recall import formation
+    from guppy.recall import formation, previous_token_head
 
     fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True, gridspec_kw={"height_ratios": [3, 3, 2]})
     for ax, t, prefix, what in ((axes[0], table, "induction.", "on repeated random tokens"),
@@ -63,9 +61,7 @@ def formation_figure(table, chat, metrics, formed, path: Path) -> None:
         ax.set_ylim(0, 1)
         ax.set_ylabel(f"induction score\n{what}", fontsize=9)
         ax.legend(loc="upper left", frameon=False, fontsize=8)
-    prev = [c for c in table.columns if c.startswith("prev_token.L0")]
-    if prev:
-        best = max(prev, key=lambda c: table[c].iloc[-1])
+    if best := previous_token_head(table, before_layer=1):
         axes[0].plot(table.step, table[best], ":", color="C0", lw=1.5, label=f"{best.split('.', 1)[1]} previous-token")
         axes[0].legend(loc="upper left", frameon=False, fontsize=8)
     swapped = [c for c in table.columns if c.startswith("chat_random_induction.")]
@@ -127,12 +123,9 @@ def chat_patterns_figure(run, head: str, steps: list[int], path: Path) -> None:
     rows are the positions that predict the recalled item, columns the whole chat."""
     import matplotlib.pyplot as plt
 
-    from guppy.recall import chat_pattern, recall_batch
-    from guppy.runs import load_eval_data
+    from guppy.recall import chat_pattern, example_chat, held_out_memory_chats, recall_batch
 
-    _, chats = load_eval_data(run.path)
-    recall = [c for c in chats if c.recall]
-    chat = next((c for c in recall if len(c.recall.split()) >= 4), recall[0])  # a long item shows the diagonal
+    chat = example_chat(held_out_memory_chats(run.path))
     batch = recall_batch(run.tokenizer, [chat], run.model_config.n_ctx)
     n = int(batch.lengths[0]) - 1
     layer, h = (int(x) for x in head[1:].split("H"))

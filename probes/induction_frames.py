@@ -30,6 +30,7 @@ import pandas as pd
 
 from guppy import analysis as A
 from guppy.cli import positive_int, run_main
+from guppy.runformat import head_column_parts
 
 PROG = "induction_frames.py"
 PERIOD = 20  # random tokens per copy, as in the recorder's repeated sequences
@@ -58,8 +59,7 @@ def frames_table(model, tokenizer, chats, period: int = PERIOD) -> pd.DataFrame:
 
 
 def _scores(scores: dict[str, float]) -> dict[str, float]:
-    from guppy.runformat import head_column_parts
-
+    """A chat_scores result as one row: the copy score of every head after layer 0, the copy's accuracy."""
     heads = {k.split(".", 1)[1]: v for k, v in scores.items() if (p := head_column_parts(k)) and p[1] > 0}
     return heads | {"copy_token_acc": scores["copy_token_acc"]}
 

@@ -12,7 +12,7 @@ the accuracy when the item told earlier is swapped for another chat's item, i.e.
 scores without the information. A head whose ablation drops recall to chance does the copying.
 
 Writes runs/<name>/probes/recall_ablation.csv (step, site, recall scores, the head's induction
-score inside the chats (guppy.recall.chat_induction) and on the snapshot's repeated random tokens) and recall_ablation.html (recall with each head ablated, over training).
+score inside the chats (guppy.recall.chat_scores) and on the snapshot's repeated random tokens) and recall_ablation.html (recall with each head ablated, over training).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pandas as pd
 from guppy import analysis as A
 from guppy.ablate import METHODS, ablation_hooks
 from guppy.cli import positive_int, run_main
-from guppy.recall import chat_induction, corrupted, recall_batch, recall_scores
+from guppy.recall import chat_scores, corrupted, recall_batch, recall_scores
 from guppy.runformat import head_column_parts
 
 PROG = "recall.py"
@@ -35,8 +35,9 @@ def recall_table(model, tokenizer, chats, method: str = "mean") -> pd.DataFrame:
     """One row per site: the model itself ('none'), the corrupted context ('chance'), each head ablated."""
     cfg = model.cfg
     batch = recall_batch(tokenizer, chats, cfg.n_ctx)
-    inside = chat_induction(model, batch)
-    rows = [{"site": "none", "layer": -1, "head": -1, **recall_scores(model, batch)},
+    scores = chat_scores(model, batch)  # one pass: the recall scores and every head's copy score
+    inside = {k: v for k, v in scores.items() if head_column_parts(k)}
+    rows = [{"site": "none", "layer": -1, "head": -1, **{k: v for k, v in scores.items() if k not in inside}},
             {"site": "chance", "layer": -1, "head": -1,
              **recall_scores(model, recall_batch(tokenizer, corrupted(batch.chats), cfg.n_ctx))}]
     reference = batch.tokens if method != "zero" else None

@@ -21,7 +21,6 @@ from plotly.subplots import make_subplots
 from dashboards.cache import READ_ERRORS, RunHandle
 from dashboards.data import input_pattern, token_labels
 from dashboards.views.common import SEQUENTIAL, chart, heatmap_layout
-from guppy.runformat import head_column_parts
 
 THRESHOLD = 0.5
 
@@ -78,6 +77,8 @@ def render(h: RunHandle, others=()) -> None:
 def curves(table: pd.DataFrame, metrics: pd.DataFrame | None, formed: dict | None) -> go.Figure:
     """Top: each head's induction score (previous-token score of the earlier layers dotted);
     bottom: loss on the recalled tokens and the training loss. Shared step axis."""
+    from guppy.recall import previous_token_head
+
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.55, 0.45],
                         subplot_titles=["head scores on repeated random tokens",
                                         "loss on the recalled item's tokens (held out) and training loss"])
@@ -88,13 +89,9 @@ def curves(table: pd.DataFrame, metrics: pd.DataFrame | None, formed: dict | Non
         fig.add_trace(go.Scatter(x=table.step, y=table[col], name=f"{head} induction", mode="lines",
                                  line=dict(width=3 if main else 1.2, color=f"hsl({int(360 * j / len(heads))},65%,45%)")),
                       row=1, col=1)
-    if formed:
-        prev = [c for c in table.columns
-                if (p := head_column_parts(c)) and p[0] == "prev_token" and p[1] < formed["layer"]]
-        if prev:
-            best = max(prev, key=lambda c: table[c].iloc[-1])
-            fig.add_trace(go.Scatter(x=table.step, y=table[best], name=f"{best.split('.', 1)[1]} previous-token",
-                                     mode="lines", line=dict(dash="dot", color="black")), row=1, col=1)
+    if formed and (best := previous_token_head(table, formed["layer"])):
+        fig.add_trace(go.Scatter(x=table.step, y=table[best], name=f"{best.split('.', 1)[1]} previous-token",
+                                 mode="lines", line=dict(dash="dot", color="black")), row=1, col=1)
     for metric, name, color in (("chat_induction", "copy score in memory chats", "crimson"),
                                 ("chat_random_induction", "the same, item swapped for random tokens", "darkorange")):
         chat = [c for c in table.columns if c.startswith(f"{metric}.")]
@@ -154,18 +151,13 @@ def patterns(h: RunHandle, formed: dict) -> None:
 def chat_patterns(h: RunHandle, rise: dict) -> None:
     """The copy head's attention on one held-out memory chat, from the snapshots' weights before,
     during and after its rise: rows predict the recalled item's tokens, columns are the chat."""
-    from guppy.recall import chat_pattern, recall_batch
-    from guppy.runs import load_eval_data
+    from guppy.recall import chat_pattern, example_chat, held_out_memory_chats, recall_batch
 
     try:
-        _, chats = load_eval_data(h.path)
+        chat = example_chat(held_out_memory_chats(h.path))
     except (OSError, ValueError, KeyError) as e:
-        st.error(f"{h.name}: cannot rebuild its held-out chats: {e}")
+        st.error(f"{h.name}: cannot rebuild its held-out memory chats: {e}")
         return
-    recall = [c for c in chats if c.recall]
-    if not recall:
-        return
-    chat = next((c for c in recall if len(c.recall.split()) >= 4), recall[0])  # a long item shows the diagonal
     tok = h.tokenizer()
     batch = recall_batch(tok, [chat], h.run.model_config.n_ctx)
     labels = [tok.decode([i]) for i in batch.tokens[0, :int(batch.lengths[0]) - 1].tolist()]
