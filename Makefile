@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 # torch is pinned here (a CPU wheel that lies on disk); the package itself asks only torch>=2.3.
 TORCH  := torch==2.13.0
 
-.PHONY: demo demo-induction reference reference-figures test venv clean
+.PHONY: demo demo-induction reference reference-figures dashboard test test-fast lint venv clean
 
 venv: $(STAMP)
 
@@ -30,41 +30,59 @@ demo: $(STAMP)
 	$(BIN)/guppy-chat --run runs/$(DEMO_RUN) --temperature 0 -p "hi guppy" -p "what is the meaning of life?" \
 		-p "do you like money?" -p "IS THE WATER COLD?" -p "the cat is watching you"
 	$(BIN)/guppy-eval --run runs/$(DEMO_RUN) --prompts 12
+	@$(call next_step,$(DEMO_RUN))
 
 # the reference fish: the 8.7M `guppy` preset, recorded, on its recipe (PRESET_RECIPES in
 # guppy/config.py: 1 epoch, lr 1e-3 -> 1e-4, warmup 100, loss on every token, no dropout);
-# README "The reference fish" has what it measured
+# docs/reference.md has what it measured
 REFERENCE_RUN := reference-$(shell date +%Y%m%d-%H%M%S)
 reference: $(STAMP)
 	$(BIN)/guppy-data --persona fish --samples 0
 	$(BIN)/guppy-train --preset guppy --record --run-name $(REFERENCE_RUN)
 	$(BIN)/guppy-eval --run runs/$(REFERENCE_RUN) --prompts 12
+	@$(call next_step,$(REFERENCE_RUN))
 
-# the README's "What the reference fish learned" figures (docs/reference/*.png) from a recorded reference run,
+# docs/reference.md's "What the reference fish learned" figures (docs/reference/*.png) from a recorded reference run,
 # the newest runs/reference-* unless RUN=runs/<name>: the probe scripts on its snapshots, then the PNGs and
 # their numbers (~4 minutes for the 8.7M model on a busy 2-core machine)
 RUN ?= $(lastword $(sort $(wildcard runs/reference-*)))
 reference-figures: $(STAMP)
 	@test -n "$(RUN)" || { echo "make reference-figures: no runs/reference-* folder: make reference first, or give RUN=runs/<name>"; exit 1; }
-	$(BIN)/python docs/reference_figures.py --run $(RUN) --out docs/reference
+	$(BIN)/python experiments/reference_figures.py --run $(RUN) --out docs/reference
 
-# an induction head forming on multi-turn memory chats (README, "Looking for an induction head: memory chats"):
-# train with recall and head scores measured every 20 steps, ablate each head, draw the README's figures (8.5 minutes on 2 cores)
+# an induction head forming on multi-turn memory chats (docs/induction.md):
+# train with recall and head scores measured every 20 steps, ablate each head, draw docs/induction.md's figures (see there for its time)
 INDUCTION_RUN := induction-$(shell date +%Y%m%d-%H%M%S)
 demo-induction: $(STAMP)
-	$(BIN)/python -m guppy.induction --run-name $(INDUCTION_RUN)
-	$(BIN)/python probes/recall.py --run runs/$(INDUCTION_RUN)
+	$(BIN)/python -m experiments.induction --run-name $(INDUCTION_RUN)
+	$(BIN)/python probes/recall_heads.py --run runs/$(INDUCTION_RUN)
 	$(BIN)/python probes/induction_frames.py --run runs/$(INDUCTION_RUN)
 	$(BIN)/python probes/head_types.py --run runs/$(INDUCTION_RUN)
-	$(BIN)/python probes/induction_figures.py --run runs/$(INDUCTION_RUN) --out docs/induction
+	$(BIN)/python experiments/induction_figures.py --run runs/$(INDUCTION_RUN) --out docs/induction
+	@$(call next_step,$(INDUCTION_RUN))
+
+# the dashboard on localhost over runs/ (PORT=8502 make dashboard for another port); the trainings above end by
+# printing its command and the link to their own run
+PORT ?= 8501
+next_step = echo "next: make dashboard, then open http://localhost:$(PORT)/?run=$(1)"
+dashboard: $(STAMP)
+	$(BIN)/streamlit run dashboards/app.py --server.port $(PORT) -- --runs-dir runs
+
+# pyflakes and import order over the whole tree (settings in pyproject.toml), before the tests
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # the browser test drives Debian's Chromium (never a downloaded browser build): installed where this
 # user can (root with apt-get, as in CI); elsewhere that one test is skipped with its reason
-test: $(STAMP)
+test: lint
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& apt-get update -qq && apt-get install -y -qq chromium; } \
 		|| echo "make test: no /usr/bin/chromium and it cannot be installed here: the browser test is skipped"
 	$(BIN)/python -m pytest -q
+
+# the suite without the tests marked slow (a quick check while working; CI runs `make test`)
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -7,7 +7,7 @@ on it, at 1x and 10x the default 60,000 chats, measured in the same run.
 Every figure comes from a fresh process whose own peak resident memory is read when it ends
 (os.wait4), so one measurement never inherits another's high-water mark:
 
-    floor   python importing torch and guppy.train: what any run costs before data
+    floor   python importing torch and guppy.train.trainer: what any run costs before data
     build   guppy-data --n-chats N (generate, train the tokenizer, tokenize, write the cache)
     load    load_dataset from that cache (what every training process does first)
     train   guppy-train --preset demo --n-chats N --steps 20 from that cache
@@ -59,24 +59,24 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-data-"))
     env = os.environ | {"PYTHONPATH": str(ROOT), "GUPPY_CACHE_DIR": str(tmp / "cache")}
     try:
-        floor, _ = measure(["-c", "import torch, guppy.train"], env)
-        print(f"floor (python + torch + guppy.train imported): {floor:,.0f} MiB peak RSS\n")
+        floor, _ = measure(["-c", "import torch, guppy.train.trainer"], env)
+        print(f"floor (python + torch + guppy.train.trainer imported): {floor:,.0f} MiB peak RSS\n")
         print(f"{'chats':>9} {'step':>6} {'peak MiB':>9} {'seconds':>8}  notes")
         for scale in scales:
             n = int(DEFAULT_CHATS * scale)
             before = set((tmp / "cache").glob("*")) if (tmp / "cache").exists() else set()
-            rss, wall = measure(["-m", "guppy.data_cli", "--n-chats", str(n), "--vocab-size", str(VOCAB),
+            rss, wall = measure(["-m", "guppy.data.cli", "--n-chats", str(n), "--vocab-size", str(VOCAB),
                                  "--samples", "0"], env)
             (folder,) = set((tmp / "cache").glob("*")) - before
             tokens = (folder / "train.tokens.npy").stat().st_size
             print(f"{n:>9,} {'build':>6} {rss:>9,.0f} {wall:>8.1f}  cache {folder_bytes(folder) / 2**20:,.0f} MiB on disk "
                   f"(train tokens {tokens / 2**20:,.0f} MiB)")
-            code = (f"import numpy as np; from guppy.data import DataConfig, load_dataset; "
+            code = (f"import numpy as np; from guppy.data.dataset import DataConfig, load_dataset; "
                     f"ds = load_dataset(DataConfig(n_chats={n}, vocab_size={VOCAB})); "
                     f"assert isinstance(ds.train.tokens, np.memmap) and len(ds.train) > 0")
             rss, wall = measure(["-c", code], env)
             print(f"{n:>9,} {'load':>6} {rss:>9,.0f} {wall:>8.1f}  memory-mapped; train chats left on disk")
-            rss, wall = measure(["-m", "guppy.train", "--preset", "demo", "--n-chats", str(n), "--steps", str(args.steps),
+            rss, wall = measure(["-m", "guppy.train.trainer", "--preset", "demo", "--n-chats", str(n), "--steps", str(args.steps),
                                  "--eval-prompts", "0", "--eval-chats", "64", "--runs-dir", str(tmp / "runs"),
                                  "--run-name", f"x{scale:g}", "--quiet"], env)
             print(f"{n:>9,} {'train':>6} {rss:>9,.0f} {wall:>8.1f}  demo preset, {args.steps} steps from the cache")

@@ -42,10 +42,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from guppy.config import model_preset  # noqa: E402
-from guppy.generate import generate  # noqa: E402
-from guppy.model import GuppyLM  # noqa: E402
 from machine import load_note  # noqa: E402  (benchmarks/machine.py)
+
+from guppy.config import model_preset  # noqa: E402
+from guppy.model.generate import generate  # noqa: E402
+from guppy.model.transformer import GuppyLM  # noqa: E402
 
 
 class PlainGPT(nn.Module):
@@ -145,7 +146,7 @@ def generation(model, batch: int, n_prompt: int, new: int, repeats: int) -> tupl
     """Seconds to greedily generate `new` tokens for `batch` random prompts, with the KV cache and with a
     full forward over the whole sequence at every step; both must produce the same tokens."""
     prompts = torch.randint(3, model.cfg.d_vocab, (batch, n_prompt))
-    if batch == 1:  # the public API: guppy.generate on one prompt
+    if batch == 1:  # the public API: guppy.model.generate on one prompt
         prompt = prompts[0].tolist()
         kv = lambda: generate(model, prompt, new, temperature=0)  # noqa: E731
         full = lambda: generate(model, prompt, new, temperature=0, use_kv_cache=False)  # noqa: E731
@@ -199,7 +200,7 @@ def main() -> None:
     fns = {"plain": lambda: plain(tokens), "guppy": lambda: model(tokens), "guppy_cache": full_cache}
     tl = None
     try:
-        from guppy.interop import to_transformer_lens
+        from guppy.bridges.transformer_lens import to_transformer_lens
 
         tl, tl_result = to_transformer_lens(model), to_transformer_lens(model)
         tl_result.set_use_attn_result(True)
@@ -249,7 +250,7 @@ def main() -> None:
             print(f"  {name:<64}{x:>6.2f}x  {'met' if x >= 1.5 else 'MISSED'}")
 
     new = min(64, cfg.n_ctx // 2)
-    gens = [(1, min(32, cfg.n_ctx - new), "batch 1 (guppy.generate)"), (8, min(32, cfg.n_ctx - new), "batch 8"),
+    gens = [(1, min(32, cfg.n_ctx - new), "batch 1 (guppy.model.generate)"), (8, min(32, cfg.n_ctx - new), "batch 8"),
             (args.batch, cfg.n_ctx - new, f"batch {args.batch}, fills the {cfg.n_ctx}-token context")]
     print(f"\ngreedy generation of {new} tokens, KV cache vs a full forward over the whole sequence each step "
           f"(median of {args.gen_repeats}; outputs asserted equal; target >= 5x)")

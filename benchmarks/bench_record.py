@@ -24,12 +24,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import guppy  # noqa: E402
-from guppy import runformat as R  # noqa: E402
-from guppy.config import TrainConfig, model_preset  # noqa: E402
-from guppy.record import snapshot_schedule  # noqa: E402
-from guppy.train import start_run  # noqa: E402
 from machine import load_note  # noqa: E402  (benchmarks/machine.py)
+
+import guppy  # noqa: E402
+from guppy.config import TrainConfig, model_preset  # noqa: E402
+from guppy.record.recorder import snapshot_schedule  # noqa: E402
+from guppy.run import format as R  # noqa: E402
+from guppy.train.trainer import start_run  # noqa: E402
 
 
 def train(cfg: TrainConfig) -> tuple[float, Path, object]:

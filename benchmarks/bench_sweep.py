@@ -55,7 +55,7 @@ def tree_rss_mib(pid: int) -> float:
 def run_sweep(parallel: int, steps: int, runs_dir: Path, env: dict) -> tuple[float, float]:
     """(wall s, peak MiB) of one 4-run sweep."""
     name = f"bench-p{parallel}-{time.monotonic_ns()}"
-    cmd = [sys.executable, "-m", "guppy.sweep", "--name", name, "--vary", "lr=2e-3,1e-3", "--seeds", "0,1",
+    cmd = [sys.executable, "-m", "guppy.train.sweep", "--name", name, "--vary", "lr=2e-3,1e-3", "--seeds", "0,1",
            "--parallel", str(parallel), "--runs-dir", str(runs_dir),
            "--", "--preset", "demo", "--steps", str(steps), "--eval-prompts", "1", "--log-every", "10"]
     t = time.perf_counter()
@@ -85,7 +85,7 @@ def main() -> None:
     print(f"bench_sweep: 4 runs of {args.steps} demo-preset steps (recorded), {cores} cores; {load_note()}")
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         runs_dir = Path(tmp)
-        subprocess.run([sys.executable, "-m", "guppy.train", "--preset", "demo", "--steps", "1", "--eval-prompts", "0",
+        subprocess.run([sys.executable, "-m", "guppy.train.trainer", "--preset", "demo", "--steps", "1", "--eval-prompts", "0",
                         "--quiet", "--runs-dir", str(runs_dir / "warmup")], cwd=ROOT, env=env, check=True,
                        capture_output=True)  # builds the data cache if missing
         results: dict[int, list[tuple[float, float]]] = {m: [] for m in modes}

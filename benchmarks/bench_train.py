@@ -11,7 +11,7 @@ target token, the same model, from the same initial weights.
 Throughput counts non-padding target tokens per second. MFU compares the model FLOPs
 (6 x matmul parameters per token, plus attention) to a bf16 and an fp32 matmul measured here.
 
-Health: a third loop is guppy's step with the Trainer's Watchdog (guppy.watchdog: health
+Health: a third loop is guppy's step with the Trainer's Watchdog (guppy.health.watchdog: health
 signals every --log-every steps, the per-parameter ring buffer and finiteness check every
 step), interleaved with the other two; its cost is printed against guppy's plain step, both
 as the difference of the two loops and as the time spent inside the Watchdog's calls.
@@ -33,13 +33,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from guppy.config import model_config  # noqa: E402
-from guppy.data import DataConfig, bucket_batches, collate, load_dataset, random_batches  # noqa: E402
-from guppy.model import GuppyLM  # noqa: E402
-from guppy.train import (BF16_CPU_MIN_SPEEDUP, TrainConfig, build_optimizer, cpu_bf16_speedup,  # noqa: E402
-                         pick_precision, target_loss)
-from guppy.watchdog import Watchdog  # noqa: E402
 from machine import load_note  # noqa: E402  (benchmarks/machine.py)
+
+from guppy.config import model_config  # noqa: E402
+from guppy.data.dataset import DataConfig, bucket_batches, collate, load_dataset, random_batches  # noqa: E402
+from guppy.health.watchdog import Watchdog  # noqa: E402
+from guppy.model.transformer import GuppyLM  # noqa: E402
+from guppy.train.trainer import BF16_CPU_MIN_SPEEDUP, TrainConfig, build_optimizer, cpu_bf16_speedup, pick_precision, target_loss  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

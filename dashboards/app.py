@@ -20,18 +20,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboards/ on the path
     sys.path.insert(0, str(ROOT))
 
-import streamlit as st  # noqa: E402
-
-from dashboards import data  # noqa: E402
-from dashboards.compare_data import one_per_setting, sweep_members  # noqa: E402
-from dashboards.cache import READ_ERRORS, RunHandle, freeze_imports  # noqa: E402
 import importlib  # noqa: E402
 
-# view modules load when first shown: the ablation view needs torch, the others only numpy
-VIEWS = {"Run overview": "overview", "Attention": "attention", "Head metrics": "heads",
-         "Residual stream": "residual", "Gradients": "gradients", "Ablation": "ablation", "Probes": "probes",
-         "Health": "health", "Induction": "induction", "Sweep": "sweep"}
-COMPARED = ("attention", "heads", "residual", "gradients", "ablation")  # drawn side by side by views/compare.py
+import streamlit as st  # noqa: E402
+
+from dashboards import shaping  # noqa: E402
+from dashboards.alignment import one_per_setting, sweep_members  # noqa: E402
+from dashboards.cache import READ_ERRORS, RunHandle, freeze_imports  # noqa: E402
+from dashboards.views import COMPARED, VIEWS  # noqa: E402
 
 
 def runs_dir_from(argv: list[str]) -> Path:
@@ -46,7 +42,7 @@ def runs_dir_from(argv: list[str]) -> Path:
 def open_handle(runs_dir: Path, name: str) -> RunHandle | None:
     """The run, or None after an error message in the page (the rest of the app keeps working)."""
     try:
-        path = data.safe_run_path(runs_dir, name)
+        path = shaping.safe_run_path(runs_dir, name)
     except ValueError as e:
         st.error(str(e))
         return None
@@ -88,11 +84,11 @@ def sidebar(runs_dir: Path, names: list[str]) -> tuple[str, list[str], str, bool
 
 def watch(path: Path, seconds: float = 3.0) -> None:
     """While on, look for new snapshots / metrics every few seconds and rerun the page if any."""
-    seen = data.run_signature(path)
+    seen = shaping.run_signature(path)
 
     @st.fragment(run_every=seconds)
     def poll():
-        if data.run_signature(path) != seen:
+        if shaping.run_signature(path) != seen:
             st.rerun()
 
     poll()
@@ -101,11 +97,11 @@ def watch(path: Path, seconds: float = 3.0) -> None:
 def main() -> None:
     st.set_page_config(page_title="guppy dashboard", page_icon="🐟", layout="wide")
     runs_dir = runs_dir_from(sys.argv[1:])
-    names = data.list_runs(runs_dir)
+    names = shaping.list_runs(runs_dir)
     if not names and not st.query_params.get("run"):
         st.title("guppy dashboard")
         st.info(f"No runs in `{runs_dir}` yet. Make a recorded run, then reload this page:")
-        st.code(data.MAKE_A_RUN.format(runs_dir=runs_dir), language="bash")
+        st.code(shaping.MAKE_A_RUN.format(runs_dir=runs_dir), language="bash")
         st.caption("Or point the dashboard elsewhere: `streamlit run dashboards/app.py -- --runs-dir PATH`.")
         return
     name, compare, view, live = sidebar(runs_dir, names)

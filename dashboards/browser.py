@@ -4,6 +4,10 @@ test and benchmarks/bench_dashboard.py.
 
     with serve(runs_dir) as url, browser() as page:
         page.goto(url + "?view=Attention"); wait_idle(page)
+
+The screenshots in the docs come from its command line (Debian's chromium and playwright needed):
+
+    python dashboards/browser.py --runs-dir runs --run demo-20261201-120000 --view Attention --out docs/dashboard.png
 """
 
 from __future__ import annotations
@@ -125,3 +129,45 @@ def move_slider(page, key: str = "ArrowLeft", index: int = 0, timeout_ms: int = 
     page.wait_for_function(f"(b) => ({FINGERPRINT_JS})({index}) !== b", arg=before, timeout=timeout_ms)
     wait_idle(page, timeout_ms)
     return time.perf_counter() - t0
+
+
+def screenshot(runs_dir: Path, run: str, view: str, out: Path, charts: int = 1, width: int = 1500, height: int = 1000) -> Path:
+    """A PNG of one view of one run, as a browser draws it, written whole (never half a picture at `out`)."""
+    from urllib.parse import urlencode
+
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    with serve(runs_dir) as url, browser(width, height) as page:
+        load(page, url + "?" + urlencode({"run": run, "view": view}), charts)
+        page.screenshot(path=str(tmp))
+    tmp.replace(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(APP.parent.parent))
+    from dashboards.views import VIEWS
+    from guppy.cli import ArgumentParser, positive_int, run_main
+
+    p = ArgumentParser(prog="dashboards/browser.py", description="Screenshot one dashboard view of a run in a real browser.")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="the runs folder (default runs)")
+    p.add_argument("--run", required=True, help="the run's name inside --runs-dir")
+    p.add_argument("--view", default="Attention", choices=list(VIEWS), help="the view (default Attention)")
+    p.add_argument("--charts", type=positive_int, default=1, help="charts to wait for before the picture (default 1)")
+    p.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    args = p.parse_args(argv)
+
+    def body():
+        if why := missing():
+            raise OSError(f"no browser to drive: {why}")
+        if not (args.runs_dir / args.run).is_dir():
+            raise ValueError(f"{args.runs_dir / args.run}: no such run folder")
+        if not args.out.parent.is_dir():
+            raise ValueError(f"--out {args.out}: its folder does not exist")
+        print(f"wrote {screenshot(args.runs_dir, args.run, args.view, args.out, args.charts)}")
+
+    return run_main("dashboards/browser.py", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

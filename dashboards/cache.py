@@ -21,8 +21,8 @@ import numpy as np
 import streamlit as st
 
 import guppy
-from guppy import runformat as R
-from guppy.runs import Run, RunError
+from guppy.run import format as R
+from guppy.run.reader import Run, RunError
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -9,10 +9,9 @@ Loads safetensors weights only (nothing is unpickled) and samples with the KV ca
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from guppy.cli import ArgumentParser, positive_int, run_main
-from guppy.generate import generate
+from guppy.cli import ArgumentParser, add_run_flags, load_chosen_run, positive_int, run_main
+from guppy.model.generate import generate
 
 
 class Chatter:
@@ -39,9 +38,7 @@ class Chatter:
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="guppy-chat", description="Talk to a trained guppy run.")
-    p.add_argument("--run", help="run folder (default: the newest run under --runs-dir)")
-    p.add_argument("--runs-dir", default="runs", help="where to look for the newest run (default runs)")
-    p.add_argument("--checkpoint", default="latest", help="checkpoint step or 'latest' (default)")
+    add_run_flags(p)
     p.add_argument("-p", "--prompt", action="append", help="answer this and exit (repeatable)")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy (default 0.7)")
     p.add_argument("--top-k", type=positive_int, default=None, help="sample from the k most likely tokens")
@@ -55,13 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body():
-        from guppy.runfiles import read_run_json
-        from guppy.runs import latest_run, load_for_inference
+        from guppy.run.writer import read_run_json
 
         if args.temperature < 0 or not 0 < args.top_p <= 1:
             raise ValueError("--temperature must be >= 0 and --top-p in (0, 1]")
-        run = Path(args.run) if args.run else latest_run(Path(args.runs_dir))
-        model, tok, path = load_for_inference(run, args.checkpoint)
+        model, tok, path, run = load_chosen_run(args)
         bot = Chatter(model, tok, args.temperature, args.top_k, args.top_p, args.max_tokens, args.seed)
         name = read_run_json(run).get("data_stats", {}).get("persona", "guppy")
         if args.prompt:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -24,6 +25,24 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """--run, --runs-dir, --checkpoint: which run and checkpoint a command talks to (guppy-chat, guppy-eval)."""
+    p.add_argument("--run", help="run folder (default: the newest run under --runs-dir)")
+    p.add_argument("--runs-dir", default="runs", help="where to look for the newest run (default runs)")
+    p.add_argument("--checkpoint", default="latest", help="checkpoint step number or 'latest' (default)")
+
+
+def load_chosen_run(args: argparse.Namespace):
+    """(model, tokenizer, checkpoint path, run folder) named by `add_run_flags`' flags."""
+    from pathlib import Path
+
+    from guppy.run.reader import latest_run, load_for_inference
+
+    run = Path(args.run) if args.run else latest_run(Path(args.runs_dir))
+    model, tokenizer, path = load_for_inference(run, args.checkpoint)
+    return model, tokenizer, path, run
+
+
 def run_main(prog: str, body: Callable[[], int | None]) -> int:
     """Run a command body; expected failures become one `prog: error: ...` line and exit 1."""
     try:
@@ -34,3 +53,20 @@ def run_main(prog: str, body: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch on `threads` threads inside the block; the previous count is restored after.
+
+    One thread is often the faster choice here: the models are small, and each parallel region
+    on a busy 2-core machine waits for a descheduled second thread (benchmarks/bench_hooks.py and
+    the probes' --threads flag measure it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

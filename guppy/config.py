@@ -222,10 +222,8 @@ class TrainConfig:
 
 
 # What a preset trains best with where it differs from the defaults (tuned on the demo preset);
-# guppy-train applies it under the flags given. The guppy preset's bare defaults gave 8.3% of the
-# persona eval after 1 epoch (eval loss 2.32). One epoch of 891 steps, 720 held-out prompts, two
-# seeds each (README "The reference fish"): lr 1e-3 90.3% / 90.0%, 1.5e-3 89.7 / 91.9, 2e-3
-# 89.3 / 88.6, 3e-3 53.9 (one seed); batch 32 at 2e-3 80.1; loss on replies only 87.8.
+# guppy-train applies it under the flags given. The guppy preset's bare defaults learned far less in
+# one epoch; docs/reference.md has the grid of learning rates, batches and losses this was chosen from.
 PRESET_RECIPES = {
     "guppy": dict(lr=1e-3, min_lr=1e-4, warmup_steps=100, loss_on="all", dropout=0.0),
 }

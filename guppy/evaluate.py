@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from guppy.generate import generate
+from guppy.model.generate import generate
 
 MAX_WORDS = 40
 CHECKS = ("ended", "lowercase", "short", "on_topic")
@@ -62,7 +62,7 @@ def persona_eval(model, tokenizer, persona, chats, per_topic: int = 3, max_new_t
     was_training = model.training
     model.eval()
     rows = []
-    chats = [c for c in chats if c.topic in persona.topics]  # memory chats are scored by guppy.recall
+    chats = [c for c in chats if c.topic in persona.topics]  # memory chats are scored by guppy.analysis.memory_recall
     for topic, prompt in eval_prompts(chats, per_topic):
         new = generate(model, tokenizer.encode_prompt(prompt), max_new_tokens=max_new_tokens,
                        temperature=0.0, stop_token=tokenizer.end_id)
@@ -75,21 +75,18 @@ def persona_eval(model, tokenizer, persona, chats, per_topic: int = 3, max_new_t
 
 
 def main(argv: list[str] | None = None) -> int:
-    from guppy.cli import ArgumentParser, positive_int, run_main
+    from guppy.cli import ArgumentParser, add_run_flags, load_chosen_run, positive_int, run_main
 
     p = ArgumentParser(prog="guppy-eval", description="Persona eval of a trained run: pass rate per topic.")
-    p.add_argument("--run", help="run folder (default: the newest run under --runs-dir)")
-    p.add_argument("--runs-dir", default="runs", help="where to look for the newest run (default runs)")
-    p.add_argument("--checkpoint", default="latest", help="checkpoint step number or 'latest' (default)")
+    add_run_flags(p)
     p.add_argument("--prompts", type=positive_int, default=3, help="held-out prompts per topic (default 3)")
     p.add_argument("--show", type=int, default=0, help="print this many failing replies")
     args = p.parse_args(argv)
 
     def body():
-        from guppy.runs import latest_run, load_eval_data, load_for_inference
+        from guppy.run.reader import load_eval_data
 
-        run = args.run or latest_run(args.runs_dir)
-        model, tokenizer, path = load_for_inference(run, args.checkpoint)
+        model, tokenizer, path, run = load_chosen_run(args)
         persona, chats = load_eval_data(run)
         result = persona_eval(model, tokenizer, persona, chats, per_topic=args.prompts)
         print(f"persona eval of {path}: {len(result.rows)} held-out prompts")

@@ -5,7 +5,7 @@
 
 Held-out loss is the mean next-token loss on the reply tokens of held-out chats (round-robin
 over topics). Each head is ablated at its slice of `attn.hook_z`, each MLP at `hook_mlp_out`
-(guppy.ablate semantics): zero; mean over the batch's real positions; resample = the same
+(guppy.model.ablate semantics): zero; mean over the batch's real positions; resample = the same
 position of another held-out chat (the batch rolled by one row). The persona-eval pass rate
 (guppy.evaluate, greedy replies to held-out prompts) is measured at the last snapshot analysed,
 for mean ablation by default (--eval-methods; zero works too, resample does not: it needs a
@@ -18,16 +18,16 @@ ablate_heads.html (the layer x head importance map, with a slider over snapshots
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 import pandas as pd
 import torch
 
-from guppy import analysis as A
-from guppy import metrics as M
-from guppy.ablate import METHODS, ablate
-from guppy.cli import positive_int, run_main
+from guppy.analysis import probe_runner as A
+from guppy.analysis.heldout import each_site_losses, heldout_batch
+from guppy.cli import positive_int
+from guppy.model.ablate import METHODS, ablate, ablation_sites
+from guppy.record import head_scores as M
 
 PROG = "ablate_heads.py"
 
@@ -42,8 +42,8 @@ def ablation_table(model, tokens: torch.Tensor, mask: torch.Tensor, methods=METH
     base = float((M.mean_loss_per_row(model(tokens), tokens, mask) * mask.sum(1)).sum() / mask.sum())
     rows = []
     for method in methods:
-        losses = A.each_site_losses(model, tokens, mask, method, reference=tokens.roll(1, 0), pad_id=pad_id)
-        for (kind, layer, head), loss in zip(A.ablation_sites(model.cfg), losses.tolist()):
+        losses = each_site_losses(model, tokens, mask, method, reference=tokens.roll(1, 0), pad_id=pad_id)
+        for (kind, layer, head), loss in zip(ablation_sites(model.cfg), losses.tolist()):
             rows.append({"method": method, "site": site_label(kind, layer, head), "kind": kind, "layer": layer,
                          "head": head, "loss": loss, "base_loss": base, "delta_loss": loss - base})
     return pd.DataFrame(rows)
@@ -52,12 +52,12 @@ def ablation_table(model, tokens: torch.Tensor, mask: torch.Tensor, methods=METH
 def pass_rates(model, run, table: pd.DataFrame, methods: list[str], prompts: int, topics: int) -> pd.DataFrame:
     """Persona-eval pass rate with each site ablated by each of `methods` (zero, mean), and its change."""
     from guppy.evaluate import persona_eval
-    from guppy.runs import load_eval_data
+    from guppy.run.reader import load_eval_data
 
     persona, chats = load_eval_data(run.path)
     keep = sorted({c.topic for c in chats})[:topics]
     chats = [c for c in chats if c.topic in keep]
-    ref = A.heldout_batch(run, 32).tokens
+    ref = heldout_batch(run, 32).tokens
 
     def rate():
         return persona_eval(model, run.tokenizer, persona, chats, per_topic=prompts).pass_rate
@@ -97,46 +97,43 @@ def importance_figure(df: pd.DataFrame, cfg):
     return fig
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = A.probe_parser(PROG, "Ablate every head and MLP: change in held-out loss and persona-eval pass rate.")
+def compute(run, steps, args):
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ValueError(f"--methods {args.methods!r}: expected some of {', '.join(METHODS)}")
+    eval_methods = [m.strip() for m in args.eval_methods.split(",") if m.strip()]
+    if any(m not in ("zero", "mean") for m in eval_methods):
+        raise ValueError(f"--eval-methods {args.eval_methods!r}: expected some of zero, mean")
+    batch = heldout_batch(run, args.chats)
+    frames = []
+    for step in steps:
+        model = run.model(step)
+        table = ablation_table(model, batch.tokens, batch.reply_mask, methods, batch.pad_id)
+        if step == steps[-1] and args.eval_prompts > 0:
+            table = pass_rates(model, run, table, eval_methods, args.eval_prompts, args.eval_topics)
+        frames.append(table.assign(step=step))
+    df = A.by_step(frames)
+    last = df[df.step == steps[-1]].sort_values("delta_loss", ascending=False)
+    cols = [c for c in ("method", "site", "loss", "delta_loss", "pass_rate", "delta_pass_rate") if c in last]
+    print_rows = pd.concat([last[last.method == m].head(4) for m in methods])
+    A.print_table(f"step {steps[-1]}: base held-out loss {last.base_loss.iloc[0]:.3f} on {len(batch.topics)} chats;"
+                  f" the 4 most important sites per method", print_rows[cols], rows=4 * len(methods))
+    return {"": df}, importance_figure(df, run.model_config)
+
+
+def flags(p) -> None:
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated ablations (default zero,mean,resample)")
     p.add_argument("--chats", type=positive_int, default=32, help="held-out chats for the loss (default 32)")
     p.add_argument("--eval-prompts", type=int, default=1,
                    help="held-out prompts per topic for the pass rate at the last snapshot; 0 = skip (default 1)")
     p.add_argument("--eval-topics", type=positive_int, default=12, help="topics in the pass-rate eval (default 12)")
     p.add_argument("--eval-methods", default="mean", help="ablations whose pass rate is measured: zero, mean (default mean)")
-    args = p.parse_args(argv)
 
-    def body():
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        bad = [m for m in methods if m not in METHODS]
-        if bad or not methods:
-            raise ValueError(f"--methods {args.methods!r}: expected some of {', '.join(METHODS)}")
-        eval_methods = [m.strip() for m in args.eval_methods.split(",") if m.strip()]
-        if any(m not in ("zero", "mean") for m in eval_methods):
-            raise ValueError(f"--eval-methods {args.eval_methods!r}: expected some of zero, mean")
-        t0 = time.perf_counter()
-        run = A.open_recorded_run(args.run)
-        steps = A.snapshot_steps(run, args.snapshot)
-        batch = A.heldout_batch(run, args.chats)
-        frames = []
-        for step in steps:
-            model = run.model(step)
-            table = ablation_table(model, batch.tokens, batch.reply_mask, methods, batch.pad_id)
-            if step == steps[-1] and args.eval_prompts > 0:
-                table = pass_rates(model, run, table, eval_methods, args.eval_prompts, args.eval_topics)
-            frames.append(table.assign(step=step))
-        df = pd.concat(frames, ignore_index=True)
-        df = df[["step"] + [c for c in df.columns if c != "step"]]
-        last = df[df.step == steps[-1]].sort_values("delta_loss", ascending=False)
-        cols = [c for c in ("method", "site", "loss", "delta_loss", "pass_rate", "delta_pass_rate") if c in last]
-        print_rows = pd.concat([last[last.method == m].head(4) for m in methods])
-        A.print_table(f"step {steps[-1]}: base held-out loss {last.base_loss.iloc[0]:.3f} on {len(batch.topics)} chats;"
-                      f" the 4 most important sites per method", print_rows[cols], rows=4 * len(methods))
-        written = A.write_outputs(run, "ablate_heads", {"": df}, importance_figure(df, run.model_config))
-        print(f"wrote {', '.join(str(w) for w in written)} ({time.perf_counter() - t0:.1f} s)")
 
-    return run_main(PROG, A.with_threads(body, args.threads))
+def main(argv: list[str] | None = None) -> int:
+    return A.run_probe(PROG, "Ablate every head and MLP: change in held-out loss and persona-eval pass rate.", compute,
+                       argv, output="ablate_heads", extra_args=flags)
 
 
 if __name__ == "__main__":

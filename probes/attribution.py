@@ -21,15 +21,15 @@ attribution.html (mean per component and per chat).
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 import pandas as pd
 import torch
 
-from guppy import analysis as A
-from guppy.cli import positive_int, run_main
-from guppy.runformat import act_name
+from guppy.analysis import probe_runner as A
+from guppy.analysis.heldout import heldout_batch
+from guppy.cli import positive_int
+from guppy.run.format import act_name
 
 PROG = "attribution.py"
 
@@ -101,40 +101,37 @@ def figure(df: pd.DataFrame):
     return fig
 
 
+def compute(run, steps, args):
+    step = steps[0]
+    model, batch = run.model(step), heldout_batch(run, args.chats)
+    positions = batch.reply_start - 1  # the last prompt token, where the first reply token is predicted
+    targets = batch.tokens[torch.arange(len(positions)), batch.reply_start]
+    terms, labels, bias, logit = attribute(model, batch.tokens, positions, targets)
+    cterms, _, cbias, clogit = attribute(model, batch.tokens, positions, targets, centered=True)
+    decode = run.tokenizer.decode
+    rows = []
+    for i in range(len(positions)):
+        common = {"step": step, "chat": i, "topic": batch.topics[i], "prompt": batch.prompts[i],
+                  "target": decode([int(targets[i])])}
+        rows += [common | {"component": c, "dla": float(terms[i, j]), "dla_centered": float(cterms[i, j])}
+                 for j, c in enumerate(labels)]
+        rows.append(common | {"component": "ln bias", "dla": float(bias[i]), "dla_centered": float(cbias[i])})
+        rows.append(common | {"component": "total (logit)", "dla": float(logit[i]), "dla_centered": float(clogit[i])})
+    df = pd.DataFrame(rows)
+    gap = float((terms.sum(1) + bias - logit).abs().max())
+    summary = df.groupby("component", sort=False)[["dla", "dla_centered"]].mean().reset_index()
+    summary = summary.reindex(summary.dla_centered.abs().sort_values(ascending=False).index)
+    A.print_table(f"step {step}: mean attribution over {len(positions)} held-out chats (largest |centered| first);"
+                  f" sum of terms + ln bias - logit: max {gap:.1e}", summary)
+    parts = df[~df.component.isin(["ln bias", "total (logit)"])]
+    return {"": df}, figure(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = A.probe_parser(PROG, "Direct logit attribution of the reply's first token to each head and MLP.", allow_all=False)
-    p.add_argument("--chats", type=positive_int, default=64, help="held-out chats to attribute (default 64)")
-    args = p.parse_args(argv)
-
-    def body():
-        t0 = time.perf_counter()
-        run = A.open_recorded_run(args.run)
-        step = A.snapshot_steps(run, args.snapshot, allow_all=False)[0]
-        model, batch = run.model(step), A.heldout_batch(run, args.chats)
-        positions = batch.reply_start - 1  # the last prompt token, where the first reply token is predicted
-        targets = batch.tokens[torch.arange(len(positions)), batch.reply_start]
-        terms, labels, bias, logit = attribute(model, batch.tokens, positions, targets)
-        cterms, _, cbias, clogit = attribute(model, batch.tokens, positions, targets, centered=True)
-        decode = run.tokenizer.decode
-        rows = []
-        for i in range(len(positions)):
-            common = {"step": step, "chat": i, "topic": batch.topics[i], "prompt": batch.prompts[i],
-                      "target": decode([int(targets[i])])}
-            rows += [common | {"component": c, "dla": float(terms[i, j]), "dla_centered": float(cterms[i, j])}
-                     for j, c in enumerate(labels)]
-            rows.append(common | {"component": "ln bias", "dla": float(bias[i]), "dla_centered": float(cbias[i])})
-            rows.append(common | {"component": "total (logit)", "dla": float(logit[i]), "dla_centered": float(clogit[i])})
-        df = pd.DataFrame(rows)
-        gap = float((terms.sum(1) + bias - logit).abs().max())
-        summary = df.groupby("component", sort=False)[["dla", "dla_centered"]].mean().reset_index()
-        summary = summary.reindex(summary.dla_centered.abs().sort_values(ascending=False).index)
-        A.print_table(f"step {step}: mean attribution over {len(positions)} held-out chats (largest |centered| first);"
-                      f" sum of terms + ln bias - logit: max {gap:.1e}", summary)
-        parts = df[~df.component.isin(["ln bias", "total (logit)"])]
-        written = A.write_outputs(run, "attribution", {"": df}, figure(parts))
-        print(f"wrote {', '.join(str(w) for w in written)} ({time.perf_counter() - t0:.1f} s)")
-
-    return run_main(PROG, A.with_threads(body, args.threads))
+    return A.run_probe(PROG, "Direct logit attribution of the reply's first token to each head and MLP.", compute, argv,
+                       output="attribution", allow_all=False,
+                       extra_args=lambda p: p.add_argument("--chats", type=positive_int, default=64,
+                                                           help="held-out chats to attribute (default 64)"))
 
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@ An induction head scored on repeated random tokens (a start token, then r, then 
 expected to copy whatever the tokens are. A head that learned to copy inside memory chats may
 copy only there, or only tokens like the ones it copied. Each row here is one frame and one
 pool of random tokens; its columns, every head's copy score (attention from the second copy to
-the token after the same token's first occurrence: `guppy.recall.chat_scores`) and how much of
+the token after the same token's first occurrence: `guppy.analysis.memory_recall.chat_scores`) and how much of
 the second copy the model predicts right (`copy_token_acc`, teacher-forced):
 
     bare              start token, r, r                      (the usual probe, Olsson et al.)
     user turn         start, "user", newline, r, r
     user turn, again  start, "user", newline, r, ". again:", r
-    memory chat       held-out memory chats, the item wherever said swapped for r (guppy.recall.random_items)
+    memory chat       held-out memory chats, the item wherever said swapped for r (guppy.analysis.memory_recall.random_items)
 
 each with r drawn from the whole vocabulary and from the tokens the held-out items are made of.
 
@@ -24,13 +24,12 @@ and induction_frames.html (the latest step's scores as bars).
 from __future__ import annotations
 
 import sys
-import time
 
 import pandas as pd
 
-from guppy import analysis as A
-from guppy.cli import positive_int, run_main
-from guppy.runformat import head_column_parts
+from guppy.analysis import probe_runner as A
+from guppy.cli import positive_int
+from guppy.run.format import head_column_parts
 
 PROG = "induction_frames.py"
 PERIOD = 20  # random tokens per copy, as in the recorder's repeated sequences
@@ -40,7 +39,7 @@ def frames_table(model, tokenizer, chats, period: int = PERIOD) -> pd.DataFrame:
     """One row per (frame, pool): copy scores of every head after layer 0 and the copy's token accuracy."""
     import torch
 
-    from guppy.recall import chat_scores, item_tokens, random_items, recall_batch, repeated_batch
+    from guppy.analysis.memory_recall import chat_scores, item_tokens, random_items, recall_batch, repeated_batch
 
     batch = recall_batch(tokenizer, chats, model.cfg.n_ctx)
     empty = tokenizer.encode_chats([""], [""])[0][0]
@@ -76,28 +75,22 @@ def figure(df: pd.DataFrame):
     return fig
 
 
+def compute(run, steps, args):
+    from guppy.analysis.memory_recall import held_out_memory_chats
+
+    chats = held_out_memory_chats(run.path, args.chats)
+    df = A.by_step([frames_table(run.model(s), run.tokenizer, chats).assign(step=s) for s in steps])
+    last = df[df.step == steps[-1]]
+    A.print_table(f"step {steps[-1]}: copy score of each head after layer 0 on {PERIOD} random tokens, repeated",
+                  last.drop(columns=["step"]), rows=len(last))
+    return {"": df}, figure(last)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = A.probe_parser(PROG, "Copy scores of every head on the same random tokens in different frames.")
-    p.add_argument("--chats", type=positive_int, default=128, help="held-out memory chats to use (default 128)")
-    args = p.parse_args(argv)
-
-    def body():
-        from guppy.recall import held_out_memory_chats
-
-        t0 = time.perf_counter()
-        run = A.open_recorded_run(args.run)
-        steps = A.snapshot_steps(run, args.snapshot)
-        chats = held_out_memory_chats(run.path, args.chats)
-        df = pd.concat([frames_table(run.model(s), run.tokenizer, chats).assign(step=s) for s in steps],
-                       ignore_index=True)
-        df = df[["step"] + [c for c in df.columns if c != "step"]]
-        last = df[df.step == steps[-1]]
-        A.print_table(f"step {steps[-1]}: copy score of each head after layer 0 on {PERIOD} random tokens, repeated",
-                      last.drop(columns=["step"]), rows=len(last))
-        written = A.write_outputs(run, "induction_frames", {"": df}, figure(last))
-        print(f"wrote {', '.join(str(w) for w in written)} ({time.perf_counter() - t0:.1f} s)")
-
-    return run_main(PROG, A.with_threads(body, args.threads))
+    return A.run_probe(PROG, "Copy scores of every head on the same random tokens in different frames.", compute, argv,
+                       output="induction_frames",
+                       extra_args=lambda p: p.add_argument("--chats", type=positive_int, default=128,
+                                                           help="held-out memory chats to use (default 128)"))
 
 
 if __name__ == "__main__":

@@ -15,15 +15,15 @@ Writes runs/<name>/probes/logit_lens.csv (step, point, loss, accuracy), logit_le
 from __future__ import annotations
 
 import sys
-import time
 
 import pandas as pd
 import torch
 
-from guppy import analysis as A
-from guppy import metrics as M
-from guppy.cli import positive_int, run_main
-from guppy.runformat import resid_points
+from guppy.analysis import probe_runner as A
+from guppy.analysis.heldout import heldout_batch
+from guppy.cli import positive_int
+from guppy.record import head_scores as M
+from guppy.run.format import resid_points
 
 PROG = "logit_lens.py"
 
@@ -57,38 +57,36 @@ def figure(df: pd.DataFrame):
     return fig
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = A.probe_parser(PROG, "Logit lens: per-layer loss and top tokens from decoding the residual stream.")
+def compute(run, steps, args):
+    batch = heldout_batch(run, args.chats)
+    show = min(args.show, len(batch.topics))
+    positions = batch.reply_start - 1  # the last prompt token predicts the reply's first token
+    decode = run.tokenizer.decode
+    rows, top_rows = [], []
+    for step in steps:
+        stats, tops = lens(run.model(step), batch.tokens, batch.reply_mask, positions)
+        rows += [s | {"step": step} for s in stats]
+        for i, s in enumerate(stats):
+            for c in range(show):
+                top_rows.append({"step": step, "point": s["point"], "prompt": batch.prompts[c],
+                                 "target": decode([int(batch.tokens[c, batch.reply_start[c]])]),
+                                 "top": " | ".join(repr(decode([t])) for t in tops[i, c].tolist())})
+    df = pd.DataFrame(rows)[["step", "point", "loss", "accuracy"]]
+    top = pd.DataFrame(top_rows)
+    A.print_table(f"step {steps[-1]}, {len(batch.topics)} held-out chats:", df[df.step == steps[-1]])
+    A.print_table(f"top tokens for the first reply token of {batch.prompts[0]!r}:",
+                  top[(top.step == steps[-1]) & (top.prompt == batch.prompts[0])][["point", "target", "top"]])
+    return {"": df, "top": top}, figure(df)
+
+
+def flags(p) -> None:
     p.add_argument("--chats", type=positive_int, default=64, help="held-out chats for the loss (default 64)")
     p.add_argument("--show", type=positive_int, default=4, help="chats whose first-reply-token top tokens are kept (default 4)")
-    args = p.parse_args(argv)
 
-    def body():
-        t0 = time.perf_counter()
-        run = A.open_recorded_run(args.run)
-        steps = A.snapshot_steps(run, args.snapshot)
-        batch = A.heldout_batch(run, args.chats)
-        show = min(args.show, len(batch.topics))
-        positions = batch.reply_start - 1  # the last prompt token predicts the reply's first token
-        decode = run.tokenizer.decode
-        rows, top_rows = [], []
-        for step in steps:
-            stats, tops = lens(run.model(step), batch.tokens, batch.reply_mask, positions)
-            rows += [s | {"step": step} for s in stats]
-            for i, s in enumerate(stats):
-                for c in range(show):
-                    top_rows.append({"step": step, "point": s["point"], "prompt": batch.prompts[c],
-                                     "target": decode([int(batch.tokens[c, batch.reply_start[c]])]),
-                                     "top": " | ".join(repr(decode([t])) for t in tops[i, c].tolist())})
-        df = pd.DataFrame(rows)[["step", "point", "loss", "accuracy"]]
-        top = pd.DataFrame(top_rows)
-        A.print_table(f"step {steps[-1]}, {len(batch.topics)} held-out chats:", df[df.step == steps[-1]])
-        A.print_table(f"top tokens for the first reply token of {batch.prompts[0]!r}:",
-                      top[(top.step == steps[-1]) & (top.prompt == batch.prompts[0])][["point", "target", "top"]])
-        written = A.write_outputs(run, "logit_lens", {"": df, "top": top}, figure(df))
-        print(f"wrote {', '.join(str(w) for w in written)} ({time.perf_counter() - t0:.1f} s)")
 
-    return run_main(PROG, A.with_threads(body, args.threads))
+def main(argv: list[str] | None = None) -> int:
+    return A.run_probe(PROG, "Logit lens: per-layer loss and top tokens from decoding the residual stream.", compute, argv,
+                       output="logit_lens", extra_args=flags)
 
 
 if __name__ == "__main__":

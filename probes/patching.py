@@ -22,14 +22,13 @@ Writes runs/<name>/probes/patching_resid.csv, patching_heads.csv and patching.ht
 from __future__ import annotations
 
 import sys
-import time
 
 import pandas as pd
 import torch
 
-from guppy import analysis as A
-from guppy.cli import run_main
-from guppy.runformat import layer_of, resid_points
+from guppy.analysis import probe_runner as A
+from guppy.analysis.heldout import heldout_chats
+from guppy.run.format import layer_of, resid_points
 
 PROG = "patching.py"
 
@@ -135,52 +134,49 @@ def figure(resid: pd.DataFrame, heads: pd.DataFrame, title: str):
     return fig
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = A.probe_parser(PROG, "Activation patching between a clean and a corrupted prompt (recovered logit difference).",
-                       allow_all=False)
+def compute(run, steps, args):
+    if (args.clean is None) != (args.corrupt is None):
+        raise ValueError("give both --clean and --corrupt, or neither")
+    step = steps[0]
+    model, tok = run.model(step), run.tokenizer
+    clean_text, corrupt_text = (args.clean, args.corrupt) if args.clean else choose_pair(model, tok, heldout_chats(run))
+    clean, corrupt = (torch.tensor([tok.encode_prompt(t)]) for t in (clean_text, corrupt_text))
+    if clean.shape != corrupt.shape:
+        raise ValueError(f"--clean is {clean.shape[1]} tokens and --corrupt {corrupt.shape[1]}; they must match")
+    with torch.no_grad():
+        clean_logits, corrupt_logits = model(clean), model(corrupt)
+    a, b = answers(clean_logits[0, -1], corrupt_logits[0, -1])
+    if not float(logit_diff(clean_logits, a, b) - logit_diff(corrupt_logits, a, b)) > 0:
+        raise ValueError("the two prompts give the same logit difference; pick prompts whose replies differ")
+    by_pos, points, whole = patch_resid(model, clean, corrupt, a, b)
+    tokens = [tok.decode([t], skip_special=False) for t in clean[0].tolist()]
+    resid = pd.DataFrame([{"step": step, "point": pt, "position": p, "token": tokens[p],
+                           "corrupt_token": tok.decode([int(corrupt[0, p])], skip_special=False),
+                           "recovered": float(by_pos[i, p])} for i, pt in enumerate(points) for p in range(len(tokens))])
+    resid = pd.concat([resid, pd.DataFrame([{"step": step, "point": pt, "position": -1, "token": "(all)",
+                                             "corrupt_token": "(all)", "recovered": float(whole[i])}
+                                            for i, pt in enumerate(points)])], ignore_index=True)
+    hg = patch_heads(model, clean, corrupt, a, b)
+    heads = pd.DataFrame([{"step": step, "layer": l, "head": h, "recovered": float(hg[l, h])}
+                          for l in range(hg.shape[0]) for h in range(hg.shape[1])])
+    title = f"clean {clean_text!r} -> {tok.decode([a])!r}; corrupt {corrupt_text!r} -> {tok.decode([b])!r}"
+    print(f"step {step}: {title}")
+    wide = resid[resid.position >= 0].pivot(index="point", columns="position", values="recovered").reindex(points)
+    wide.columns = [f"{p}:{t.strip()[:6]}" for p, t in enumerate(tokens)]
+    A.print_table("recovered fraction, residual point x position (whole residual: "
+                  + ", ".join(f"{v:.2f}" for v in whole.tolist()) + ")", wide.reset_index(), rows=len(points))
+    A.print_table("heads (largest first):", heads.sort_values("recovered", ascending=False)[["layer", "head", "recovered"]], rows=5)
+    return {"resid": resid, "heads": heads}, figure(resid[resid.position >= 0], heads, title)
+
+
+def flags(p) -> None:
     p.add_argument("--clean", help="clean prompt text (default: chosen from held-out prompts)")
     p.add_argument("--corrupt", help="corrupted prompt text, same token length as --clean")
-    args = p.parse_args(argv)
 
-    def body():
-        t0 = time.perf_counter()
-        if (args.clean is None) != (args.corrupt is None):
-            raise ValueError("give both --clean and --corrupt, or neither")
-        run = A.open_recorded_run(args.run)
-        step = A.snapshot_steps(run, args.snapshot, allow_all=False)[0]
-        model, tok = run.model(step), run.tokenizer
-        clean_text, corrupt_text = (args.clean, args.corrupt) if args.clean else choose_pair(model, tok, A.heldout_chats(run))
-        clean, corrupt = (torch.tensor([tok.encode_prompt(t)]) for t in (clean_text, corrupt_text))
-        if clean.shape != corrupt.shape:
-            raise ValueError(f"--clean is {clean.shape[1]} tokens and --corrupt {corrupt.shape[1]}; they must match")
-        with torch.no_grad():
-            clean_logits, corrupt_logits = model(clean), model(corrupt)
-        a, b = answers(clean_logits[0, -1], corrupt_logits[0, -1])
-        if not float(logit_diff(clean_logits, a, b) - logit_diff(corrupt_logits, a, b)) > 0:
-            raise ValueError("the two prompts give the same logit difference; pick prompts whose replies differ")
-        by_pos, points, whole = patch_resid(model, clean, corrupt, a, b)
-        tokens = [tok.decode([t], skip_special=False) for t in clean[0].tolist()]
-        resid = pd.DataFrame([{"step": step, "point": pt, "position": p, "token": tokens[p],
-                               "corrupt_token": tok.decode([int(corrupt[0, p])], skip_special=False),
-                               "recovered": float(by_pos[i, p])} for i, pt in enumerate(points) for p in range(len(tokens))])
-        resid = pd.concat([resid, pd.DataFrame([{"step": step, "point": pt, "position": -1, "token": "(all)",
-                                                 "corrupt_token": "(all)", "recovered": float(whole[i])}
-                                                for i, pt in enumerate(points)])], ignore_index=True)
-        hg = patch_heads(model, clean, corrupt, a, b)
-        heads = pd.DataFrame([{"step": step, "layer": l, "head": h, "recovered": float(hg[l, h])}
-                              for l in range(hg.shape[0]) for h in range(hg.shape[1])])
-        title = f"clean {clean_text!r} -> {tok.decode([a])!r}; corrupt {corrupt_text!r} -> {tok.decode([b])!r}"
-        print(f"step {step}: {title}")
-        wide = resid[resid.position >= 0].pivot(index="point", columns="position", values="recovered").reindex(points)
-        wide.columns = [f"{p}:{t.strip()[:6]}" for p, t in enumerate(tokens)]
-        A.print_table("recovered fraction, residual point x position (whole residual: "
-                      + ", ".join(f"{v:.2f}" for v in whole.tolist()) + ")", wide.reset_index(), rows=len(points))
-        A.print_table("heads (largest first):", heads.sort_values("recovered", ascending=False)[["layer", "head", "recovered"]], rows=5)
-        written = A.write_outputs(run, "patching", {"resid": resid, "heads": heads},
-                                  figure(resid[resid.position >= 0], heads, title))
-        print(f"wrote {', '.join(str(w) for w in written)} ({time.perf_counter() - t0:.1f} s)")
 
-    return run_main(PROG, A.with_threads(body, args.threads))
+def main(argv: list[str] | None = None) -> int:
+    return A.run_probe(PROG, "Activation patching between a clean and a corrupted prompt (recovered logit difference).",
+                       compute, argv, output="patching", extra_args=flags, allow_all=False)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Features: the residual stream at each layer boundary, at the last prompt token (
 reply is about to start; the token itself is the same chat template for every chat), or with
 --position mean, averaged over the prompt's tokens. Data: the run's held-out chats, split by
 prompt text (a prompt is never in both halves) into train and test. The probe is multinomial
-logistic regression on standardised features (guppy.analysis.train_linear_probes). Control:
+logistic regression on standardised features (guppy.analysis.probe_runner.train_linear_probes). Control:
 the same probe trained on shuffled train labels and scored on the real test labels; its
 accuracy is what the probe reaches by memorising, and should sit near chance.
 
@@ -16,21 +16,22 @@ Writes runs/<name>/probes/topic_probe.csv (step, point, accuracies) and topic_pr
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 import pandas as pd
 import torch
 
-from guppy import analysis as A
-from guppy.cli import positive_int, run_main
-from guppy.runformat import resid_points
+from guppy.analysis import probe_runner as A
+from guppy.analysis.heldout import ChatBatch, encode_batch, heldout_chats
+from guppy.analysis.linear_probe import probe_predict, train_linear_probes
+from guppy.cli import positive_int
+from guppy.run.format import resid_points
 
 PROG = "topic_probe.py"
 
 
 @torch.no_grad()
-def features(model, batch: A.ChatBatch, position: str) -> tuple[torch.Tensor, list[str]]:
+def features(model, batch: ChatBatch, position: str) -> tuple[torch.Tensor, list[str]]:
     """Residual stream at every layer boundary -> ((points, B, D), point names). Only the
     prompts run: the model is causal, so the reply's tokens change nothing before it."""
     names = resid_points(model.cfg.n_layers)
@@ -59,10 +60,10 @@ def probe_layers(X: torch.Tensor, y: torch.Tensor, train: np.ndarray, test: np.n
     shuffled = y[train][torch.randperm(len(train), generator=gen)]
     P = X.shape[0]
     X_train, X_test = X[:, train].repeat(2, 1, 1), X[:, test].repeat(2, 1, 1)  # (2P, n, D)
-    probes = A.train_linear_probes(X_train, torch.cat([y[train].expand(P, -1), shuffled.expand(P, -1)]),
+    probes = train_linear_probes(X_train, torch.cat([y[train].expand(P, -1), shuffled.expand(P, -1)]),
                                    n_classes, weight_decay)
-    train_acc = (A.probe_predict(probes, X_train) == y[train]).float().mean(1)  # (2P,)
-    test_acc = (A.probe_predict(probes, X_test) == y[test]).float().mean(1)
+    train_acc = (probe_predict(probes, X_train) == y[train]).float().mean(1)  # (2P,)
+    test_acc = (probe_predict(probes, X_test) == y[test]).float().mean(1)
     return [{"train_acc": float(train_acc[p]), "test_acc": float(test_acc[p]), "control_test_acc": float(test_acc[P + p])}
             for p in range(P)]
 
@@ -81,43 +82,41 @@ def figure(df: pd.DataFrame):
     return fig
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = A.probe_parser(PROG, "Linear probe of the chat topic from the residual stream at each layer.")
+def compute(run, steps, args):
+    if not 0 < args.test_fraction < 1:
+        raise ValueError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
+    batch = encode_batch(run.tokenizer, heldout_chats(run, args.chats), run.model_config.n_ctx)
+    topics = sorted(set(batch.topics))
+    if len(topics) < 2:
+        raise ValueError(f"{run.path}: the held-out chats cover {len(topics)} topic; a probe needs at least 2")
+    y = torch.tensor([topics.index(t) for t in batch.topics])
+    train, test = split_by_prompt(batch.prompts, args.test_fraction, args.seed)
+    chance = float(np.bincount(y[test].numpy(), minlength=len(topics)).max() / len(test))
+    rows = []
+    for step in steps:
+        X, names = features(run.model(step), batch, args.position)
+        for name, r in zip(names, probe_layers(X, y, train, test, len(topics), args.weight_decay, args.seed)):
+            rows.append({"step": step, "point": name, "position": args.position, **r, "chance": chance,
+                         "n_train": len(train), "n_test": len(test), "n_topics": len(topics)})
+    df = pd.DataFrame(rows)
+    A.print_table(f"step {steps[-1]}: {len(topics)} topics, {len(train)} train / {len(test)} test chats "
+                  f"(split by prompt), chance {chance:.3f}",
+                  df[df.step == steps[-1]][["point", "train_acc", "test_acc", "control_test_acc"]])
+    return {"": df}, figure(df)
+
+
+def flags(p) -> None:
     p.add_argument("--position", choices=("last", "mean"), default="last",
                    help="last prompt token (default) or the mean over the prompt's tokens")
     p.add_argument("--chats", type=positive_int, default=600, help="held-out chats to use, at most (default 600)")
     p.add_argument("--test-fraction", type=float, default=0.3, help="share of distinct prompts held out (default 0.3)")
     p.add_argument("--weight-decay", type=float, default=1e-2, help="L2 penalty of the probe (default 0.01)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the label shuffle (default 0)")
-    args = p.parse_args(argv)
 
-    def body():
-        t0 = time.perf_counter()
-        if not 0 < args.test_fraction < 1:
-            raise ValueError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
-        run = A.open_recorded_run(args.run)
-        steps = A.snapshot_steps(run, args.snapshot)
-        batch = A.encode_batch(run.tokenizer, A.heldout_chats(run, args.chats), run.model_config.n_ctx)
-        topics = sorted(set(batch.topics))
-        if len(topics) < 2:
-            raise ValueError(f"{run.path}: the held-out chats cover {len(topics)} topic; a probe needs at least 2")
-        y = torch.tensor([topics.index(t) for t in batch.topics])
-        train, test = split_by_prompt(batch.prompts, args.test_fraction, args.seed)
-        chance = float(np.bincount(y[test].numpy(), minlength=len(topics)).max() / len(test))
-        rows = []
-        for step in steps:
-            X, names = features(run.model(step), batch, args.position)
-            for name, r in zip(names, probe_layers(X, y, train, test, len(topics), args.weight_decay, args.seed)):
-                rows.append({"step": step, "point": name, "position": args.position, **r, "chance": chance,
-                             "n_train": len(train), "n_test": len(test), "n_topics": len(topics)})
-        df = pd.DataFrame(rows)
-        A.print_table(f"step {steps[-1]}: {len(topics)} topics, {len(train)} train / {len(test)} test chats "
-                      f"(split by prompt), chance {chance:.3f}",
-                      df[df.step == steps[-1]][["point", "train_acc", "test_acc", "control_test_acc"]])
-        written = A.write_outputs(run, "topic_probe", {"": df}, figure(df))
-        print(f"wrote {', '.join(str(w) for w in written)} ({time.perf_counter() - t0:.1f} s)")
 
-    return run_main(PROG, A.with_threads(body, args.threads))
+def main(argv: list[str] | None = None) -> int:
+    return A.run_probe(PROG, "Linear probe of the chat topic from the residual stream at each layer.", compute, argv,
+                       output="topic_probe", extra_args=flags)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 import torch
 
 from guppy.config import ModelConfig, TrainConfig, model_preset
-from guppy.model import GuppyLM
-from guppy.train import start_run
+from guppy.model.transformer import GuppyLM
+from guppy.train.trainer import start_run
 
 
 @pytest.fixture
@@ -84,7 +83,7 @@ def tiny_sweep_flags(steps: int = 20) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_sweep(tmp_path_factory) -> Path:
-    from guppy.sweep import main
+    from guppy.train.sweep import main
 
     runs = tmp_path_factory.mktemp("tiny_sweep") / "runs"
     code = main(["--name", "lr", "--vary", "lr=3e-3,1e-3", "--seeds", "0,1", "--parallel", "2",

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from guppy.data import DataConfig
-from guppy.guppylm import GuppyLMConfig
-from guppy.importer import import_guppylm
+from guppy.bridges.guppylm_format import GuppyLMConfig
+from guppy.bridges.guppylm_import import import_guppylm
+from guppy.data.dataset import DataConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "tests" / "data" / "mini.toml"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from guppy.ablate import ablate, ablation_hooks, each_head_ablated
+from guppy.model.ablate import ablate, ablation_hooks, each_head_ablated
 
 
 def test_zero_ablating_a_head_equals_zeroing_its_W_O_slice(tiny_model):

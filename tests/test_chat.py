@@ -9,11 +9,10 @@ import time
 import pytest
 
 from guppy.chat import Chatter
-from guppy.data import load_dataset
+from guppy.data.dataset import data_config, load_dataset
 from guppy.evaluate import judge, persona_eval
-from guppy.runfiles import read_train_config
-from guppy.runs import load_eval_data, load_for_inference
-from guppy.data import data_config
+from guppy.run.reader import load_eval_data, load_for_inference
+from guppy.run.writer import read_train_config
 
 
 def chat_cli(*args, input=None, timeout=120):

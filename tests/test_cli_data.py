@@ -8,7 +8,7 @@ MINI = Path(__file__).parent / "data" / "mini.toml"
 
 
 def run(*args, cache):
-    return subprocess.run([sys.executable, "-m", "guppy.data_cli", *args, "--cache-dir", str(cache)],
+    return subprocess.run([sys.executable, "-m", "guppy.data.cli", *args, "--cache-dir", str(cache)],
                           capture_output=True, text=True, timeout=120)
 
 

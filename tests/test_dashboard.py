@@ -16,10 +16,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import guppy  # noqa: E402
-from guppy import runformat as R  # noqa: E402
-from dashboards import data  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
+
+import guppy  # noqa: E402
+from dashboards import shaping  # noqa: E402
+from guppy.run import format as R  # noqa: E402
 
 APP = str(ROOT / "dashboards" / "app.py")
 VIEWS = ["Run overview", "Attention", "Head metrics", "Residual stream", "Gradients", "Ablation"]  # + Probes
@@ -44,12 +45,12 @@ def runs_dir(tiny_recorded_run, tmp_path_factory) -> Path:
 
 
 def write_probe_outputs(run_dir: Path) -> None:
-    """What a probe script leaves: two tables and an HTML figure through guppy.analysis.write_outputs
+    """What a probe script leaves: two tables and an HTML figure through guppy.analysis.probe_runner.write_outputs
     (plotly.min.js beside it), plus a lone CSV from some other tool."""
     import pandas as pd
     import plotly.graph_objects as go
 
-    from guppy.analysis import write_outputs
+    from guppy.analysis.probe_runner import write_outputs
 
     run = guppy.open_run(run_dir)
     resid = pd.DataFrame({"step": [40, 40], "point": ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"],
@@ -92,32 +93,32 @@ def ok(at: AppTest) -> None:
 
 def test_token_labels_are_unique_and_visible():
     vocab = ["a", " ", "a", "\n"]
-    labels = data.token_labels(vocab, [0, 2, 0, 1, 3])
+    labels = shaping.token_labels(vocab, [0, 2, 0, 1, 3])
     assert len(set(labels)) == 5
     assert labels[3] == "3·␣" and labels[4] == "4·↵"
 
 
 def test_labels_name_layer_and_head():
-    assert data.hook_label("blocks.3.attn.hook_pattern") == "L3 attn pattern"
-    assert data.hook_label("blocks.0.hook_resid_pre") == "L0 resid_pre"
-    assert data.param_label("blocks.1.mlp.W_in.weight") == "L1 mlp.W_in.weight"
-    assert data.param_label("W_pos") == "W_pos"
-    assert data.head_label(2, 5) == "L2H5"
+    assert shaping.hook_label("blocks.3.attn.hook_pattern") == "L3 attn pattern"
+    assert shaping.hook_label("blocks.0.hook_resid_pre") == "L0 resid_pre"
+    assert shaping.param_label("blocks.1.mlp.W_in.weight") == "L1 mlp.W_in.weight"
+    assert shaping.param_label("W_pos") == "W_pos"
+    assert shaping.head_label(2, 5) == "L2H5"
 
 
 def test_paths_outside_the_runs_dir_are_refused(tmp_path):
     (tmp_path / "runs" / "a").mkdir(parents=True)
     (tmp_path / "secret").mkdir()
     (tmp_path / "runs" / "link").symlink_to(tmp_path / "secret")
-    assert data.safe_run_path(tmp_path / "runs", "a") == (tmp_path / "runs" / "a").resolve()
+    assert shaping.safe_run_path(tmp_path / "runs", "a") == (tmp_path / "runs" / "a").resolve()
     for bad in ("../secret", "/etc", "link", ".", "a/../.."):
         with pytest.raises(ValueError, match="refused"):
-            data.safe_run_path(tmp_path / "runs", bad)
+            shaping.safe_run_path(tmp_path / "runs", bad)
 
 
 def test_input_pattern_masks_the_future():
     p = np.random.default_rng(0).random((2, 3, 6, 6)).astype(np.float16)
-    out = data.input_pattern(p, 1, 4)
+    out = shaping.input_pattern(p, 1, 4)
     assert out.shape == (3, 4, 4) and out.dtype == np.float32
     assert np.isnan(out[:, 0, 1]).all() and not np.isnan(np.tril(out[0])).any()
     np.testing.assert_allclose(np.tril(out[2]), np.tril(p[1, 2, :4, :4].astype(np.float32)))
@@ -126,7 +127,7 @@ def test_input_pattern_masks_the_future():
 def test_tile_patterns_places_each_head():
     L, H, n = 2, 3, 4
     pats = [np.arange(H * n * n, dtype=np.float32).reshape(H, n, n) + 100 * l for l in range(L)]
-    z, x, y, xt, yt = data.tile_patterns(pats, [f"{i}·t" for i in range(n)])
+    z, x, y, xt, yt = shaping.tile_patterns(pats, [f"{i}·t" for i in range(n)])
     assert z.shape == (L * (n + 1) - 1, H * (n + 1) - 1)
     assert len(set(x)) == len(x) == z.shape[1] and len(set(y)) == len(y) == z.shape[0]
     np.testing.assert_array_equal(z[5:9, 10:14], pats[1][2])  # layer 1, head 2
@@ -137,7 +138,7 @@ def test_tile_patterns_places_each_head():
 def test_layer_similarity_matches_torch_cosine():
     rng = np.random.default_rng(1)
     resids = [rng.standard_normal((2, 7, 5)).astype(np.float16) for _ in range(3)]
-    sim = data.layer_similarity(resids, 1, 6)
+    sim = shaping.layer_similarity(resids, 1, 6)
     t = [torch.from_numpy(r[1, :6].astype(np.float32)) for r in resids]
     want = np.array([[torch.nn.functional.cosine_similarity(a, b, dim=-1).mean().item() for b in t] for a in t])
     np.testing.assert_allclose(sim, want, atol=1e-5)
@@ -149,7 +150,7 @@ def test_logit_lens_ranks_the_true_next_token():
     top = np.zeros((2, 1, 3, 5), dtype=np.int16)
     top[0, 0, 0] = [2, 0, 0, 0, 0]  # point 0 guesses the next token (2) first at position 0
     top[1, 0, 1] = [9, 8, 3, 0, 0]  # point 1 has the next token (3) third at position 1
-    rank, top1, top5 = data.logit_lens(top, 0, ids, vocab)
+    rank, top1, top5 = shaping.logit_lens(top, 0, ids, vocab)
     assert rank.shape == (2, 2)
     assert rank[0, 0] == 1 and rank[1, 1] == 3 and np.isnan(rank[0, 1]) and np.isnan(rank[1, 0])
     assert top1[1, 1] == "t9" and top5[1, 1].startswith("t9 | t8 | t3")
@@ -186,22 +187,22 @@ def test_top_heads_and_fixed_ranges():
     cube["induction"][-1, 1, 0] = 0.9
     cube["prev_token"][-1, 0, 1] = 0.7
     cube["prev_token"][-1, 1, 0] = 0.8  # the same head again: listed once
-    assert data.top_heads(cube, 2) == ["L1H0", "L0H1"]
-    assert data.metric_range(cube["induction"], "induction") == (0.0, 1.0)
-    assert data.metric_range(cube["entropy"], "entropy") == (0.0, 2.0)
+    assert shaping.top_heads(cube, 2) == ["L1H0", "L0H1"]
+    assert shaping.metric_range(cube["induction"], "induction") == (0.0, 1.0)
+    assert shaping.metric_range(cube["entropy"], "entropy") == (0.0, 2.0)
 
 
 def test_next_step_loops():
-    assert data.next_step([0, 2, 8], 2) == 8 and data.next_step([0, 2, 8], 8) == 0
+    assert shaping.next_step([0, 2, 8], 2) == 8 and shaping.next_step([0, 2, 8], 8) == 0
 
 
 def test_run_signature_sees_a_new_snapshot(runs_dir, tmp_path):
     run = tmp_path / "live"
     shutil.copytree(runs_dir / "good", run)
-    before = data.run_signature(run)
+    before = shaping.run_signature(run)
     src = sorted((run / "snapshots").glob("step-*.h5"))[-1]
     shutil.copy(src, run / "snapshots" / "step-999999.h5")
-    assert data.run_signature(run) != before
+    assert shaping.run_signature(run) != before
 
 
 def test_runs_dir_option(monkeypatch):

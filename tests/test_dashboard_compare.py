@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import guppy  # noqa: E402
-from dashboards import compare_data, data  # noqa: E402
+from dashboards import alignment, shaping  # noqa: E402
 from tests.test_dashboard import app, charts, ok, z_of  # noqa: E402
 
 
@@ -33,24 +33,24 @@ def runs_dir(tiny_recorded_run, wide_short_run, tiny_sweep, tmp_path_factory) ->
 
 
 def test_sweeps_list_their_runs(runs_dir):
-    names = data.list_runs(runs_dir)
+    names = shaping.list_runs(runs_dir)
     assert {"good", "wide", "lr/lr-3e-3__seed-0", "lr/lr-1e-3__seed-1"} <= set(names) and "lr" not in names
-    assert compare_data.list_sweeps(runs_dir) == ["lr"]
-    members = compare_data.sweep_members(runs_dir, "lr")
+    assert alignment.list_sweeps(runs_dir) == ["lr"]
+    members = alignment.sweep_members(runs_dir, "lr")
     assert [m for m, _ in members][:2] == ["lr/lr-3e-3__seed-0", "lr/lr-3e-3__seed-1"]
-    assert compare_data.one_per_setting(members) == ["lr/lr-3e-3__seed-0", "lr/lr-1e-3__seed-0"]
+    assert alignment.one_per_setting(members) == ["lr/lr-3e-3__seed-0", "lr/lr-1e-3__seed-0"]
 
 
 def test_padding_lines_up_layers_and_heads():
-    g = compare_data.pad_grid(np.ones((2, 4)), 4, 8)
+    g = alignment.pad_grid(np.ones((2, 4)), 4, 8)
     assert g.shape == (4, 8) and (g[:2, :4] == 1).all() and np.isnan(g[2:]).all() and np.isnan(g[:, 4:]).all()
-    pats = compare_data.pad_patterns([np.zeros((4, 3, 3))] * 2, 4, 8)
+    pats = alignment.pad_patterns([np.zeros((4, 3, 3))] * 2, 4, 8)
     assert len(pats) == 4 and pats[0].shape == (8, 3, 3) and np.isnan(pats[0][4:]).all() and np.isnan(pats[3]).all()
-    assert compare_data.by_layer(["blocks.0.a", "blocks.0.b", "blocks.1.a", "embed.W_E"], [3, 4, 1, 2]) == \
+    assert alignment.by_layer(["blocks.0.a", "blocks.0.b", "blocks.1.a", "embed.W_E"], [3, 4, 1, 2]) == \
         {"L0": 5.0, "L1": 1.0, "embed / final": 2.0}
     two = ["blocks.0.hook_resid_pre", "blocks.0.hook_attn_out", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"]
     four = ["blocks.2.hook_resid_pre", "blocks.3.hook_resid_post", "hook_embed"]
-    assert compare_data.points_in_order(two + four) == [
+    assert alignment.points_in_order(two + four) == [
         "embed", "resid after 0 layers", "L0 attn_out", "resid after 1 layer", "resid after 2 layers",
         "resid after 4 layers"]  # a 2-layer run's last point is a 4-layer run's third boundary
 
@@ -172,7 +172,7 @@ def test_sweep_view_without_a_sweep_says_how(runs_dir, tmp_path, monkeypatch):
 def test_a_folder_of_runs_from_a_job_scheduler_is_a_sweep_too(runs_dir, tmp_path, monkeypatch):
     """`guppy-sweep --list | xargs ...` leaves run folders and no sweep.json."""
     shutil.copytree(runs_dir / "lr", tmp_path / "listed", ignore=shutil.ignore_patterns("sweep.json", "_logs"))
-    assert "listed/lr-1e-3__seed-0" in data.list_runs(tmp_path)
+    assert "listed/lr-1e-3__seed-0" in shaping.list_runs(tmp_path)
     at = app(tmp_path, monkeypatch, "Sweep", run="listed/lr-1e-3__seed-0")
     ok(at)
     assert len(charts(at)) == 2 and "4 finished" in at.caption[0].value

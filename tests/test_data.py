@@ -9,9 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from guppy.data import (ChatFile, DataConfig, bucket_batches, collate, count_targets, generate_chats, load_dataset,
-                        padding_fraction, random_batches)
-from guppy.persona import list_personas, load_persona
+from guppy.data.dataset import (
+    ChatFile,
+    DataConfig,
+    bucket_batches,
+    collate,
+    count_targets,
+    generate_chats,
+    load_dataset,
+    padding_fraction,
+    random_batches,
+)
+from guppy.data.persona import list_personas, load_persona
 
 MINI = Path(__file__).parent / "data" / "mini.toml"
 MINI_CFG = DataConfig(persona=str(MINI), n_chats=600, vocab_size=400)

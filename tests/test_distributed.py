@@ -18,13 +18,12 @@ import pytest
 import torch
 
 import guppy
-from guppy.runformat import list_checkpoints
-from guppy.callbacks import Callback
-from guppy.train import start_run
+from guppy.train.callbacks import Callback
+from guppy.train.trainer import start_run
 from tests.conftest import tiny_train_config
 
 ROOT = Path(__file__).parents[1]
-README = (ROOT / "README.md").read_text()
+README = (ROOT / "docs" / "scaling.md").read_text()  # the "Scaling up" page
 STEPS = 150  # past one epoch of 144 batches of 4 chats, one of which has a single chat
 
 # Every rank logs what it opens, lists, renames or removes under the runs folder (Python's audit
@@ -183,7 +182,7 @@ def test_resume_on_two_machines_from_one_process(one_process, tmp_path):
     port = free_port()
     cmd = [re.sub(r"^--nproc_per_node=\d+$", "--nproc_per_node=1", a) for a in multi]
     cmd = [re.sub(r"^--rdzv-endpoint=.*$", f"--rdzv-endpoint=localhost:{port}", a) for a in cmd]
-    cmd = cmd[:cmd.index("guppy.train") + 1] + ["--resume", "runs/moved", "--quiet"]
+    cmd = cmd[:cmd.index("guppy.train.trainer") + 1] + ["--resume", "runs/moved", "--quiet"]
     env = audited_env(tmp_path)
     nodes = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for _ in range(2)]
@@ -201,13 +200,13 @@ def test_resume_on_two_machines_from_one_process(one_process, tmp_path):
 
 def test_bad_launches_are_one_line(tmp_path, tiny_cli_args):
     if not torch.cuda.is_available():
-        r = subprocess.run([sys.executable, "-m", "guppy.train", "--dist-backend", "nccl"], cwd=tmp_path,
+        r = subprocess.run([sys.executable, "-m", "guppy.train.trainer", "--dist-backend", "nccl"], cwd=tmp_path,
                            capture_output=True, text=True, timeout=120, env=os.environ | {"PYTHONPATH": str(ROOT)})
         assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr
         assert "--dist-backend nccl needs CUDA devices" in r.stderr
 
     cmd = [re.sub(r"^--nproc_per_node=\d+$", "--nproc_per_node=2", a) for a in readme_commands()[0]]
-    cmd = cmd[:cmd.index("guppy.train") + 1] + tiny_cli_args(tmp_path, steps=5) + ["--batch-size", "1", "--device", "cpu"]
+    cmd = cmd[:cmd.index("guppy.train.trainer") + 1] + tiny_cli_args(tmp_path, steps=5) + ["--batch-size", "1", "--device", "cpu"]
     r = launch(cmd, tmp_path)
     assert r.returncode != 0
     ours = [line for line in r.stderr.splitlines() if line.startswith("guppy-train: error:")]

@@ -1,4 +1,4 @@
-"""The README's article experiments (docs/experiments.py): every line is in the README and plans
+"""The README's article experiments (experiments/article.py): every line is in the README and plans
 as guppy-sweep would run it, and every figure panel draws from a real (tiny) sweep."""
 
 from __future__ import annotations
@@ -11,18 +11,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "docs"))
+sys.path.insert(0, str(ROOT / "experiments"))
 
-import experiments  # noqa: E402  (docs/experiments.py)
+import article as experiments  # noqa: E402  (experiments/article.py)
 
-from guppy.sweep import parse_vary, plan  # noqa: E402
+from guppy.train.sweep import parse_vary, plan  # noqa: E402
 
 
 def test_every_experiment_is_one_readme_line_and_plans_as_guppy_sweep_would():
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "experiments.md").read_text()
     for exp in experiments.EXPERIMENTS.values():
         assert exp.line() in readme, exp.line()
-        assert f"docs/experiments/{exp.name}.png" in readme
+        assert f"(experiments/{exp.name}.png)" in readme
         argv = shlex.split(exp.line())
         own, base = argv[1:argv.index("--")], argv[argv.index("--") + 1:]
         vary = [parse_vary(own[i + 1]) for i, a in enumerate(own) if a == "--vary"]

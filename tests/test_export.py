@@ -10,14 +10,14 @@ import pytest
 import torch
 from guppylm_files import MINI_DATA, guppylm_forward, series_run, tokens  # noqa: F401
 
+from guppy.bridges.guppylm_format import GuppyLMConfig, refuse_unexpressible
+from guppy.bridges.guppylm_import import import_guppylm
 from guppy.config import ModelConfig
-from guppy.guppylm import GuppyLMConfig, refuse_unexpressible
-from guppy.importer import import_guppylm
-from guppy.runs import load_for_inference
+from guppy.run.reader import load_for_inference
 
 
 def test_guppylm_export_round_trips_and_matches_guppylms_forward(tiny_run, tmp_path):
-    from guppy.export import export_run
+    from guppy.bridges.export import export_run
 
     out = tmp_path / "hub"
     export_run(tiny_run, "guppylm", out)
@@ -39,7 +39,7 @@ def test_guppylm_export_round_trips_and_matches_guppylms_forward(tiny_run, tmp_p
 def test_export_refuses_what_the_target_cannot_express(tiny_run, tmp_path, capsys):
     from dataclasses import dataclass
 
-    from guppy.export import main as export_main
+    from guppy.bridges.export import main as export_main
 
     @dataclass(frozen=True)
     class Rotary(ModelConfig):
@@ -60,7 +60,7 @@ def test_export_refuses_what_the_target_cannot_express(tiny_run, tmp_path, capsy
 def test_onnx_export_matches_onnxruntime(tiny_run, tmp_path):
     import onnxruntime
 
-    from guppy.export import export_run
+    from guppy.bridges.export import export_run
 
     facts = export_run(tiny_run, "onnx", tmp_path / "onnx")
     assert facts["onnx_max_diff"] <= 1e-4 and facts["files"] == ["model.onnx"]  # one file, for a web page
@@ -76,8 +76,8 @@ def test_onnx_export_matches_onnxruntime(tiny_run, tmp_path):
 def test_transformers_export_gives_equal_logits_and_the_chat_prompt(which, tiny_run, series_run, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from guppy.export import export_run
-    from guppy.generate import generate
+    from guppy.bridges.export import export_run
+    from guppy.model.generate import generate
 
     run = tiny_run if which == "guppy" else series_run[0]  # ours, and GuppyLM's through import
     export_run(run, "hf", tmp_path / "hf")

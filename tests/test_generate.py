@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from guppy.generate import generate, sample_next
+from guppy.model.generate import generate, sample_next
 
 
 def test_greedy_is_identical_with_and_without_the_cache(tiny_model):

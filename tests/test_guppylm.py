@@ -10,16 +10,25 @@ import json
 import numpy as np
 import pytest
 import torch
-from guppylm_files import (MINI, MINI_DATA, ROOT, TINY, guppylm_forward, guppylm_state, hub_layout,  # noqa: F401
-                           series_run, tokens, training_layout)
+from guppylm_files import (  # noqa: F401
+    MINI,
+    MINI_DATA,
+    ROOT,
+    TINY,
+    guppylm_forward,
+    guppylm_state,
+    hub_layout,
+    series_run,
+    tokens,
+    training_layout,
+)
 
 import guppy
+from guppy.bridges.guppylm_format import GuppyLMConfig
+from guppy.bridges.guppylm_import import import_guppylm
+from guppy.bridges.guppylm_import import main as import_main
 from guppy.config import ModelConfig
-from guppy.guppylm import GuppyLMConfig
-from guppy.importer import import_guppylm
-from guppy.importer import main as import_main
-from guppy.runs import load_for_inference
-
+from guppy.run.reader import load_for_inference
 
 # ---- import ---------------------------------------------------------------------------------
 
@@ -27,7 +36,7 @@ from guppy.runs import load_for_inference
 def test_series_import_gives_guppylms_logits_at_every_step(series_run):
     run, states = series_run
     assert list(guppy.open_run(run).path.joinpath("checkpoints").iterdir())
-    from guppy.runformat import list_checkpoints
+    from guppy.run.format import list_checkpoints
 
     assert list(list_checkpoints(run)) == [2, 4, 6, 7]  # best_model.pt repeats step 4; final_model.pt is step 7
     x = tokens(3, 20, TINY["vocab_size"])
@@ -41,7 +50,7 @@ def test_series_import_gives_guppylms_logits_at_every_step(series_run):
 
 
 def test_best_model_between_saves_counts_and_the_repository_root_opens(tmp_path):
-    from guppy.runformat import list_checkpoints
+    from guppy.run.format import list_checkpoints
 
     states = training_layout(tmp_path / "g", steps=(2, 4), final=5)
     states[3] = guppylm_state(TINY, 3)  # evaluated at step 3, between two saves
@@ -152,8 +161,8 @@ def test_bad_files_are_one_line_and_leave_no_run(tmp_path, capsys):
 
 
 def test_record_and_export_errors_are_one_line(tmp_path, capsys):
-    from guppy.export import main as export_main
-    from guppy.posthoc import main as record_main
+    from guppy.bridges.export import main as export_main
+    from guppy.record.posthoc import main as record_main
 
     assert record_main([str(tmp_path / "nope"), "--quiet"]) == 1
     err = capsys.readouterr().err
@@ -187,7 +196,7 @@ def test_chat_and_eval_work_on_an_imported_run(series_run, capsys):
 
 @pytest.fixture(scope="module")
 def recorded_series(series_run):
-    from guppy.posthoc import record_run
+    from guppy.record.posthoc import record_run
 
     run, _ = series_run
     written = record_run(run, full_inputs=4, show_progress=False)
@@ -212,7 +221,7 @@ def test_record_writes_a_snapshot_per_checkpoint_that_open_run_reads(recorded_se
 
 
 def test_record_resumes_and_skips_what_exists(recorded_series):
-    from guppy.posthoc import record_run
+    from guppy.record.posthoc import record_run
 
     run, _ = recorded_series
     before = (run / "snapshots" / "step-000004.h5").stat().st_mtime_ns
@@ -225,7 +234,7 @@ def test_record_resumes_and_skips_what_exists(recorded_series):
 def test_record_of_a_guppy_run_trained_without_record(tiny_run, tmp_path):
     import shutil
 
-    from guppy.posthoc import record_run
+    from guppy.record.posthoc import record_run
 
     run = tmp_path / "plain"
     shutil.copytree(tiny_run, run)

@@ -16,13 +16,13 @@ import pytest
 import torch
 
 import guppy
-from guppy.forensics import SpikeDetector, StepRing, replay
-from guppy.health import ForwardSignals
-from guppy.healthfiles import forensic_steps, read_forensics, write_forensics
-from guppy.runformat import FORENSICS_DIR, LAYER_SIGNALS
-from guppy.runs import RunError
-from guppy.train import start_run
-from guppy.watchdog import InjectFault
+from guppy.health.files import forensic_steps, read_forensics, write_forensics
+from guppy.health.forensics import SpikeDetector, StepRing, replay
+from guppy.health.signals import ForwardSignals
+from guppy.health.watchdog import InjectFault
+from guppy.run.format import FORENSICS_DIR, LAYER_SIGNALS
+from guppy.run.reader import RunError
+from guppy.train.trainer import start_run
 from tests.conftest import tiny_train_config
 
 
@@ -76,10 +76,10 @@ def test_health_table_has_every_layer(tmp_path):
     health = guppy.open_run(trainer.run_dir).health
     assert list(health.step) == [5, 10]
     L = trainer.model.cfg.n_layers
-    for signal in LAYER_SIGNALS:
+    for name in LAYER_SIGNALS:
         for l in range(L):
-            col = health[f"blocks.{l}.{signal}"]
-            assert (col > 0).all() and col.map(math.isfinite).all(), (signal, l)
+            col = health[f"blocks.{l}.{name}"]
+            assert (col > 0).all() and col.map(math.isfinite).all(), (name, l)
     metrics = guppy.open_run(trainer.run_dir).metrics
     assert health.loss.iloc[-1] == pytest.approx(float(metrics.loss.dropna().iloc[-1]), rel=0.5)  # step vs window mean
     assert health.loss_scale.isna().all()  # fp32: no loss scale
@@ -123,7 +123,7 @@ def test_resume_with_a_new_lr_after_divergence(tmp_path):
     assert broken.fit() == "diverged"
     run_dir = broken.run_dir
     # from the command line: a changed --lr is refused for a run that did not diverge ...
-    r = subprocess.run([sys.executable, "-m", "guppy.train", "--resume", str(run_dir), "--batch-size", "4"],
+    r = subprocess.run([sys.executable, "-m", "guppy.train.trainer", "--resume", str(run_dir), "--batch-size", "4"],
                        capture_output=True, text=True, env=os.environ | {"PYTHONPATH": os.getcwd()}, timeout=120)
     assert r.returncode == 1 and "drop --batch-size" in r.stderr and r.stderr.count("\n") == 1
     # ... and taken for a diverged one: from the last good checkpoint, with the change kept
@@ -141,7 +141,7 @@ def test_resume_with_a_new_lr_after_divergence(tmp_path):
 
 
 def test_resume_lr_is_refused_for_a_finished_run(tiny_run):
-    r = subprocess.run([sys.executable, "-m", "guppy.train", "--resume", str(tiny_run), "--lr", "1e-4"],
+    r = subprocess.run([sys.executable, "-m", "guppy.train.trainer", "--resume", str(tiny_run), "--lr", "1e-4"],
                        capture_output=True, text=True, env=os.environ | {"PYTHONPATH": os.getcwd()}, timeout=120)
     assert r.returncode == 1 and "the run is finished; only a diverged run resumes with --lr" in r.stderr
     assert r.stderr.count("\n") == 1 and "history" not in meta(tiny_run)
@@ -188,9 +188,9 @@ def test_spike_factor_zero_is_off(tmp_path):
 KILLED_WRITER = """
 import sys, time
 from pathlib import Path
-import guppy.healthfiles as hf
-from guppy.train import start_run
-from guppy.watchdog import InjectFault
+import guppy.health.files as hf
+from guppy.train.trainer import start_run
+from guppy.health.watchdog import InjectFault
 from tests.conftest import tiny_train_config
 
 slow = hf.atomic_write
@@ -304,7 +304,7 @@ def test_health_view_of_a_healthy_a_live_and_an_old_run(health_runs, monkeypatch
 
 def test_readme_figure_is_drawn_from_a_diverged_run(health_runs, tmp_path):
     out = tmp_path / "fig.png"
-    r = subprocess.run([sys.executable, "docs/health_figure.py", "--run", str(health_runs / "broken"), "--out", str(out)],
+    r = subprocess.run([sys.executable, "experiments/health_figure.py", "--run", str(health_runs / "broken"), "--out", str(out)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000

@@ -55,7 +55,11 @@ def test_names_accept_list_glob_and_predicate(tiny_model):
     _, a = tiny_model.run_with_cache(tokens, names="blocks.*.attn.hook_pattern")
     _, b = tiny_model.run_with_cache(tokens, names=["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"])
     _, c = tiny_model.run_with_cache(tokens, names=lambda n: n.endswith("hook_pattern"))
-    assert list(a) == list(b) == list(c) == ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"]
+    _, d = tiny_model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))  # TransformerLens's keyword
+    assert list(a) == list(b) == list(c) == list(d) == ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"]
+    assert torch.equal(a["blocks.1.attn.hook_pattern"], d["blocks.1.attn.hook_pattern"])
+    with pytest.raises(TypeError, match="not both"):
+        tiny_model.run_with_cache(tokens, names="hook_embed", names_filter="hook_embed")
 
 
 def test_unknown_name_lists_close_names(tiny_model):

@@ -10,16 +10,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from conftest import tiny_train_config
 
 import guppy
-import torch
-
-from guppy.recall import (RECALL_FILE, RecallMonitor, dense_head_scores, random_items, read_recall, recall_batch,
-                          repeated_batch, repeated_tokens)
-from guppy.runs import load_eval_data
-from guppy.train import start_run
-
-from conftest import tiny_train_config
+from guppy.analysis.memory_recall import (
+    RecallMonitor,
+    dense_head_scores,
+    random_items,
+    read_recall,
+    recall_batch,
+    repeated_batch,
+    repeated_tokens,
+)
+from guppy.run.reader import load_eval_data
+from guppy.train.trainer import start_run
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -86,7 +91,7 @@ def test_dense_scores_are_the_recorders(memory_run):
 def test_resumed_monitor_keeps_earlier_rows(memory_run, tmp_path):
     from types import SimpleNamespace
 
-    from guppy.runs import load_eval_data
+    from guppy.run.reader import load_eval_data
 
     run_dir = tmp_path / "memory"
     shutil.copytree(memory_run, run_dir)
@@ -101,7 +106,7 @@ def test_resumed_monitor_keeps_earlier_rows(memory_run, tmp_path):
 
 def test_recall_probe_ablates_every_head(memory_run, capsys):
     sys.path.insert(0, str(ROOT / "probes"))
-    import recall as probe
+    import recall_heads as probe
 
     assert probe.main(["--run", str(memory_run), "--chats", "16"]) == 0
     out = capsys.readouterr().out
@@ -140,7 +145,7 @@ def test_repeated_batch_points_the_second_copy_at_the_first():
 
 def test_copy_heads_are_the_later_layers_best_copiers():
     sys.path.insert(0, str(ROOT / "probes"))
-    from recall import copy_heads
+    from recall_heads import copy_heads
 
     scores = {"chat_induction.L0H0": 0.9, "chat_induction.L1H0": 0.30, "chat_induction.L1H1": 0.14,
               "chat_induction.L1H2": 0.34, "chat_induction.L2H0": 0.2}
@@ -150,14 +155,14 @@ def test_copy_heads_are_the_later_layers_best_copiers():
 
 def test_recall_probe_refuses_a_run_without_memory_chats(tiny_recorded_run, capsys):
     sys.path.insert(0, str(ROOT / "probes"))
-    import recall as probe
+    import recall_heads as probe
 
     assert probe.main(["--run", str(tiny_recorded_run)]) == 1
     assert "no memory chats" in capsys.readouterr().err
 
 
 def test_figures_are_written(memory_run, tmp_path):
-    sys.path.insert(0, str(ROOT / "probes"))
+    sys.path.insert(0, str(ROOT / "experiments"))
     import induction_figures
 
     assert induction_figures.main(["--run", str(memory_run), "--out", str(tmp_path)]) == 0
@@ -184,7 +189,7 @@ def test_dashboard_view(memory_run, tiny_recorded_run, tmp_path, monkeypatch):
 
 
 def test_cli_refuses_bad_flags(capsys):
-    from guppy.induction import main
+    from experiments.induction import main
 
     with pytest.raises(SystemExit) as e:
         main(["--steps", "0"])

@@ -5,8 +5,8 @@ import torch
 
 pytest.importorskip("transformer_lens")
 
-from guppy.interop import to_transformer_lens  # noqa: E402
-from guppy.model import GuppyLM  # noqa: E402
+from guppy.bridges.transformer_lens import to_transformer_lens  # noqa: E402
+from guppy.model.transformer import GuppyLM  # noqa: E402
 
 
 def test_transformer_lens_agrees_on_logits_and_every_shared_hook(tiny_model):
@@ -41,7 +41,7 @@ def test_cache_views_agree_with_transformer_lens(tiny_model):
 
 
 def test_agreement_holds_for_a_trained_model(tiny_run):
-    from guppy.runs import load_for_inference
+    from guppy.run.reader import load_for_inference
 
     model, tok, _ = load_for_inference(tiny_run)
     tl = to_transformer_lens(model)

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from guppy.data import DataConfig, chat_topics, generate_chats, load_dataset
-from guppy.memorychats import item_heldout
-from guppy.persona import PersonaError, load_persona
-from guppy.recall import chat_induction, corrupted, formation, recall_batch, recall_scores
-from guppy.tokenizer import render_chat, train_tokenizer
+from guppy.analysis.memory_recall import chat_induction, corrupted, formation, recall_batch, recall_scores
+from guppy.data.dataset import DataConfig, chat_topics, generate_chats, load_dataset
+from guppy.data.memory_chats import item_heldout
+from guppy.data.persona import PersonaError, load_persona
+from guppy.data.tokenizer import render_chat, train_tokenizer
 
 MINI = Path(__file__).parent / "data" / "mini.toml"
 CFG = DataConfig(persona=str(MINI), n_chats=900, vocab_size=400, memory_fraction=0.5)
@@ -119,7 +119,7 @@ def test_recall_batch_marks_the_item_tokens(chats):
 
 def _model(tok):
     from guppy.config import model_preset
-    from guppy.model import GuppyLM
+    from guppy.model.transformer import GuppyLM
 
     torch.manual_seed(0)
     return GuppyLM(model_preset("tiny").replace(n_ctx=256, d_vocab=tok.vocab_size)).eval()

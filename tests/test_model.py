@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from guppy.config import ModelConfig, model_preset
-from guppy.model import GuppyLM
+from guppy.model.transformer import GuppyLM
 
 
 def test_guppy_preset_reproduces_the_reference_fish():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from guppy.persona import PersonaError, list_personas, load_persona
+from guppy.data.persona import PersonaError, list_personas, load_persona
 
 MINI = Path(__file__).parent / "data" / "mini.toml"
 FISH_TOPICS = """greeting feeling hot cold food light water about_you confused tank noise night lonely

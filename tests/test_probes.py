@@ -11,11 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from guppy import analysis as A
-from guppy import metrics as M
-from guppy.ablate import ablate
+from guppy.analysis import probe_runner as A
+from guppy.analysis.heldout import ChatBatch, each_site_losses
+from guppy.analysis.linear_probe import probe_predict, train_linear_probe, train_linear_probes
 from guppy.config import ModelConfig
-from guppy.model import GuppyLM
+from guppy.model.ablate import ablate, ablation_sites
+from guppy.model.transformer import GuppyLM
+from guppy.record import head_scores as M
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("ablate_heads", "head_types", "logit_lens", "attribution", "patching", "topic_probe")
@@ -85,8 +87,8 @@ def test_head_types_finds_an_induction_head_and_ablating_it_hurts_copying(copy_m
         ablated = float(M.mean_loss_per_row(copy_model(tokens), tokens, second_half).mean())
     assert ablated > base + 0.5
     # the batched each-site ablation agrees, and puts this head in the more important half
-    losses = A.each_site_losses(copy_model, tokens, second_half, "mean")
-    sites = A.ablation_sites(COPY_CFG)
+    losses = each_site_losses(copy_model, tokens, second_half, "mean")
+    sites = ablation_sites(COPY_CFG)
     assert float(losses[sites.index(("head", layer, head))]) == pytest.approx(ablated, abs=1e-4)
     heads_only = losses[:COPY_CFG.n_layers * COPY_CFG.n_heads]
     assert sites.index(("head", layer, head)) in heads_only.topk(COPY_CFG.n_heads).indices.tolist()
@@ -98,8 +100,8 @@ def test_batched_site_ablation_matches_one_at_a_time(tiny_model, method):
     tokens[0, 6:] = 0  # some padding
     mask = torch.ones(3, 8, dtype=torch.bool)
     reference = tokens.roll(1, 0)
-    got = A.each_site_losses(tiny_model, tokens, mask, method, reference=reference, pad_id=0, max_logits=3 * 9 * 512 * 3)
-    for i, (kind, l, h) in enumerate(A.ablation_sites(tiny_model.cfg)):
+    got = each_site_losses(tiny_model, tokens, mask, method, reference=reference, pad_id=0, max_logits=3 * 9 * 512 * 3)
+    for i, (kind, l, h) in enumerate(ablation_sites(tiny_model.cfg)):
         with ablate(tiny_model, heads=[(l, h)] if kind == "head" else [], mlps=[l] if kind == "mlp" else [],
                     method=method, reference=reference, pad_id=0):
             want = M.mean_loss_per_row(tiny_model(tokens), tokens, mask).mean()
@@ -185,7 +187,7 @@ def test_linear_probe_reads_a_planted_direction_and_the_control_does_not():
 def test_topic_features_need_only_the_prompt(tiny_model):
     topic_probe = load_probe("topic_probe")
     tokens = torch.randint(3, 512, (3, 12))
-    batch = A.ChatBatch(tokens, torch.tensor([12, 10, 8]), torch.tensor([5, 7, 3]), ["a", "b", "a"], ["p", "q", "r"], 0)
+    batch = ChatBatch(tokens, torch.tensor([12, 10, 8]), torch.tensor([5, 7, 3]), ["a", "b", "a"], ["p", "q", "r"], 0)
     for position in ("last", "mean"):
         X, names = topic_probe.features(tiny_model, batch, position)
         _, cache = tiny_model.run_with_cache(tokens, names=names)  # the whole chats, replies included
@@ -199,11 +201,11 @@ def test_probes_fitted_together_match_probes_fitted_apart():
     gen = torch.Generator().manual_seed(1)
     X, y = torch.randn(2, 90, 8, generator=gen), torch.randint(0, 3, (2, 90), generator=gen)
     X[0, :, 0] += 3 * y[0]
-    together = A.train_linear_probes(X, y, 3, steps=100)
+    together = train_linear_probes(X, y, 3, steps=100)
     for p in range(2):
-        apart = A.train_linear_probe(X[p], y[p], 3, steps=100)
+        apart = train_linear_probe(X[p], y[p], 3, steps=100)
         torch.testing.assert_close(together[0][p], apart[0], atol=2e-3, rtol=2e-3)
-        assert torch.equal(A.probe_predict(together, X)[p], A.probe_predict(apart, X[p]))
+        assert torch.equal(probe_predict(together, X)[p], probe_predict(apart, X[p]))
 
 
 # ---- every script on a recorded run ---------------------------------------------------------
@@ -233,6 +235,9 @@ def test_each_probe_runs_on_a_recorded_run(tiny_recorded_run, name, capsys):
 
 
 def test_ablate_heads_reports_a_pass_rate_for_the_eval_methods(tiny_recorded_run):
+    # its own run of the probe (at the last snapshot only), so the test passes alone and in any order
+    args = ARGS["ablate_heads"][2:]
+    assert load_probe("ablate_heads").main(["--run", str(tiny_recorded_run)] + args) == 0
     df = pd.read_csv(Path(tiny_recorded_run) / "probes" / "ablate_heads.csv")
     last = df[df.step == df.step.max()]
     assert last[last.method != "resample"].pass_rate.notna().all()
@@ -274,7 +279,7 @@ def test_probe_outputs_group_each_scripts_files(tmp_path):
     import shutil
 
     import guppy
-    from guppy.runs import RunError
+    from guppy.run.reader import RunError
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import guppy
-from guppy import metrics as M
-from guppy.record import snapshot_schedule
-from guppy.runs import RunError
+from guppy.record import head_scores as M
+from guppy.record.recorder import snapshot_schedule
+from guppy.run.reader import RunError
 
 
 def test_schedule_is_log_spaced_early_then_linear():
@@ -131,13 +131,13 @@ def test_corrupt_and_old_snapshots_give_clear_errors(tiny_recorded_run, tmp_path
 
 SLOW_WRITER = textwrap.dedent("""
     import sys, time, h5py
-    import guppy.record as R
+    import guppy.record.recorder as R
     real = h5py.File.create_dataset
     def slow(self, *a, **k):
         time.sleep(0.05)  # make every snapshot take long enough to be killed in the middle
         return real(self, *a, **k)
     h5py.Group.create_dataset = slow
-    from guppy.train import main
+    from guppy.train.trainer import main
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -171,7 +171,7 @@ def test_kill_mid_snapshot_loses_nothing_complete(tmp_path, tiny_cli_args):
 
 def test_reader_follows_a_live_run(tmp_path, tiny_cli_args):
     args = tiny_cli_args(tmp_path, steps=120) + ["--record", "--record-every", "10", "--run-name", "live", "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "guppy.train", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "guppy.train.trainer", *args], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=os.environ | {"PYTHONPATH": os.getcwd()})
     seen = set()
     try:

@@ -1,4 +1,4 @@
-"""docs/reference_figures.py end to end on the suite's tiny recorded run: the probes run, every
+"""experiments/reference_figures.py end to end on the suite's tiny recorded run: the probes run, every
 figure is a PNG, the numbers are printed; a bad --run is one error line."""
 
 import importlib.util
@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "docs" / "reference_figures.py"
+SCRIPT = ROOT / "experiments" / "reference_figures.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,4 +1,4 @@
-"""The run format is defined once (guppy.runformat): no module types a key of its own, the
+"""The run format is defined once (guppy.run.format): no module types a key of its own, the
 package has no import cycles, old runs stay readable and one bad file hides nothing else."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import guppy
-from guppy import runformat as R
-from guppy.measures import default_measures
-from guppy.runs import RunError
+from guppy.record.measures import default_measures
+from guppy.run import format as R
+from guppy.run.reader import RunError
 
 ROOT = Path(__file__).parents[1]
 LEGACY_RUN = Path(__file__).parent / "data" / "legacy" / "run-v1"  # written by guppy at schema 1 (161dc63)
@@ -48,12 +48,17 @@ def test_no_dataset_key_or_file_name_is_typed_outside_the_format_module():
     offenders = []
     for folder in ("guppy", "dashboards", "probes"):
         for path in sorted((ROOT / folder).rglob("*.py")):
-            if path.name == "runformat.py":
+            if path == ROOT / "guppy" / "run" / "format.py":
                 continue
             for line, value in _string_constants(ast.parse(path.read_text())):
                 if value in keys or value.startswith((f"{R.ACTS}/", f"{R.HEADS}/")):
                     offenders.append(f"{path.relative_to(ROOT)}:{line}: {value!r}")
-    assert not offenders, "use the names of guppy.runformat:\n" + "\n".join(offenders)
+    assert not offenders, "use the names of guppy.run.format:\n" + "\n".join(offenders)
+
+
+def _parents(module: str) -> set[str]:
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(2, len(parts))}
 
 
 def _imports(path: Path, package: str) -> set[str]:
@@ -61,18 +66,24 @@ def _imports(path: Path, package: str) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == package:
-            if node.module == package:  # from guppy import runformat
-                found |= {f"{package}.{a.name}" for a in node.names}
-            else:
-                found.add(node.module)
+            # from guppy.run import format: the package, and each name that may be a module of it
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.split(".")[0] == package}
     return found
 
 
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def test_the_package_has_no_import_cycles():
-    modules = {f"guppy.{p.stem}": p for p in (ROOT / "guppy").glob("*.py") if p.stem != "__init__"}
-    graph = {m: {d for d in _imports(p, "guppy") if d in modules and d != m} for m, p in modules.items()}
+    modules = {_module_name(p): p for p in (ROOT / "guppy").rglob("*.py")}
+    assert {"guppy.data", "guppy.model", "guppy.train", "guppy.run", "guppy.record", "guppy.health", "guppy.bridges",
+            "guppy.analysis"} <= set(modules), "the subpackages"
+    # importing a module imports its package's __init__ first: an edge to each parent package
+    graph = {m: {d for d in _imports(p, "guppy") | _parents(m) if d in modules and d != m} for m, p in modules.items()}
     state: dict[str, int] = {}  # 1 on the current path, 2 done
 
     def visit(m, path):
@@ -87,14 +98,16 @@ def test_the_package_has_no_import_cycles():
         if m not in state:
             visit(m, [m])
     # the layering the format promises: readers never reach the trainer
-    for reader in ("guppy.runs", "guppy.record", "guppy.measures", "guppy.runformat", "guppy.callbacks"):
+    for reader in ("guppy.run.reader", "guppy.run.compare", "guppy.record.recorder", "guppy.record.measures", "guppy.run.format",
+                   "guppy.train.callbacks", "guppy.analysis.probe_runner", "guppy.analysis.memory_recall"):
         reach, todo = set(), [reader]
         while todo:
             for d in graph[todo.pop()] - reach:
                 reach.add(d)
                 todo.append(d)
-        assert "guppy.train" not in reach, f"{reader} reaches guppy.train"
-    assert graph["guppy.runformat"] == set() and graph["guppy.callbacks"] == set()
+        assert "guppy.train.trainer" not in reach, f"{reader} reaches guppy.train.trainer"
+    for leaf in ("guppy.run.format", "guppy.train.callbacks"):  # the schema and the callback protocol import no guppy module
+        assert graph[leaf] <= _parents(leaf), (leaf, graph[leaf])
 
 
 def test_hook_vocabulary_follows_transformer_lens():
@@ -166,7 +179,7 @@ def test_one_unreadable_snapshot_hides_nothing_else(tmp_path):
 
 
 def test_record_hooks_are_checked_before_the_run_folder_exists(tmp_path, tiny_cli_args, capsys):
-    from guppy.train import main
+    from guppy.train.trainer import main
 
     args = tiny_cli_args(tmp_path, steps=5) + ["--runs-dir", str(tmp_path / "runs"), "--run-name", "typo",
                                                "--record", "--record-hooks", "blocks.*.attn.hook_patern"]
@@ -181,10 +194,10 @@ def test_the_readme_measure_example_records_and_reads_back(tiny_recorded_run, tm
     import re
     from types import SimpleNamespace
 
-    from guppy.measures import Measure
-    from guppy.record import Recorder
+    from guppy.record.measures import Measure
+    from guppy.record.recorder import Recorder
 
-    (code,) = re.findall(r"```\n(class MaxResid.*?)```", (ROOT / "README.md").read_text(), re.S)
+    (code,) = re.findall(r"```\n(class MaxResid.*?)```", (ROOT / "docs" / "run-format.md").read_text(), re.S)
     monkeypatch.setattr(R, "RESID_MAX", "resid/max", raising=False)  # what the README asks you to declare
     space = {"Measure": Measure, "R": R, "np": np}
     exec(compile(code, "README.md", "exec"), space)

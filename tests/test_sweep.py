@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from guppy.runformat import SWEEP_FILE, list_checkpoints, state_path
-from guppy.sweep import parse_vary, plan, run_name
+from guppy.run.format import SWEEP_FILE, list_checkpoints, state_path
+from guppy.train.sweep import parse_vary, plan, run_name
 from tests.conftest import tiny_sweep_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def sweep(*args, cwd, timeout=300, **kw):
-    return subprocess.run([sys.executable, "-m", "guppy.sweep", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "guppy.train.sweep", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=os.environ | {"PYTHONPATH": str(ROOT)}, **kw)
 
 
@@ -147,7 +147,7 @@ def test_ctrl_c_then_sigkill_mid_sweep_and_the_same_command_completes(tmp_path):
     resumed run ends with the same weights as one never stopped."""
     args = ["--name", "seeds", "--seeds", "0,1,2", "--parallel", "1", "--", *tiny_sweep_flags(steps=120), "--eval-every", "20",
             "--record-every", "30"]
-    cmd = [sys.executable, "-m", "guppy.sweep", *args]
+    cmd = [sys.executable, "-m", "guppy.train.sweep", *args]
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     folder = tmp_path / "runs" / "seeds"
 
@@ -187,7 +187,7 @@ def test_ctrl_c_then_sigkill_mid_sweep_and_the_same_command_completes(tmp_path):
     # a resumed run equals one never stopped (the same flags, straight through)
     straight = json.loads((folder / SWEEP_FILE).read_text())["runs"][1]["flags"]
     straight[straight.index("--runs-dir") + 1] = str(tmp_path / "straight")
-    subprocess.run([sys.executable, "-m", "guppy.train", *straight], cwd=tmp_path, env=env, check=True,
+    subprocess.run([sys.executable, "-m", "guppy.train.trainer", *straight], cwd=tmp_path, env=env, check=True,
                    capture_output=True, timeout=300)
     from safetensors.torch import load_file
 
@@ -197,9 +197,7 @@ def test_ctrl_c_then_sigkill_mid_sweep_and_the_same_command_completes(tmp_path):
 
 
 def readme_section() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("### Sweeps and comparing runs"):]
-    return section[:section.index("\n### ", 5)]
+    return (ROOT / "docs" / "sweeps.md").read_text()
 
 
 @pytest.mark.slow
@@ -218,7 +216,7 @@ def test_the_readme_sweep_section_runs(tmp_path):
     def shell(line: str, cwd: Path):
         if line.startswith("guppy-sweep "):  # the tiny recipe as the base flags; the module, as no install is assumed
             own, _, rest = line.partition(" -- ")
-            line = f"{shlex.quote(sys.executable)} -m guppy.sweep {own[len('guppy-sweep '):]} -- {tiny}" + \
+            line = f"{shlex.quote(sys.executable)} -m guppy.train.sweep {own[len('guppy-sweep '):]} -- {tiny}" + \
                 (rest[rest.index(" >"):] if " >" in rest else "")
         r = subprocess.run(["bash", "-c", line.split("  #")[0]], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, (line, r.stderr[-2000:])
@@ -242,9 +240,12 @@ def test_the_readme_sweep_section_runs(tmp_path):
                             text=True, env=env | {"SLURM_ARRAY_TASK_ID": "2"})
     assert picked.stdout.strip() == listed[1]
 
-    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
-    code = code.replace('"runs/lr-study"', repr(str(tmp_path / "a" / "runs" / "lr-study")))
-    scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)
-    cmp = scope["cmp"]
-    assert cmp.varied == ["lr", "seed"] and len(cmp.final("eval_loss")) == 2
+    readme = (ROOT / "README.md").read_text()
+    readme_compare = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "compare_runs" in b]
+    assert len(readme_compare) == 1
+    for code in re.findall(r"```python\n(.*?)```", section, re.S) + readme_compare:  # the page's and the README's
+        code = code.replace('"runs/lr-study"', repr(str(tmp_path / "a" / "runs" / "lr-study")))
+        scope: dict = {}
+        exec(compile(code, "README.md", "exec"), scope)
+        cmp = scope["cmp"]
+        assert cmp.varied == ["lr", "seed"] and len(cmp.final("eval_loss")) == 2

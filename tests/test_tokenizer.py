@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guppy.tokenizer import ChatTokenizer, render_chat, train_tokenizer
+from guppy.data.tokenizer import ChatTokenizer, render_chat, train_tokenizer
 
 CORPUS = [f"user\nhello guppy {i}\nassistant\nhello. the water is warm. is it food time?" for i in range(200)]
 

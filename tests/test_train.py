@@ -13,11 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from guppy.runformat import list_checkpoints, state_path
 import guppy
-from guppy.callbacks import Callback
-from guppy.train import TrainConfig, build_optimizer, lr_at, pick_precision, start_run
-import guppy.train as train_mod
+import guppy.train.trainer as train_mod
+from guppy.run.format import list_checkpoints, state_path
+from guppy.train.callbacks import Callback
+from guppy.train.trainer import TrainConfig, build_optimizer, lr_at, pick_precision, start_run
 from tests.conftest import tiny_train_config
 
 
@@ -115,7 +115,7 @@ def test_schedule_warms_up_then_decays_to_min_lr():
 
 
 def cli(*args, cwd, timeout=120):
-    return subprocess.run([sys.executable, "-m", "guppy.train", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "guppy.train.trainer", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=os.environ | {"PYTHONPATH": os.getcwd()})
 
 
@@ -146,7 +146,7 @@ def test_help_documents_every_field():
 
 def test_ctrl_c_saves_and_resume_finishes(tmp_path, tiny_cli_args):
     args = tiny_cli_args(tmp_path, steps=400)
-    proc = subprocess.Popen([sys.executable, "-m", "guppy.train", *args, "--run-name", "sig", "--quiet"],
+    proc = subprocess.Popen([sys.executable, "-m", "guppy.train.trainer", *args, "--run-name", "sig", "--quiet"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=os.environ | {"PYTHONPATH": os.getcwd()})
     metrics = tmp_path / "runs" / "sig" / "metrics.csv"
@@ -205,7 +205,7 @@ def test_a_preset_trains_with_its_recipe_under_the_flags_given():
     assert TrainConfig.for_preset(preset="guppy", lr=1e-3).lr == 1e-3  # a flag given wins
     assert TrainConfig.for_preset(preset="demo") == TrainConfig(preset="demo")  # no recipe: the defaults
     assert TrainConfig(preset="guppy").lr == TrainConfig().lr  # the dataclass itself applies none
-    assert "(default: 0.003; --preset guppy: 0.001)" in " ".join(guppy.train.build_parser().format_help().split())
+    assert "(default: 0.003; --preset guppy: 0.001)" in " ".join(guppy.train.trainer.build_parser().format_help().split())
 
 
 def test_make_reference_is_the_guppy_preset_on_its_recipe(tmp_path):
@@ -222,14 +222,14 @@ def test_make_reference_is_the_guppy_preset_on_its_recipe(tmp_path):
     dry = subprocess.run(["make", "-n", "reference"], cwd=root, capture_output=True, text=True, check=True).stdout
     line = next(x for x in dry.splitlines() if "guppy-train" in x)
     flags = shlex.split(line)[1:]
-    given = {k: v for k, v in vars(guppy.train.build_parser().parse_args(flags)).items()
+    given = {k: v for k, v in vars(guppy.train.trainer.build_parser().parse_args(flags)).items()
              if v is not None and k not in ("resume", "quiet", "dist_backend")}
     cfg = TrainConfig.for_preset(**given)
     assert cfg.preset == "guppy" and cfg.record and cfg.lr == 1e-3 and cfg.loss_on == "all" and cfg.epochs == 1
     flags = [f for f in flags if not f.startswith("--run-name") and "reference-" not in f]
     small = ["--steps", "2", "--n-chats", "600", "--vocab-size", "400", "--persona", str(MINI), "--eval-chats", "8",
              "--eval-prompts", "0", "--runs-dir", str(tmp_path), "--run-name", "ref", "--quiet", "--record-inputs", "3"]
-    assert guppy.train.main(flags + small) == 0
+    assert guppy.train.trainer.main(flags + small) == 0
     run = guppy.open_run(tmp_path / "ref")
     assert run.config.lr == 1e-3 and run.model_config.n_layers == 6 and run.model_config.dropout == 0
     assert len(run.snapshots) >= 2

@@ -9,19 +9,19 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_train_config
 from safetensors.torch import load_file, safe_open, save_file
 
-from conftest import tiny_train_config
-from guppy.ablate import ablate, each_head_ablated
-from guppy import runformat as R
-from guppy.runformat import list_checkpoints
 from guppy.config import TrainConfig, model_config
-from guppy.generate import generate
-from guppy.model import BLOCK_ORDER, GuppyLM
-from guppy.positional import sinusoids
-from guppy.runs import load_for_inference, open_run
-from guppy.train import main as train_main
-from guppy.train import start_run
+from guppy.model.ablate import ablate, each_head_ablated
+from guppy.model.generate import generate
+from guppy.model.positional import sinusoids
+from guppy.model.transformer import BLOCK_ORDER, GuppyLM
+from guppy.run import format as R
+from guppy.run.format import list_checkpoints
+from guppy.run.reader import load_for_inference, open_run
+from guppy.train.trainer import main as train_main
+from guppy.train.trainer import start_run
 
 # ModelConfig changes over the tiny preset; init_std 0.2 makes attention sharp enough that a
 # position bug moves the numbers well past the tolerances
@@ -248,12 +248,12 @@ def test_an_old_run_without_the_new_fields_loads_as_it_was(tmp_path):
 def test_readme_lists_every_architecture_flag_and_its_example_holds():
     from pathlib import Path
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("### Changing the architecture")[1].split("\n### ")[0]
+    page = (Path(__file__).parents[1] / "docs" / "model.md").read_text()
+    section = page.split("## Changing the architecture")[1].split("\n## ")[0]
     for name in NEW_TRAIN_KEYS:
         assert f"--{name.replace('_', '-')}" in section, name
     (example,) = re.findall(r"^guppy-train (.*?)\s+#", section, re.M)
-    from guppy.train import build_parser
+    from guppy.train.trainer import build_parser
 
     given = {k: v for k, v in vars(build_parser().parse_args(example.split())).items()
              if v is not None and k not in ("resume", "quiet", "dist_backend")}

@@ -1,1 +1,10 @@
-"""One module per dashboard view; each has `render(handle)`."""
+"""One module per dashboard view; each has `render(handle, others)`. The sidebar lists VIEWS in order.
+
+The view modules load when first shown (the ablation view needs torch, the others only numpy), so
+this file names them and imports none.
+"""
+
+VIEWS = {"Run overview": "overview", "Attention": "attention", "Head metrics": "heads",
+         "Residual stream": "residual", "Gradients": "gradients", "Ablation": "ablation", "Probes": "probes",
+         "Health": "health", "Induction": "induction", "Sweep": "sweep"}
+COMPARED = ("attention", "heads", "residual", "gradients", "ablation")  # drawn side by side by views/compare.py

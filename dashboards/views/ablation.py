@@ -10,15 +10,14 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from guppy import runformat as R
-from guppy.ablate import ablate
-from guppy.generate import generate
-from guppy.metrics import mean_loss_per_row, reply_mask
-
 from dashboards import cache
 from dashboards.cache import RunHandle
-from dashboards.data import head_label, input_names, user_prompt
+from dashboards.shaping import head_label, input_names, user_prompt
 from dashboards.views.common import DIVERGING, chart, heatmap_layout
+from guppy.model.ablate import ablate
+from guppy.model.generate import generate
+from guppy.record.head_scores import mean_loss_per_row, reply_mask
+from guppy.run import format as R
 
 
 def _setup(path: str, step: int, mtime: int, heads: tuple, method: str):

@@ -7,11 +7,10 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from guppy.runformat import act_name
-
 from dashboards.cache import READ_ERRORS, RunHandle
-from dashboards.data import head_label, input_names, input_pattern, tile_patterns, token_labels
+from dashboards.shaping import head_label, input_names, input_pattern, tile_patterns, token_labels
 from dashboards.views.common import SEQUENTIAL, chart, heatmap_layout, snapshot_player
+from guppy.run.format import act_name
 
 
 def render(h: RunHandle, others=()) -> None:

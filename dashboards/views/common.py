@@ -7,7 +7,7 @@ from collections.abc import Callable
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboards.data import next_step
+from dashboards.shaping import next_step
 
 PLAY_SECONDS = 0.8
 SEQUENTIAL = "Viridis"  # patterns, norms, scores: one direction of "more"

@@ -10,16 +10,24 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from guppy import runformat as R
-
 from dashboards import cache
+from dashboards.alignment import (
+    TIME_AXES,
+    by_layer,
+    layer_order,
+    matched_steps,
+    pad_grid,
+    pad_patterns,
+    point,
+    points_in_order,
+    time_points,
+)
 from dashboards.cache import READ_ERRORS, RunHandle
-from dashboards.compare_data import (TIME_AXES, by_layer, layer_order, matched_steps, pad_grid, pad_patterns, point,
-                                     points_in_order, time_points)
-from dashboards.data import head_label, input_names, input_pattern, metric_range, token_labels
+from dashboards.shaping import head_label, input_names, input_pattern, metric_range, token_labels
 from dashboards.views.attention import grid as attention_grid
 from dashboards.views.common import DIVERGING, SEQUENTIAL, chart, heatmap_layout
 from dashboards.views.heads import TITLES
+from guppy.run import format as R
 
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")  # one per run, the same in every chart
 
@@ -228,11 +236,11 @@ def gradients(runs, steps, L, H) -> None:
 @st.cache_data(max_entries=32, show_spinner=False)
 def head_importance(path: str, step: int, mtime: int) -> np.ndarray:
     """(L, H): the rise in reply loss on the watch set when each head alone is zero-ablated,
-    in one batched pass (guppy.analysis.each_site_losses)."""
+    in one batched pass (guppy.analysis.probe_runner.each_site_losses)."""
     import torch
 
-    from guppy.analysis import each_site_losses
-    from guppy.metrics import mean_loss_per_row, reply_mask
+    from guppy.analysis.probe_runner import each_site_losses
+    from guppy.record.head_scores import mean_loss_per_row, reply_mask
 
     run = cache.run_of(path)
     model = cache.model(path, step, mtime)

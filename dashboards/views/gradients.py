@@ -7,11 +7,10 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from guppy import runformat as R
-
 from dashboards.cache import RunHandle
-from dashboards.data import HEALTHY_UPDATE_RATIO, hook_label, log10, over_training, param_group, param_label
+from dashboards.shaping import HEALTHY_UPDATE_RATIO, hook_label, log10, over_training, param_group, param_label
 from dashboards.views.common import DIVERGING, SEQUENTIAL, chart, heatmap_layout
+from guppy.run import format as R
 
 
 def render(h: RunHandle, others=()) -> None:

@@ -9,7 +9,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from dashboards.cache import RunHandle
-from dashboards.data import head_label, metric_range, top_heads
+from dashboards.shaping import head_label, metric_range, top_heads
 from dashboards.views.common import SEQUENTIAL, chart, heatmap_layout, snapshot_player
 
 TITLES = {"entropy": "entropy (nats)", "prev_token": "previous-token", "induction": "induction",

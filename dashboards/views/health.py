@@ -12,7 +12,7 @@ from plotly.subplots import make_subplots
 
 from dashboards.cache import READ_ERRORS, RunHandle
 from dashboards.views.common import chart
-from guppy.runformat import LAYER_SIGNALS, SIGNAL_TITLES
+from guppy.run.format import LAYER_SIGNALS, SIGNAL_TITLES
 
 LAYER_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 BAD = "background-color: #ffd0d0; font-weight: bold"

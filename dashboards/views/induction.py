@@ -1,12 +1,12 @@
 """Induction: when the induction head formed, on a run with memory chats (`make demo-induction`).
 
-From the run's recall.csv (guppy.recall.RecallMonitor, measured every few steps): every head's
+From the run's recall.csv (guppy.analysis.memory_recall.RecallMonitor, measured every few steps): every head's
 induction score on repeated random tokens over training (and the best head's inside the memory
 chats, dashed), with the loss on the recalled items'
 tokens and the training loss below it on the same step axis (the bump); the step the score
 crossed 0.5; and the head's attention on a repeated sequence at the snapshots before and after.
 A run where no head crosses 0.5 on random tokens but one copies inside the chats (the fish's
-demo run: see the README) shows that head instead: the step half way up its rise, and its
+demo run: see docs/induction.md) shows that head instead: the step half way up its rise, and its
 attention on a held-out memory chat at the snapshots before and after.
 """
 
@@ -19,7 +19,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from dashboards.cache import READ_ERRORS, RunHandle
-from dashboards.data import input_pattern, token_labels
+from dashboards.shaping import input_pattern, token_labels
 from dashboards.views.common import SEQUENTIAL, chart, heatmap_layout
 
 THRESHOLD = 0.5
@@ -27,13 +27,13 @@ THRESHOLD = 0.5
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def recall_table(path: str, mtime: int) -> pd.DataFrame | None:
-    from guppy.recall import read_recall
+    from guppy.analysis.memory_recall import read_recall
 
     return read_recall(path)
 
 
 def render(h: RunHandle, others=()) -> None:
-    from guppy.recall import RECALL_FILE, formation
+    from guppy.analysis.memory_recall import RECALL_FILE, formation
 
     f = h.path / RECALL_FILE
     table = recall_table(str(h.path), f.stat().st_mtime_ns) if f.exists() else None
@@ -77,7 +77,7 @@ def render(h: RunHandle, others=()) -> None:
 def curves(table: pd.DataFrame, metrics: pd.DataFrame | None, formed: dict | None) -> go.Figure:
     """Top: each head's induction score (previous-token score of the earlier layers dotted);
     bottom: loss on the recalled tokens and the training loss. Shared step axis."""
-    from guppy.recall import previous_token_head
+    from guppy.analysis.memory_recall import previous_token_head
 
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.55, 0.45],
                         subplot_titles=["head scores on repeated random tokens",
@@ -151,7 +151,7 @@ def patterns(h: RunHandle, formed: dict) -> None:
 def chat_patterns(h: RunHandle, rise: dict) -> None:
     """The copy head's attention on one held-out memory chat, from the snapshots' weights before,
     during and after its rise: rows predict the recalled item's tokens, columns are the chat."""
-    from guppy.recall import chat_pattern, example_chat, held_out_memory_chats, recall_batch
+    from guppy.analysis.memory_recall import chat_pattern, example_chat, held_out_memory_chats, recall_batch
 
     try:
         chat = example_chat(held_out_memory_chats(h.path))

@@ -9,11 +9,10 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from guppy import runformat as R
-
 from dashboards.cache import READ_ERRORS, RunHandle
-from dashboards.data import CURVES, user_prompt
+from dashboards.shaping import CURVES, user_prompt
 from dashboards.views.common import chart
+from guppy.run import format as R
 
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")  # up to 4 runs compared
 

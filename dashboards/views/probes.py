@@ -9,8 +9,8 @@ from pathlib import Path
 import streamlit as st
 
 import guppy
-from guppy.runformat import PROBE_OUTPUTS_DIR
 from dashboards.cache import READ_ERRORS, RunHandle, _mtime
+from guppy.run.format import PROBE_OUTPUTS_DIR
 
 SCRIPTS = ("ablate_heads", "head_types", "logit_lens", "attribution", "patching", "topic_probe")
 FIGURE_HEIGHT = 720

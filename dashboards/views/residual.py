@@ -7,11 +7,10 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from guppy import runformat as R
-
 from dashboards.cache import READ_ERRORS, RunHandle
-from dashboards.data import hook_label, input_names, layer_similarity, logit_lens, token_labels
+from dashboards.shaping import hook_label, input_names, layer_similarity, logit_lens, token_labels
 from dashboards.views.common import DIVERGING, SEQUENTIAL, chart, heatmap_layout, snapshot_player
+from guppy.run import format as R
 
 
 def render(h: RunHandle, others=()) -> None:

@@ -16,11 +16,11 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 import guppy
-from dashboards.compare_data import list_sweeps
-from dashboards.data import run_signature
+from dashboards.alignment import list_sweeps
+from dashboards.shaping import run_signature
 from dashboards.views.common import chart, heatmap_layout
-from guppy.compare import EVAL_LOSS, PERSONA_PASS
-from guppy.runformat import RUN_JSON, SWEEP_FILE
+from guppy.run.compare import EVAL_LOSS, PERSONA_PASS
+from guppy.run.format import RUN_JSON, SWEEP_FILE
 
 OUTCOMES = ((EVAL_LOSS, "final eval loss"), (PERSONA_PASS, "final persona pass rate"))
 # train loss first: logged every few steps, where eval points come only at epoch ends by default
