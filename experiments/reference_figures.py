@@ -198,7 +198,7 @@ def head_types_figure(df, path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    from guppy.analysis.probe_runner import HEAD_TYPES
+    from guppy.analysis.head_types import HEAD_TYPES
 
     last = df[df.step == df.step.max()]
     L, H = int(last.layer.max()) + 1, int(last["head"].max()) + 1
@@ -291,7 +291,7 @@ def report(resid, lens, topic, heads, ablation, top) -> None:
     first = {r.label: heads[(heads.label == r.label) & (heads.type == r.type)].step.min() for r in typed.itertuples()}
     print(f"head types, step {int(last.step.iloc[0])}: {len(typed)} of {len(last)} heads typed: "
           + (", ".join(f"{r.label} {r.type} (first at step {first[r.label]})" for r in typed.itertuples()) or "none"))
-    from guppy.analysis.probe_runner import HEAD_TYPES
+    from guppy.analysis.head_types import HEAD_TYPES
 
     print("  a type needs: " + ", ".join(f"{s} >= {t}" for s, t, _ in HEAD_TYPES.values()))
     print("  strongest score at the end: " + "; ".join(

@@ -3,7 +3,7 @@
     python probes/head_types.py --run runs/demo --snapshot all
 
 Scores are mean attention masses (0..1) on the run's fixed probe set (held-out chats plus
-repeated random sequences), computed from each snapshot's weights (guppy.analysis.probe_runner.head_scores):
+repeated random sequences), computed from each snapshot's weights (guppy.analysis.head_types.head_scores):
 
     induction        q -> q - n + 1 on sequences repeating with period n (the token after the last copy)
     duplicate_token  q -> q - n (the previous copy of the current token), repeated sequences only
@@ -12,7 +12,7 @@ repeated random sequences), computed from each snapshot's weights (guppy.analysi
     local            q -> q-3 .. q (a window of 4, itself included)
 
 A head is labelled with the first type in that order whose score reaches its threshold
-(printed with the table; guppy.analysis.probe_runner.HEAD_TYPES), else 'other'.
+(printed with the table; guppy.analysis.head_types.HEAD_TYPES), else 'other'.
 
 Writes runs/<name>/probes/head_types.csv (step, layer, head, every score, type) and
 head_types.html (each score over training, one line per head, thresholds dashed).

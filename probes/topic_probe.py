@@ -6,7 +6,7 @@ Features: the residual stream at each layer boundary, at the last prompt token (
 reply is about to start; the token itself is the same chat template for every chat), or with
 --position mean, averaged over the prompt's tokens. Data: the run's held-out chats, split by
 prompt text (a prompt is never in both halves) into train and test. The probe is multinomial
-logistic regression on standardised features (guppy.analysis.probe_runner.train_linear_probes). Control:
+logistic regression on standardised features (guppy.analysis.linear_probe.train_linear_probes). Control:
 the same probe trained on shuffled train labels and scored on the real test labels; its
 accuracy is what the probe reaches by memorising, and should sit near chance.
 

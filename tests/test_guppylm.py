@@ -40,9 +40,15 @@ def test_series_import_gives_guppylms_logits_at_every_step(series_run):
 
     assert list(list_checkpoints(run)) == [2, 4, 6, 7]  # best_model.pt repeats step 4; final_model.pt is step 7
     x = tokens(3, 20, TINY["vocab_size"])
+    opened = guppy.open_run(run)
+    assert opened.checkpoint_steps == [2, 4, 6, 7]
     for step, sd in states.items():
         model, _, _ = load_for_inference(run, step)
         torch.testing.assert_close(model(x), guppylm_forward(sd, TINY, x), atol=1e-5, rtol=1e-5)
+        # the run API loads any checkpoint step, with or without snapshots (guppy-record comes later)
+        torch.testing.assert_close(opened.model(step)(x), model(x))
+    with pytest.raises(guppy.RunError, match="no checkpoint 5; have steps 2, 4, 6, 7"):
+        opened.model(5)
     m = guppy.open_run(run).metrics
     assert m.loss.notna().sum() == 1 and m.step.max() == 7  # 7 per-step losses: one row (steps 1-7)
     assert m.loc[m.eval_loss.notna(), "step"].tolist() == [4]  # best_model.pt's eval_loss at its step

@@ -110,6 +110,27 @@ def test_the_package_has_no_import_cycles():
         assert graph[leaf] <= _parents(leaf), (leaf, graph[leaf])
 
 
+def test_every_guppy_import_in_the_tree_resolves():
+    """`from guppy.x import y` anywhere (inside functions too, where nothing runs it at import time)
+    names a module or attribute that exists: moving a name cannot leave a caller behind."""
+    import importlib.util
+
+    missing = []
+    for folder in ("guppy", "dashboards", "probes", "experiments", "benchmarks", "tests"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "guppy":
+                    module = importlib.import_module(node.module)
+                    for a in node.names:
+                        if not hasattr(module, a.name) and importlib.util.find_spec(f"{node.module}.{a.name}") is None:
+                            missing.append(f"{path.relative_to(ROOT)}:{node.lineno}: from {node.module} import {a.name}")
+                elif isinstance(node, ast.Import):
+                    for a in node.names:
+                        if a.name.split(".")[0] == "guppy" and importlib.util.find_spec(a.name) is None:
+                            missing.append(f"{path.relative_to(ROOT)}:{node.lineno}: import {a.name}")
+    assert not missing, "\n".join(missing)
+
+
 def test_hook_vocabulary_follows_transformer_lens():
     from transformer_lens.utilities import get_act_name
 

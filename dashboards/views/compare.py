@@ -236,10 +236,10 @@ def gradients(runs, steps, L, H) -> None:
 @st.cache_data(max_entries=32, show_spinner=False)
 def head_importance(path: str, step: int, mtime: int) -> np.ndarray:
     """(L, H): the rise in reply loss on the watch set when each head alone is zero-ablated,
-    in one batched pass (guppy.analysis.probe_runner.each_site_losses)."""
+    in one batched pass (guppy.analysis.heldout.each_site_losses)."""
     import torch
 
-    from guppy.analysis.probe_runner import each_site_losses
+    from guppy.analysis.heldout import each_site_losses
     from guppy.record.head_scores import mean_loss_per_row, reply_mask
 
     run = cache.run_of(path)
