@@ -392,3 +392,57 @@ def test_auto_refresh_toggle(runs_dir, monkeypatch):
     at.toggle(key="live").set_value(True).run()
     ok(at)
     assert charts(at)
+
+
+# ---- the README's first screen: make dashboard, and the line each training target ends with ------
+
+
+def test_make_dashboard_serves_the_runs_folder_on_localhost(tiny_recorded_run, tmp_path):
+    """`make dashboard` as make would run it (make -n), with the venv's python for .venv/bin: the
+    server answers its health check, bound to localhost, over the runs folder."""
+    import os
+    import shlex
+    import subprocess
+    import time
+    import urllib.request
+
+    from dashboards.browser import free_port
+
+    port = free_port()
+    dry = subprocess.run(["make", "-n", "-s", "dashboard", f"PORT={port}", "STAMP=Makefile"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    argv = shlex.split(dry)
+    assert argv[0].endswith("streamlit") and argv[1:3] == ["run", "dashboards/app.py"]
+    assert argv[argv.index("--") + 1:] == ["--runs-dir", "runs"] and argv[argv.index("--server.port") + 1] == str(port)
+    runs = tmp_path / "work"
+    shutil.copytree(ROOT / "dashboards", runs / "dashboards")
+    shutil.copytree(ROOT / ".streamlit", runs / ".streamlit")  # the localhost binding
+    (runs / "runs").mkdir()
+    shutil.copytree(tiny_recorded_run, runs / "runs" / "tiny")
+    cmd = [sys.executable, "-m", "streamlit", *argv[1:]]
+    proc = subprocess.Popen(cmd, cwd=runs, env=os.environ | {"PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert urllib.request.urlopen(f"http://localhost:{port}/_stcore/health", timeout=2).read() == b"ok"
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the dashboard did not start"
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_each_training_target_ends_with_the_dashboard_and_its_run():
+    import subprocess
+
+    for target, prefix in (("demo", "demo-"), ("reference", "reference-"), ("demo-induction", "induction-")):
+        out = subprocess.run(["make", "-n", target, "STAMP=Makefile"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip().splitlines()
+        last = out[-1]
+        assert last.startswith('echo "next: make dashboard, then open http://localhost:8501/?run=' + prefix), last
+        run = last.split("?run=")[1].rstrip('"')
+        assert any(f"runs/{run}" in line or f"--run-name {run}" in line for line in out[:-1]), (target, run)

@@ -40,3 +40,18 @@ def test_slider_move_redraws_the_chart(tiny_recorded_run, tmp_path):
         page.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
     print(f"\nscreenshot: {shot}\nfirst view {seconds:.2f} s, slider move {moved:.2f} s")
+
+
+def test_the_docs_screenshot_command_writes_a_picture(tiny_recorded_run, tmp_path, capsys):
+    """docs/dashboard.md's command (dashboards/browser.py), on the suite's run."""
+    page = (ROOT / "docs" / "dashboard.md").read_text()
+    (line,) = [x for x in page.splitlines() if "dashboards/browser.py" in x]
+    assert "--view Attention --out docs/dashboard.png" in line
+    out = tmp_path / "dashboard.png"
+    runs_dir, name = Path(tiny_recorded_run).parent, Path(tiny_recorded_run).name
+    argv = ["--runs-dir", str(runs_dir), "--run", name, "--view", "Attention", "--out", str(out)]
+    assert B.main(argv) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 10_000
+    assert not list(tmp_path.glob(".*"))  # written whole, then renamed
+    assert B.main(argv[:3] + ["nope"] + argv[4:]) == 1
+    assert "no such run folder" in capsys.readouterr().err
