@@ -183,3 +183,18 @@ def test_post_ln_is_refused_before_anything_is_written(tiny_cfg, tmp_path):
         refuse_for_transformers(tiny_cfg.replace(norm="post"))
     assert "\n" not in str(e.value)
 
+
+def test_the_docs_transformers_snippet_runs(tiny_run, tmp_path, capsys):
+    from docs_snippets import run_snippet
+
+    from guppy.bridges.export import main as export_main
+    from guppy.model.generate import generate
+
+    assert export_main([str(tiny_run), "--to", "hf", str(tmp_path / "hf")]) == 0  # the docs' guppy-export line
+    capsys.readouterr()
+    names = run_snippet("guppylm.md", "# transformers", {"out/fish-hf": tmp_path / "hf"})
+    model, tok, _ = load_for_inference(tiny_run)
+    ids = tok.encode_prompt("are you hungry?", history=[("hi guppy", "hello. the water is nice.")])
+    assert names["ids"]["input_ids"][0].tolist() == ids
+    want = generate(model, ids, max_new_tokens=20, temperature=0.0, stop_token=tok.end_id)
+    assert capsys.readouterr().out.strip() == tok.decode(want).strip()
