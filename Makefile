@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 # torch is pinned here (a CPU wheel that lies on disk); the package itself asks only torch>=2.3.
 TORCH  := torch==2.13.0
 
-.PHONY: demo demo-induction reference reference-figures dashboard test test-fast lint venv clean
+.PHONY: demo demo-induction reference reference-figures dashboard test test-fast lint venv venv-tl4 clean
 
 venv: $(STAMP)
 
@@ -17,6 +17,23 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+# TransformerLens 4 and nnsight live in a second virtualenv: SAELens (in .venv) needs transformer-lens<4 and
+# transformers<6, TransformerLens 4 transformers>=5.9, so one environment cannot hold both (pyproject.toml,
+# the interop extra). It runs only their tests; GUPPY_TL4_RUN=1 makes a missing TransformerLens 4 or nnsight
+# a failure there, not a skip
+TL4       := .venv-tl4
+TL4_STAMP := $(TL4)/.installed-stamp
+TL4_TESTS := tests/test_transformer_lens4.py tests/test_nnsight.py
+
+venv-tl4: $(TL4_STAMP)
+
+$(TL4_STAMP): pyproject.toml Makefile
+	test -x $(TL4)/bin/python || $(PYTHON) -m venv $(TL4)
+	$(TL4)/bin/python -m pip install -q --upgrade pip
+	$(TL4)/bin/python -m pip install -q $(TORCH)
+	$(TL4)/bin/python -m pip install -q -e '.[interop]' 'pytest>=8'
 	touch $@
 
 # the main job: data, a recorded training run of the demo preset, then the fish talks and is scored
@@ -73,11 +90,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 # the browser test drives Debian's Chromium (never a downloaded browser build): installed where this
-# user can (root with apt-get, as in CI); elsewhere that one test is skipped with its reason
-test: lint
+# user can (root with apt-get, as in CI); elsewhere that one test is skipped with its reason.
+# The TransformerLens 4 / nnsight tests run first, in .venv-tl4, so the last summary line is the main suite's
+test: lint $(TL4_STAMP)
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& apt-get update -qq && apt-get install -y -qq chromium; } \
 		|| echo "make test: no /usr/bin/chromium and it cannot be installed here: the browser test is skipped"
+	GUPPY_TL4_RUN=1 $(TL4)/bin/python -m pytest -q $(TL4_TESTS)
 	$(BIN)/python -m pytest -q
 
 # the suite without the tests marked slow (a quick check while working; CI runs `make test`)
@@ -85,4 +104,4 @@ test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(TL4) .pytest_cache .hypothesis

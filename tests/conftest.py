@@ -33,6 +33,9 @@ MINI = Path(__file__).parent / "data" / "mini.toml"
 def pytest_configure(config):
     # tests never touch ~/.cache: one fresh data cache per test session (subprocesses inherit it)
     os.environ.setdefault("GUPPY_CACHE_DIR", tempfile.mkdtemp(prefix="guppy-test-cache-"))
+    # transformers, TransformerLens and nnsight load only folders the tests write: a hub call is a bug, and
+    # offline it fails at once instead of retrying for a minute
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def tiny_train_config(tmp_path, **overrides) -> TrainConfig:

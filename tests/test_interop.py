@@ -1,12 +1,18 @@
-"""TransformerLens is the oracle: same weights, same logits, same activations at every hook."""
+"""TransformerLens 3.x is the oracle: same weights, same logits, same activations at every hook of its
+HookedTransformer. The main environment holds 3.x (beside SAELens, which needs it); TransformerLens 4's
+TransformerBridge is checked in tests/test_transformer_lens4.py, in .venv-tl4."""
 
 import pytest
 import torch
 
 pytest.importorskip("transformer_lens")
 
-from guppy.bridges.transformer_lens import to_transformer_lens  # noqa: E402
+from guppy.bridges.transformer_lens import tl_version, to_transformer_lens  # noqa: E402
 from guppy.model.transformer import GuppyLM  # noqa: E402
+
+if not tl_version().startswith("3."):
+    pytest.skip(f"TransformerLens {tl_version()} is installed: this file checks 3.x's HookedTransformer "
+                "(tests/test_transformer_lens4.py checks 4.x)", allow_module_level=True)
 
 
 def test_transformer_lens_agrees_on_logits_and_every_shared_hook(tiny_model):
@@ -41,10 +47,13 @@ def test_cache_views_agree_with_transformer_lens(tiny_model):
 
 
 def test_agreement_holds_for_a_trained_model(tiny_run):
+    from transformer_lens import HookedTransformer
+
     from guppy.run.reader import load_for_inference
 
     model, tok, _ = load_for_inference(tiny_run)
-    tl = to_transformer_lens(model)
+    tl = to_transformer_lens(tiny_run)  # a run folder: its latest checkpoint
+    assert isinstance(tl, HookedTransformer)
     tokens = torch.tensor([tok.encode_prompt("hello pebble")])
     torch.testing.assert_close(model(tokens), tl(tokens), atol=1e-4, rtol=1e-4)
 
@@ -96,3 +105,20 @@ def test_post_ln_is_refused_in_one_line(tiny_cfg):
     with pytest.raises(ValueError, match="TransformerLens has no post-LN block") as e:
         to_transformer_lens(GuppyLM(tiny_cfg.replace(norm="post")))
     assert "\n" not in str(e.value)
+
+
+def test_a_missing_or_old_transformer_lens_is_named_in_one_line(tiny_model, monkeypatch):
+    from importlib.metadata import PackageNotFoundError
+
+    import guppy.bridges.transformer_lens as bridges
+
+    def missing(name):
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(bridges, "version", missing)
+    with pytest.raises(ImportError, match=r"TransformerLens is not installed: pip install 'guppy\[interop\]'") as e:
+        to_transformer_lens(tiny_model)
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(bridges, "version", lambda name: "2.16.1")
+    with pytest.raises(ImportError, match="TransformerLens 2.16.1 is installed; guppy converts to 3.x and 4.x"):
+        to_transformer_lens(tiny_model)

@@ -2,14 +2,17 @@
 
     guppy-export runs/demo --to guppylm out/fish-guppylm   # GuppyLM's hub layout: its own code loads it
     guppy-export runs/demo --to onnx out/fish-onnx         # logits for a token batch, for onnxruntime (web)
-    guppy-export runs/demo --to hf out/fish-hf             # transformers: GPT2LMHeadModel + fast tokenizer
+    guppy-export runs/demo --to hf out/fish-hf             # transformers: GPT-2 (GPT-NeoX for rotary) + fast tokenizer
 
 guppylm: `pytorch_model.bin` (a state dict under GuppyLM's keys, lm_head tied), `model.safetensors`
 (the same tensors), `config.json` (Hugging Face keys) and `tokenizer.json`.
 onnx: `model.onnx` (input_ids (batch, seq) int64 -> logits (batch, seq, d_vocab), batch and seq
 dynamic up to n_ctx), checked against our forward with onnxruntime before it is kept.
-hf: our model *is* GPT-2 with a ReLU MLP of width d_mlp, tied embeddings and no dropout: the fused
-qkv rows are GPT-2's c_attn order and its Conv1D weights are our Linear weights transposed.
+hf: our model *is* GPT-2 with a ReLU (or GELU) MLP of width d_mlp, tied embeddings and no dropout:
+the fused qkv rows are GPT-2's c_attn order and its Conv1D weights are our Linear weights transposed;
+a fixed position table (sinusoidal) goes into GPT-2's wpe, no table (none) as zeros. A rotary model is
+GPT-NeoX with a sequential residual and rotary over all of d_head. The tokenizer carries a multi-turn
+chat template. TransformerLens 4 bridges this same model (guppy.bridges.transformer_lens).
 
 The folder appears only when complete (written beside it, then renamed); an existing one is refused.
 """
@@ -23,6 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import einops
 import torch
 
 from guppy.bridges.guppylm_format import (
@@ -32,8 +36,8 @@ from guppy.bridges.guppylm_format import (
     TOKENIZER_FILE,
     GuppyLMConfig,
     from_guppy,
-    refuse_unexpressible,
 )
+from guppy.model.positional import ROTARY_BASE
 
 TARGETS = ("guppylm", "onnx", "hf")
 ONNX_FILE = "model.onnx"
@@ -102,8 +106,10 @@ def export_onnx(model, out: Path) -> float:
 
 
 def gpt2_state_dict(model) -> dict[str, torch.Tensor]:
-    """Our weights under GPT-2's names; Conv1D holds (in, out), the transpose of a Linear's weight."""
-    sd = {"transformer.wte.weight": model.embed.weight, "transformer.wpe.weight": model.W_pos,
+    """Our weights under GPT-2's names; Conv1D holds (in, out), the transpose of a Linear's weight.
+    A fixed table (sinusoidal) goes into wpe as it is, no table (none) as zeros."""
+    W_pos = model.W_pos if model.W_pos is not None else torch.zeros(model.cfg.n_ctx, model.cfg.d_model)
+    sd = {"transformer.wte.weight": model.embed.weight, "transformer.wpe.weight": W_pos,
           "transformer.ln_f.weight": model.ln_final.w, "transformer.ln_f.bias": model.ln_final.b}
     for i, b in enumerate(model.blocks):
         p = f"transformer.h.{i}."
@@ -115,44 +121,103 @@ def gpt2_state_dict(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in sd.items()}
 
 
+def gpt_neox_state_dict(model) -> dict[str, torch.Tensor]:
+    """Our weights under GPT-NeoX's names (nn.Linear, as ours); its fused qkv rows are per head,
+    (H, 3, E), where ours are (3, H, E)."""
+    cfg = model.cfg
+    H, E = cfg.n_heads, cfg.d_head
+    sd = {"gpt_neox.embed_in.weight": model.embed.weight, "gpt_neox.final_layer_norm.weight": model.ln_final.w,
+          "gpt_neox.final_layer_norm.bias": model.ln_final.b}
+    for i, b in enumerate(model.blocks):
+        p = f"gpt_neox.layers.{i}."
+        qkv_w = einops.rearrange(b.attn.qkv.weight, "(three h e) d -> (h three e) d", three=3, h=H, e=E)  # (H*3*E, D)
+        qkv_b = einops.rearrange(b.attn.qkv.bias, "(three h e) -> (h three e)", three=3, h=H, e=E)
+        sd |= {p + "input_layernorm.weight": b.ln1.w, p + "input_layernorm.bias": b.ln1.b,
+               p + "post_attention_layernorm.weight": b.ln2.w, p + "post_attention_layernorm.bias": b.ln2.b,
+               p + "attention.query_key_value.weight": qkv_w, p + "attention.query_key_value.bias": qkv_b,
+               p + "attention.dense.weight": b.attn.out.weight, p + "attention.dense.bias": b.attn.out.bias,
+               p + "mlp.dense_h_to_4h.weight": b.mlp.W_in.weight, p + "mlp.dense_h_to_4h.bias": b.mlp.W_in.bias,
+               p + "mlp.dense_4h_to_h.weight": b.mlp.W_out.weight, p + "mlp.dense_4h_to_h.bias": b.mlp.W_out.bias}
+    return {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in sd.items()}
+
+
+def refuse_for_transformers(cfg) -> None:
+    """One line when transformers has no model of this variant (GPT-2 and GPT-NeoX are pre-LN)."""
+    if cfg.norm != "pre":
+        raise ValueError(f"transformers has no GPT-2 or GPT-NeoX block with LayerNorm after each residual add; "
+                         f"only norm='pre' models export, this one has norm={cfg.norm!r}")
+
+
+def transformers_model(model, tok=None):
+    """The transformers model our weights are, eval mode on the CPU: GPT2LMHeadModel (a ReLU or
+    GELU MLP of width d_mlp, tied embeddings, no dropout; a position table in wpe), or for rotary
+    positions GPTNeoXForCausalLM with a sequential residual and rotary over all of d_head, base
+    10000 (GPT-NeoX's half split, as ours). `tok` (a ChatTokenizer) sets the special token ids."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+
+    cfg = model.cfg
+    refuse_for_transformers(cfg)
+    ids = {} if tok is None else dict(bos_token_id=tok.start_id, eos_token_id=tok.end_id, pad_token_id=tok.pad_id)
+    if cfg.positional == "rotary":
+        # rotary_pct / rotary_emb_base: GPT-NeoX's own names, read by transformers 4.x and 5.x alike
+        hf = GPTNeoXForCausalLM(GPTNeoXConfig(
+            vocab_size=cfg.d_vocab, max_position_embeddings=cfg.n_ctx, hidden_size=cfg.d_model,
+            num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, intermediate_size=cfg.d_mlp,
+            hidden_act=cfg.act, layer_norm_eps=cfg.ln_eps, use_parallel_residual=False, rotary_pct=1.0,
+            rotary_emb_base=ROTARY_BASE, attention_dropout=0.0, hidden_dropout=0.0, tie_word_embeddings=True, **ids))
+        state = gpt_neox_state_dict(model)
+    else:
+        hf = GPT2LMHeadModel(GPT2Config(
+            vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model, n_layer=cfg.n_layers,
+            n_head=cfg.n_heads, n_inner=cfg.d_mlp, activation_function=cfg.act, resid_pdrop=0.0, embd_pdrop=0.0,
+            attn_pdrop=0.0, layer_norm_epsilon=cfg.ln_eps, tie_word_embeddings=True, **ids))
+        state = gpt2_state_dict(model)
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]  # tied to the token embedding
+    if missing or unexpected:
+        raise RuntimeError(f"{type(hf).__name__} layout changed: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    hf.tie_weights()
+    return hf.eval()
+
+
 def chat_template(fmt) -> str:
-    """The run's prompt template as a Jinja chat template: a single-turn user prompt wrapped as in
-    training (its end holds the assistant's header, so the prompt is ready for generation), an
-    assistant message followed by the end token."""
+    """The run's chat format as a Jinja chat template, multi-turn: user and assistant turns
+    alternate from a user turn; a user turn is wrapped as in training (the template's end is the
+    assistant's header, so a chat ending on a user turn is ready for generation, with or without
+    add_generation_prompt), an assistant turn is its text and the end token, and the turn
+    separator stands between a reply and the next turn. Other roles are refused."""
     before, after = fmt.prompt.split("{prompt}")
 
     def raw(text: str) -> str:
         return "{% raw %}" + text + "{% endraw %}" if text else ""
 
-    return ("{% for message in messages %}{% if message['role'] == 'user' %}" + raw(before) +
-            "{{ message['content'] }}" + raw(after) + "{% elif message['role'] == 'assistant' %}"
-            "{{ message['content'] }}" + raw(fmt.end) + "{% endif %}{% endfor %}")
+    refuse = "{{ raise_exception('guppy chats alternate user and assistant turns, from a user turn') }}"
+    return ("{% for message in messages %}"
+            "{% if message['role'] != ['user', 'assistant'][loop.index0 % 2] %}" + refuse + "{% endif %}"
+            "{% if message['role'] == 'user' %}" + raw(before) + "{{ message['content'] }}" + raw(after) +
+            "{% else %}{{ message['content'] }}" + raw(fmt.end) +
+            "{% if not loop.last %}" + raw(fmt.turn_sep) + "{% endif %}{% endif %}{% endfor %}")
+
+
+def transformers_tokenizer(tok, **settings):
+    """A ChatTokenizer as transformers' fast tokenizer, with the chat template above; `settings` go
+    to PreTrainedTokenizerFast as they are."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    fmt = tok.format
+    fast = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.tok.to_str()), bos_token=fmt.start,
+                                   eos_token=fmt.end, pad_token=fmt.pad, **settings)
+    fast.chat_template = chat_template(fmt)
+    return fast
 
 
 def export_hf(model, tok, out: Path) -> None:
-    from tokenizers import Tokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one folder of one shard: a bar per file is noise
-
-    cfg = model.cfg
-    hf_cfg = GPT2Config(vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model, n_layer=cfg.n_layers,
-                        n_head=cfg.n_heads, n_inner=cfg.d_mlp, activation_function="relu", resid_pdrop=0.0,
-                        embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=cfg.ln_eps, tie_word_embeddings=True,
-                        bos_token_id=tok.start_id, eos_token_id=tok.end_id, pad_token_id=tok.pad_id)
-    hf = GPT2LMHeadModel(hf_cfg)
-    missing, unexpected = hf.load_state_dict(gpt2_state_dict(model), strict=False)
-    missing = [k for k in missing if k != "lm_head.weight"]  # tied to wte
-    if missing or unexpected:
-        raise RuntimeError(f"GPT-2 layout changed: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    hf.tie_weights()
-    hf.eval().save_pretrained(str(out))
-    fmt = tok.format
-    fast = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.tok.to_str()), bos_token=fmt.start,
-                                   eos_token=fmt.end, pad_token=fmt.pad)
-    fast.chat_template = chat_template(fmt)
-    fast.save_pretrained(str(out))
+    transformers_model(model, tok).save_pretrained(str(out))
+    transformers_tokenizer(tok).save_pretrained(str(out))
 
 
 def _need(target: str, module: str):
@@ -178,7 +243,7 @@ def export_run(run_dir: str | Path, target: str, out: str | Path, checkpoint: st
         _need(target, module)
     model, tok, path = load_for_inference(run_dir, checkpoint)
     if target == "hf":
-        refuse_unexpressible(model.cfg, "GPT-2")
+        refuse_for_transformers(model.cfg)
     elif target == "guppylm":
         GuppyLMConfig.of_model(model.cfg, tok.pad_id, tok.start_id, tok.end_id)  # refuse before writing anything
     out.parent.mkdir(parents=True, exist_ok=True)
