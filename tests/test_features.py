@@ -23,19 +23,15 @@ from guppy.features.lineage import lifeline, lineages
 from guppy.features.sae import SAESettings, SparseCoder, save_sae, train_sae
 from guppy.features.scoring import f1_table
 from guppy.run import format as R
+from tests.conftest import TINY_SAE_FLAGS
 
 HOOK = "blocks.0.hook_resid_post"
-SMALL = ["--tokens", "1500", "--first-steps", "60", "--warm-steps", "20", "--heldout", "30", "--width", "96", "--k", "8",
-         "--threads", "1", "--quiet"]
+SMALL = TINY_SAE_FLAGS
 
 
-@pytest.fixture(scope="module")
-def sae_run(tiny_recorded_run, tmp_path_factory) -> Path:
-    """A copy of the tiny recorded run with guppy-sae's SAEs at every snapshot."""
-    run = tmp_path_factory.mktemp("sae") / "recorded"
-    shutil.copytree(tiny_recorded_run, run)
-    assert main([str(run), "--hook", HOOK, *SMALL]) == 0
-    return run
+@pytest.fixture
+def sae_run(tiny_sae_run) -> Path:
+    return tiny_sae_run
 
 
 def acts_at(run_dir: Path, step, n_tokens: int = 1500) -> torch.Tensor:
