@@ -256,3 +256,46 @@ def test_a_run_without_features_reads_as_not_computed(tiny_recorded_run):
     assert run.feature_topics().empty and run.feature_summary().empty
     with pytest.raises(guppy.RunError, match="guppy-sae"):
         run.sae()
+
+
+# ---- docs/features.md's commands -------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "features.md"
+
+
+def docs_commands() -> list[str]:
+    import re
+
+    blocks = re.findall(r"```bash\n(.*?)```", DOCS.read_text(), re.S)
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line.startswith(("guppy-sae ", "python "))]
+
+
+@pytest.mark.slow  # ~60 s on 2 busy cores: guppy-sae twice (the page's command and the benchmark's), the figure
+def test_the_docs_commands_run(tiny_recorded_run, tmp_path):
+    """Every guppy-sae / python command of docs/features.md, on a copy of the tiny recorded run in place of the
+    reference fish's run, with the tiny SAE settings added (the docs' defaults are sized for the 8.7M fish)."""
+    import re
+    import shlex
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_recorded_run, run)
+    commands = docs_commands()
+    assert [c.split()[0 if c.startswith("guppy") else 1] for c in commands] == \
+        ["guppy-sae", "experiments/feature_figures.py", "benchmarks/bench_sae.py"]
+    root = DOCS.parents[1]
+    for cmd in commands:
+        args = [re.sub(r"^runs/reference-[\w-]+", str(run), a) for a in shlex.split(cmd)]
+        args = [str(tmp_path / "figures") if a == "docs/features" else a for a in args]
+        if args[0] == "guppy-sae":
+            args = [sys.executable, "-m", "guppy.features.cli", *args[1:], *TINY_SAE_FLAGS]
+        elif "bench_sae" in args[1]:
+            args = [sys.executable, *args[1:], "--", *TINY_SAE_FLAGS]
+        else:
+            args = [sys.executable, *args[1:]]
+        out = subprocess.run(args, capture_output=True, text=True, cwd=root, timeout=600)
+        assert out.returncode == 0, (cmd, out.stderr[-2000:])
+        if "feature_figures" in cmd:
+            assert "topics found (F1 >= 0.8)" in out.stdout and (tmp_path / "figures" / "topics_found.png").stat().st_size > 10_000
+        if "bench_sae" in cmd:
+            assert "guppy-sae wall time" in out.stdout and "explained variance" in out.stdout

@@ -19,6 +19,8 @@ import streamlit as st
 
 from dashboards.cache import READ_ERRORS, RunHandle, _mtime
 from dashboards.views.common import chart, heatmap_layout, snapshot_player
+from guppy.features.lineage import birth_step, topic_births
+from guppy.features.scoring import FOUND
 from guppy.run import format as R
 
 
@@ -87,25 +89,17 @@ def render(h: RunHandle, others=()) -> None:
     snapshot_player("features", steps, draw)
 
 
-def born_at(feats: pd.DataFrame, step: int, feature: int) -> int | None:
-    """The first step of the lineage the feature belongs to at `step` (None for a dead one)."""
-    row = feats[(feats.step == step) & (feats.feature == feature)]
-    if row.empty or int(row.lineage.iloc[0]) < 0:
-        return None
-    return int(feats[feats.lineage == int(row.lineage.iloc[0])].step.min())
-
-
 def headline(feats: pd.DataFrame, topics: pd.DataFrame, summary: pd.DataFrame) -> None:
     first, last = summary.iloc[0], summary.iloc[-1]
-    best = topics[topics.step == last.step]
-    births = [b for b in (born_at(feats, int(last.step), int(r.feature)) for r in best.itertuples()) if b is not None]
+    births = topic_births(feats, topics)
+    found = births[(births.score >= FOUND) & births.born.notna()]
     c = st.columns(5)
     c[0].metric("topics found, first snapshot", f"{first.topics_found_share:.0%}", help="share of the persona's topics "
-                "with a feature of F1 >= 0.8 at the last prompt token, on held-out chats")
+                f"with a feature of F1 >= {FOUND} at the last prompt token, on held-out chats")
     c[1].metric("topics found, last snapshot", f"{last.topics_found_share:.0%}",
                 f"{last.topics_found_share - first.topics_found_share:+.0%}")
-    c[2].metric("median topic feature born at", f"step {int(np.median(births))}" if births else "-",
-                help="for each topic's best feature at the last snapshot, the first step of its lineage")
+    c[2].metric("median topic feature born at", f"step {int(found.born.median())}" if len(found) else "-",
+                help="over the topics found at the last snapshot: the first step of their feature's lineage")
     c[3].metric("explained variance", f"{last.explained_variance:.3f}", help="on the SAE's training tokens, last snapshot")
     c[4].metric("loss recovered", f"{last.loss_recovered:.2f}", help="spliced-in loss against clean and zero-ablated")
 
@@ -131,7 +125,7 @@ def search(feats: pd.DataFrame, topics: pd.DataFrame, steps: list[int]) -> int:
     hits = [n for n in names if query.lower() in n.lower()] or names
     topic = c1.selectbox("topic", hits, key="features_topic")
     last = topics[(topics.step == steps[-1]) & (topics.topic == topic)].iloc[0]
-    born = born_at(feats, steps[-1], int(last.feature))
+    born = birth_step(feats, steps[-1], int(last.feature))
     st.caption(f"**{topic}**: best detected at the last snapshot by feature {int(last.feature)} (F1 {last.score:.2f}, "
                f"precision {last.precision:.2f}, recall {last.recall:.2f}); "
                + (f"its lineage was born at step {born}." if born is not None else "it is dead."))

@@ -118,11 +118,15 @@ def compute_hook(run, steps: list[int], hook: str, settings: SAESettings, done: 
         x = A.hook_activations(model, train_batch.tokens, hook)[real]  # (N, D)
         earlier = [s for s in R.list_saes(run.path, hook) if s < step]
         init = SparseCoder.load(R.sae_dir(run.path, hook, earlier[-1])) if earlier else None
+        t1 = time.perf_counter()
         sae = train_sae(x, settings, init)
         coder = SparseCoder.from_sae(sae)
+        t2 = time.perf_counter()
         scores = score_sae(model, coder, heldout, hook, x, persona_topics, vocab, memory)
-        summary = scores.summary | {"warm_start": earlier[-1] if earlier else None,
-                                    "seconds": round(time.perf_counter() - t0, 2)}
+        t3 = time.perf_counter()
+        summary = scores.summary | {"warm_start": earlier[-1] if earlier else None, "seconds": round(t3 - t0, 2),
+                                    "seconds_acts": round(t1 - t0, 2), "seconds_train": round(t2 - t1, 2),
+                                    "seconds_score": round(t3 - t2, 2)}
         store.write_snapshot(run.path, hook, step, sae, scores, summary)
         bar.set_postfix_str(f"step {step}: EV {summary['explained_variance']:.2f}, "
                             f"topics {summary['topics_found']}/{summary['topics']}", refresh=False)

@@ -105,3 +105,20 @@ def lifeline(table: pd.DataFrame, lineage: int) -> pd.DataFrame:
 
 def _ids(parents) -> set[int]:
     return {int(p) for p in str(parents).split(",") if p and p != "nan"}
+
+
+def birth_step(features: pd.DataFrame, step: int, feature: int) -> int | None:
+    """The first step of the lineage `feature` belongs to at `step` (run.features()); None for a dead one."""
+    row = features[(features.step == step) & (features.feature == feature)]
+    if row.empty or int(row.lineage.iloc[0]) < 0:
+        return None
+    return int(features[features.lineage == int(row.lineage.iloc[0])].step.min())
+
+
+def topic_births(features: pd.DataFrame, topics: pd.DataFrame, step: int | None = None) -> pd.DataFrame:
+    """Each topic's best feature at `step` (default the last) and the step its lineage was born:
+    topic, feature, score, born (run.features(), run.feature_topics())."""
+    step = int(topics.step.max()) if step is None else step
+    best = topics[topics.step == step][["topic", "feature", "score"]].reset_index(drop=True)
+    best["born"] = [birth_step(features, step, int(f)) for f in best.feature]
+    return best
