@@ -299,3 +299,14 @@ def test_the_docs_commands_run(tiny_recorded_run, tmp_path):
             assert "topics found (F1 >= 0.8)" in out.stdout and (tmp_path / "figures" / "topics_found.png").stat().st_size > 10_000
         if "bench_sae" in cmd:
             assert "guppy-sae wall time" in out.stdout and "explained variance" in out.stdout
+
+
+def test_the_docs_python_snippet_runs(tiny_sae_run):
+    import re
+
+    code = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)[0]
+    assert '"runs/reference-' in code and "SAE.load_from_disk" in code
+    scope: dict = {}
+    exec(compile(re.sub(r'"runs/reference-[\w-]+"', repr(str(tiny_sae_run)), code), "docs/features.md", "exec"), scope)
+    assert ((scope["codes"] > 0).sum(-1) == scope["sae"].k).all()
+    assert type(scope["theirs"]).__name__ == "TopKSAE" and len(scope["feats"]) == len(scope["summary"]) * scope["sae"].width

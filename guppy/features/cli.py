@@ -73,10 +73,12 @@ def plan(args):
                                warm_steps=args.warm_steps, lr=args.lr, seed=args.seed).resolved(cfg.d_model)
         old = store.read_settings(run.path, hook)
         done = {} if args.fresh else R.list_saes(run.path, hook)
-        if old is not None and not args.fresh and old != settings:
-            diff = ", ".join(f"{k} {v}" for k, v in old.to_dict().items() if settings.to_dict()[k] != v)
-            raise ValueError(f"{R.features_dir(run.path, hook)} holds SAEs trained with {diff}; give the same "
-                             "settings to resume, or --fresh to delete them and start again")
+        held = store.settings_extra(run.path, hook).get("heldout_chats", args.heldout)
+        if old is not None and not args.fresh and (old != settings or held != args.heldout):
+            diff = ", ".join([f"{k} {v}" for k, v in old.to_dict().items() if settings.to_dict()[k] != v] +
+                             ([f"--heldout {held}"] if held != args.heldout else []))
+            raise ValueError(f"{R.features_dir(run.path, hook)} holds SAEs trained and scored with {diff}; give the "
+                             "same settings to resume, or --fresh to delete them and start again")
         work.append((hook, settings, done))
     return run, steps, work
 

@@ -18,9 +18,10 @@ residual stream). With `best_parent[j]` the earlier feature closest to later fea
 A lineage ends (the feature *dies*) at its last step: nothing later continues it, because it
 went dead, split, merged or drifted past the threshold. Dead features (never firing on the
 training tokens) take part in no match: warm-started, their untrained decoder would "continue"
-for ever. MATCH_COSINE 0.7: two random directions in d_model = 384 have |cosine| < 0.2 with
-overwhelming odds, and a feature split in two along an orthogonal axis keeps cosine 0.7 with
-its parent while the two halves differ by up to 90 degrees.
+for ever. MATCH_COSINE 0.7: the cosine of two random directions in d_model = 384 has a spread
+of 1/sqrt(384) = 0.05, so the largest of 1536 x 1536 random pairs is about 0.28; and a feature
+split in two along an orthogonal axis (d +- a e) keeps cosine 0.7 with its parent until its
+two halves are 90 degrees apart.
 """
 
 from __future__ import annotations

@@ -122,8 +122,9 @@ def train_sae(acts: torch.Tensor, settings: SAESettings, init: SparseCoder | Non
     if steps == 0:  # nothing to train (a warm start kept as it is): only the scale to fold back
         sae.fold_activation_norm_scaling_factor(scale)
         return sae.eval()
+    # a constant rate, warmed up from a cold start, the last fifth decaying linearly to 0 (SAELens's schedule)
     cfg = SAETrainerConfig(total_training_samples=steps * batch, train_batch_size_samples=batch, lr=settings.lr,
-                           lr_end=settings.lr / 10, lr_scheduler_name="constant", lr_decay_steps=steps // 5,
+                           lr_end=settings.lr, lr_scheduler_name="constant", lr_decay_steps=steps // 5,
                            lr_warm_up_steps=0 if init is not None else steps // 20,
                            dead_feature_window=max(10, steps // 4), feature_sampling_window=max(10, steps),
                            device="cpu")
