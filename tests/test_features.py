@@ -310,3 +310,23 @@ def test_the_docs_python_snippet_runs(tiny_sae_run):
     exec(compile(re.sub(r'"runs/reference-[\w-]+"', repr(str(tiny_sae_run)), code), "docs/features.md", "exec"), scope)
     assert ((scope["codes"] > 0).sum(-1) == scope["sae"].k).all()
     assert type(scope["theirs"]).__name__ == "TopKSAE" and len(scope["feats"]) == len(scope["summary"]) * scope["sae"].width
+
+
+def test_card_stats_match_a_direct_count():
+    from guppy.features.scoring import HIST_BINS, _card_stats
+
+    g = torch.Generator().manual_seed(0)
+    coder = SparseCoder(torch.randn(8, 24, generator=g), torch.zeros(24), torch.randn(24, 8, generator=g), torch.zeros(8), k=3)
+    acts = torch.randn(10, 7, 8, generator=g)
+    real = torch.arange(7)[None] < torch.randint(2, 8, (10, 1), generator=g)
+    got = _card_stats(coder, acts, real, chunk=3)
+    f = coder.encode(acts[real])  # (n, 24)
+    assert torch.equal(got["fired"], (f > 0).sum(0).float())
+    torch.testing.assert_close(got["hist_max"], f.max(0).values)
+    assert torch.equal(got["hist"].sum(1), (f > 0).sum(0).int())
+    j = int(got["fired"].argmax())
+    edges = torch.linspace(0, float(f[:, j].max()), HIST_BINS + 1)
+    direct = torch.histc(f[:, j][f[:, j] > 0], bins=HIST_BINS, min=0, max=float(edges[-1]))
+    assert torch.equal(got["hist"][j], direct.int())
+    per_chat = torch.stack([coder.encode(acts[b][real[b]]).max(0).values for b in range(10)])  # (B, F)
+    assert torch.equal(got["top_chats"][j, 0], per_chat[:, j].argmax().int())

@@ -161,25 +161,24 @@ def score_sae(model, coder: SparseCoder, heldout: ChatBatch, hook: str, train_x:
 
 @torch.no_grad()
 def _card_stats(coder: SparseCoder, acts: torch.Tensor, real: torch.Tensor, chunk: int = 64) -> dict[str, torch.Tensor]:
-    """What a feature card shows, a chunk of chats at a time: each latent's activation histogram on the
-    held-out tokens (HIST_BINS bins from 0 to its largest activation) and the chats where it fires most."""
-    per_chat = torch.cat([(coder.encode(acts[i:i + chunk]) * real[i:i + chunk, :, None]).amax(1)
-                          for i in range(0, len(acts), chunk)])  # (B, F) the largest activation in each chat
-    hist_max = per_chat.max(0).values  # (F,)
-    hist = torch.zeros(coder.width, HIST_BINS, dtype=torch.int64)
-    fired = torch.zeros(coder.width)
-    act_sum = torch.zeros(coder.width)
+    """What a feature card shows, from one encoding of the held-out tokens a chunk of chats at a time: each
+    latent's activation histogram (HIST_BINS bins from 0 to its largest activation) and the chats where it
+    fires most; and how often and how strongly it fired."""
+    per_chat, cols, vals = [], [], []
     for i in range(0, len(acts), chunk):
-        f = coder.encode(acts[i:i + chunk][real[i:i + chunk]])  # (n, F)
+        f = coder.encode(acts[i:i + chunk]) * real[i:i + chunk, :, None]  # (b, T, F), zero off the real tokens
+        per_chat.append(f.amax(1))  # (b, F) the largest activation in each chat
         on = f > 0
-        fired += on.sum(0)
-        act_sum += f.sum(0)
-        rows, cols = on.nonzero(as_tuple=True)
-        bins = (f[rows, cols] / hist_max[cols].clamp(min=1e-12) * HIST_BINS).long().clamp(max=HIST_BINS - 1)
-        hist.view(-1).index_add_(0, cols * HIST_BINS + bins, torch.ones_like(bins))
+        cols.append(on.nonzero()[:, 2])
+        vals.append(f[on])
+    per_chat, cols, vals = torch.cat(per_chat), torch.cat(cols), torch.cat(vals)  # (B, F), (n,), (n,)
+    hist_max = per_chat.max(0).values  # (F,)
+    bins = (vals / hist_max[cols].clamp(min=1e-12) * HIST_BINS).long().clamp(max=HIST_BINS - 1)
+    hist = torch.bincount(cols * HIST_BINS + bins, minlength=coder.width * HIST_BINS).view(coder.width, HIST_BINS)
     top = per_chat.topk(min(TOP_CHATS, len(acts)), dim=0)  # over chats: (TOP_CHATS, F)
     return {"hist": hist.int(), "hist_max": hist_max, "top_chats": top.indices.T.contiguous().int(),
-            "top_acts": top.values.T.contiguous(), "fired": fired, "act_sum": act_sum}
+            "top_acts": top.values.T.contiguous(), "fired": torch.bincount(cols, minlength=coder.width).float(),
+            "act_sum": torch.zeros(coder.width).index_add_(0, cols, vals)}
 
 
 @torch.no_grad()
