@@ -46,9 +46,9 @@ class SAESettings:
     hook: str
     width: int = 0  # latents; 0 = 4 x d_model
     k: int = 16  # latents firing per token
-    tokens: int = 40_000  # training-chat tokens gathered per snapshot (position 0, the same in every chat, left out)
-    first_steps: int = 600  # SAE steps for the first snapshot's SAE (a cold start)
-    warm_steps: int = 150  # for every later one (warm-started from the previous snapshot's SAE)
+    tokens: int = 24_000  # training-chat tokens gathered per snapshot (position 0, the same in every chat, left out)
+    first_steps: int = 400  # SAE steps for the first snapshot's SAE (a cold start)
+    warm_steps: int = 100  # for every later one (warm-started from the previous snapshot's SAE)
     batch: int = 1024  # activations per SAE step
     lr: float = 2e-3
     seed: int = 0

@@ -119,7 +119,7 @@ def spliced_losses(model, coder: SparseCoder, batch: ChatBatch, hook: str) -> di
 @torch.no_grad()
 def score_sae(model, coder: SparseCoder, heldout: ChatBatch, hook: str, train_x: torch.Tensor,
               persona_topics: list[str], vocab: list[str], memory: dict | None = None,
-              loss_chats: int = 256) -> SnapshotScores:
+              loss_chats: int = 128) -> SnapshotScores:
     """Every score of one snapshot's SAE (see the module doc). `memory`: {kind: RecallBatch} of held-out
     memory chats by kind, or None when the run has none."""
     acts = hook_activations(model, heldout.tokens, hook)  # (B, T, D)
