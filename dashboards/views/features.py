@@ -25,8 +25,8 @@ from guppy.run import format as R
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def tables(path: str, hook: str, mtime: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(features, topics, summary) of one hook, cached until lineage.csv (written last) changes."""
+def tables(path: str, hook: str, key: tuple) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(features, topics, summary) of one hook, cached until an SAE lands or lineage.csv (written last) changes."""
     from dashboards.cache import run_of
 
     run = run_of(path)
@@ -69,7 +69,7 @@ def render(h: RunHandle, others=()) -> None:
         st.code(f"guppy-sae {h.path}", language="bash")
         return
     hook = st.selectbox("hook", hooks, key="features_hook") if len(hooks) > 1 else hooks[0]
-    stamp = _mtime(R.features_dir(h.path, hook) / R.LINEAGE_FILE)
+    stamp = (_mtime(R.features_dir(h.path, hook) / R.LINEAGE_FILE), tuple(R.list_saes(h.path, hook)))
     try:
         feats, topics, summary = tables(str(h.path), hook, stamp)
     except READ_ERRORS as e:
