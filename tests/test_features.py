@@ -330,3 +330,30 @@ def test_card_stats_match_a_direct_count():
     assert torch.equal(got["hist"][j], direct.int())
     per_chat = torch.stack([coder.encode(acts[b][real[b]]).max(0).values for b in range(10)])  # (B, F)
     assert torch.equal(got["top_chats"][j, 0], per_chat[:, j].argmax().int())
+
+
+def test_memory_features_read_the_positions_that_say_the_item(tiny_recorded_run):
+    """Memory chats of the test persona through the tiny run's tokenizer: the labelled positions are exactly those
+    followed by the recalled item's tokens, and every kind gets its best feature."""
+    from guppy.analysis.memory_recall import recall_batch
+    from guppy.data.dataset import DataConfig, generate_chats
+    from guppy.data.persona import load_persona
+    from guppy.features.scoring import memory_features, recall_positions
+    from guppy.model.transformer import GuppyLM
+    from tests.conftest import MINI
+
+    run = guppy.open_run(tiny_recorded_run)
+    persona = load_persona(str(MINI))
+    chats = generate_chats(persona, DataConfig(persona=str(MINI), n_chats=300, vocab_size=400, memory_fraction=0.5)).eval
+    model = GuppyLM(run.model_config.replace(n_ctx=192)).eval()  # memory chats run past the tiny preset's 64 positions
+    by_kind = {k: recall_batch(run.tokenizer, [c for c in chats if c.topic == m.topic], 192) for k, m in persona.memory.items()}
+    for batch in by_kind.values():
+        real, item = recall_positions(batch)
+        assert not (item & ~real).any()
+        for row, chat in enumerate(batch.chats):
+            said = batch.tokens[row][1:][item[row][:-1]]  # the tokens right after the labelled positions
+            assert chat.recall in run.tokenizer.decode(said.tolist())
+    coder = SparseCoder(torch.randn(32, 48), torch.zeros(48), torch.randn(48, 32), torch.zeros(32), k=4)
+    table = memory_features(model, coder, by_kind, HOOK)
+    assert list(table.kind) == list(persona.memory) and table.score.between(0, 1).all()
+    assert (table.n_items == [len(b.chats) for b in by_kind.values()]).all()

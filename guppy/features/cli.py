@@ -152,11 +152,13 @@ def scoring_inputs(run, n_heldout: int):
 
     data = load_run_dataset(run.path)
     heldout = batch_of(run, heldout_chats(run, n_heldout))
-    memory = {}
+    memory, n_ctx = {}, run.model_config.n_ctx
     for kind, spec in data.persona.memory.items():
-        chats = [c for c in data.chats.eval if c.recall and c.topic == spec.topic]
-        if chats:
-            memory[kind] = recall_batch(run.tokenizer, chats[:200], run.model_config.n_ctx)
+        chats = [c for c in data.chats.eval if c.recall and c.topic == spec.topic][:200]
+        ids, _ = run.tokenizer.encode_chats([c.prompt for c in chats], [c.reply for c in chats], [c.history for c in chats])
+        fits = [c for c, x in zip(chats, ids) if len(x) <= n_ctx + 1]  # recall_batch drops the longer ones
+        if fits:
+            memory[kind] = recall_batch(run.tokenizer, fits, n_ctx)
     tok = run.tokenizer
     vocab = [tok.decode([i], skip_special=False) for i in range(tok.vocab_size)]
     return heldout, memory, list(data.persona.topics), vocab

@@ -187,16 +187,23 @@ def memory_features(model, coder: SparseCoder, memory: dict, hook: str) -> pd.Da
     rows = []
     for kind, batch in memory.items():
         acts = hook_activations(model, batch.tokens, hook)
-        t = torch.arange(batch.tokens.shape[1])
-        real = (t[None] >= 1) & (t[None] < batch.lengths[:, None] - 1)  # positions with a next token
-        item = torch.zeros_like(real)
-        item[:, :-1] = batch.item_mask  # position t predicts token t + 1
+        real, item = recall_positions(batch)
         fires = coder.encode(acts[real]) > 0
         f1, prec, rec = f1_table(fires, item[real][:, None])
         j = int(f1[:, 0].argmax())
         rows.append({"kind": kind, "feature": j, "score": float(f1[j, 0]), "precision": float(prec[j, 0]),
                      "recall": float(rec[j, 0]), "n_items": len(batch.chats)})
     return pd.DataFrame(rows, columns=list(R.MEMORY_COLUMNS))
+
+
+def recall_positions(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(real, item), both (B, T) bool, of a RecallBatch: the positions with a next token (the start token
+    left out), and those whose next token is one of the recalled item's tokens in the last reply."""
+    t = torch.arange(batch.tokens.shape[1])
+    real = (t[None] >= 1) & (t[None] < batch.lengths[:, None] - 1)
+    item = torch.zeros_like(real)
+    item[:, :-1] = batch.item_mask  # target t + 1 is predicted at position t
+    return real, item
 
 
 def _first(batch: ChatBatch, n: int) -> ChatBatch:
