@@ -104,3 +104,20 @@ def wide_short_run(tmp_path_factory) -> Path:
     trainer = start_run(cfg, show_progress=False)
     assert trainer.fit() == "finished"
     return trainer.run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_sae_run(tiny_recorded_run, tmp_path_factory) -> Path:
+    """A copy of the tiny recorded run with small SAEs (guppy-sae) on blocks.0.hook_resid_post at every snapshot."""
+    import shutil
+
+    from guppy.features.cli import main
+
+    run = tmp_path_factory.mktemp("sae") / "featured"
+    shutil.copytree(tiny_recorded_run, run)
+    assert main([str(run), "--hook", "blocks.0.hook_resid_post", *TINY_SAE_FLAGS]) == 0
+    return run
+
+
+TINY_SAE_FLAGS = ["--tokens", "1500", "--first-steps", "60", "--warm-steps", "20", "--heldout", "30", "--width", "96",
+                  "--k", "8", "--threads", "1", "--quiet"]

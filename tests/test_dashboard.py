@@ -356,6 +356,42 @@ def test_probes_view_shows_tables_and_the_figure(runs_dir, monkeypatch):
 # ---- failures stay in the page --------------------------------------------------------------
 
 
+def test_features_view_without_saes_says_how_to_make_them(runs_dir, monkeypatch):
+    at = app(runs_dir, monkeypatch, "Features")
+    ok(at)
+    assert "No features computed" in at.info[0].value and at.code[0].value.startswith("guppy-sae ")
+
+
+def test_features_view_cards_search_and_lifeline(runs_dir, tiny_sae_run, monkeypatch):
+    """The Features view of a run with SAEs: headline numbers, the figure over training, a topic search that
+    picks that topic's best feature, its card (held-out chats shaded by activation, histogram, lifeline), and
+    the snapshot slider moving the card to another step."""
+    if not (runs_dir / "featured").exists():
+        shutil.copytree(tiny_sae_run, runs_dir / "featured")
+    at = app(runs_dir, monkeypatch, "Features", run="featured")
+    ok(at)
+    run = guppy.open_run(runs_dir / "featured")
+    summary, topics = run.feature_summary(), run.feature_topics()
+    assert [m.label for m in at.metric][:2] == ["topics found, first snapshot", "topics found, last snapshot"]
+    assert at.metric[1].value == f"{summary.topics_found_share.iloc[-1]:.0%}"
+    figs = charts(at)
+    assert [f["layout"]["title"]["text"] for f in figs][0] == "the fish's features over training"
+    assert figs[0]["data"][0]["name"].startswith("topics found")
+    at.text_input(key="features_query").input("wat").run()
+    ok(at)
+    assert at.selectbox(key="features_topic").value == "water"
+    best = topics[(topics.step == summary.step.iloc[-1]) & (topics.topic == "water")].feature.iloc[0]
+    assert at.number_input(key="features_pick_water").value == best
+    assert any(f"#### feature {best} at step {summary.step.iloc[-1]}" == m.value for m in at.markdown)
+    assert any("rgba(255,120,0," in m.value for m in at.markdown)  # a shaded top chat
+    titles = [f["layout"]["title"]["text"] for f in charts(at)]
+    assert any("activation histogram" in t for t in titles) and any(t.startswith("lineage ") for t in titles)
+    first = int(summary.step.iloc[0])
+    at.select_slider(key="features_step").set_value(first).run()
+    ok(at)
+    assert any(m.value == f"#### feature {best} at step {first}" for m in at.markdown)
+
+
 def test_empty_runs_dir_says_how_to_make_a_run(tmp_path, monkeypatch):
     at = app(tmp_path, monkeypatch, run=None)
     ok(at)

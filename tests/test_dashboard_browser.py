@@ -7,6 +7,7 @@ Setup (what `make test` installs): `apt-get install -y chromium` and `pip instal
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -55,3 +56,22 @@ def test_the_docs_screenshot_command_writes_a_picture(tiny_recorded_run, tmp_pat
     assert not list(tmp_path.glob(".*"))  # written whole, then renamed
     assert B.main(argv[:3] + ["nope"] + argv[4:]) == 1
     assert "no such run folder" in capsys.readouterr().err
+
+
+def test_features_view_in_the_browser(tiny_sae_run, tmp_path):
+    """The Features view of a run with SAEs, drawn by Chromium: the figure, the feature card's charts and its
+    shaded chats, and the snapshot slider moving the card (its histogram's title names the step)."""
+    runs_dir = tmp_path / "runs"
+    shutil.copytree(tiny_sae_run, runs_dir / "featured")
+    with B.serve(runs_dir, log=tmp_path / "streamlit.log") as url, B.browser() as page:
+        B.load(page, f"{url}?run=featured&view=Features", charts=3)
+        assert page.locator("[data-testid='stException']").count() == 0
+        before = B.fingerprint(page, 1)
+        assert before and "activation histogram" in before
+        assert page.locator("span[title]").count() > 0  # the top chats' tokens, shaded
+        B.move_slider(page, "ArrowLeft", index=1)  # waits until the histogram shows another step
+        after = B.fingerprint(page, 1)
+        assert after.split(" | ")[0] != before.split(" | ")[0]
+        assert page.locator("[data-testid='stException']").count() == 0
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-features.png"), full_page=True)

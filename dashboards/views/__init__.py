@@ -6,5 +6,5 @@ this file names them and imports none.
 
 VIEWS = {"Run overview": "overview", "Attention": "attention", "Head metrics": "heads",
          "Residual stream": "residual", "Gradients": "gradients", "Ablation": "ablation", "Probes": "probes",
-         "Health": "health", "Induction": "induction", "Sweep": "sweep"}
+         "Health": "health", "Induction": "induction", "Features": "features", "Sweep": "sweep"}
 COMPARED = ("attention", "heads", "residual", "gradients", "ablation")  # drawn side by side by views/compare.py

@@ -11,6 +11,7 @@ its names from here and none types a key of its own.
       checkpoints/step-000064.safetensors   weights (+ .state.safetensors: optimizer, loop)
       snapshots/step-000064.h5              one snapshot: SNAPSHOT_ATTRS and the keys below
       probes/                               what the probe scripts (probes/*.py) wrote
+      features/<hook>/step-000064/          a sparse autoencoder of that snapshot (guppy-sae; SAELens's format)
 
 Schema 2 renamed the fixed input set from "probe set" to "watch set" (`probes.h5` ->
 `watch.h5`, `loss/by_probe` -> `loss/by_input`); schema-1 runs are read through `LEGACY_KEYS`.
@@ -139,6 +140,53 @@ def head_column_parts(name: str) -> tuple[str, int, int] | None:
     """A per-head column's metric, layer and head: 'induction.L1H2' -> ('induction', 1, 2); None otherwise."""
     m = _HEAD_COLUMN.match(name)
     return (m.group(1), int(m.group(2)), int(m.group(3))) if m else None
+
+# ---- sparse autoencoder features (guppy-sae writes them; guppy.features.store and the Features view read them)
+# features/<hook>/settings.json          what every SAE of that hook was trained with (width, k, tokens, seed, ...)
+# features/<hook>/lineage.csv            each live feature's lifeline across snapshots (LINEAGE_COLUMNS)
+# features/<hook>/step-000064/           one snapshot's SAE, written under a temporary name and renamed when whole:
+#   cfg.json, sae_weights.safetensors    SAELens's on-disk format (sae_lens.SAE.load_from_disk)
+#   features.csv, topics.csv, memory.csv guppy's scores of it (FEATURE_COLUMNS, TOPIC_COLUMNS, MEMORY_COLUMNS)
+#   examples.safetensors, summary.json   per-feature histograms and top held-out chats; reconstruction, counts
+# A run without features/ (older runs) reads as "not computed yet".
+
+FEATURES_DIR = "features"
+SAE_SETTINGS_FILE = "settings.json"
+LINEAGE_FILE = "lineage.csv"
+SAE_CFG_FILE = "cfg.json"  # SAELens's names (sae_lens.constants SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME)
+SAE_WEIGHTS_FILE = "sae_weights.safetensors"
+FEATURE_TABLE = "features.csv"
+TOPIC_TABLE = "topics.csv"
+MEMORY_TABLE = "memory.csv"
+FEATURE_EXAMPLES_FILE = "examples.safetensors"
+SAE_SUMMARY_FILE = "summary.json"
+FEATURE_COLUMNS = ("feature", "density", "heldout_density", "dead", "dense", "mean_act", "max_act",
+                   "topic", "score", "precision", "recall", "promotes")
+TOPIC_COLUMNS = ("topic", "feature", "score", "precision", "recall", "n_chats")
+MEMORY_COLUMNS = ("kind", "feature", "score", "precision", "recall", "n_items")
+LINEAGE_COLUMNS = ("step", "feature", "lineage", "event", "parents", "cosine")
+LINEAGE_EVENTS = ("born", "continues", "split", "merged")  # how a feature came to be at its step
+_SAE_DIR = re.compile(r"^step-(\d+)$")
+
+
+def features_dir(run_dir: str | Path, hook: str) -> Path:
+    return Path(run_dir) / FEATURES_DIR / hook
+
+
+def sae_dir(run_dir: str | Path, hook: str, step: int) -> Path:
+    return features_dir(run_dir, hook) / step_name(step)
+
+
+def list_saes(run_dir: str | Path, hook: str) -> dict[int, Path]:
+    """Complete SAE folders of a hook by step, oldest first (one being written has a temporary name)."""
+    return _steps(features_dir(run_dir, hook), _SAE_DIR)
+
+
+def feature_hooks(run_dir: str | Path) -> list[str]:
+    """The hooks with at least one complete SAE, sorted; [] for a run without features."""
+    root = Path(run_dir) / FEATURES_DIR
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and list_saes(run_dir, d.name)) if root.is_dir() else []
+
 
 # ---- sweeps (guppy.train.sweep writes them, guppy.run.compare and the dashboard read them) --------------
 

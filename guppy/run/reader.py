@@ -84,14 +84,20 @@ def load_for_inference(run_dir: str | Path, which: str | int = "latest", device:
     return load_model(path, device), tokenizer, path
 
 
-def load_eval_data(run_dir: str | Path):
-    """The persona and held-out chats a run was trained against (regenerated, cached)."""
+def load_run_dataset(run_dir: str | Path):
+    """The dataset a run was trained on (or, for an imported run, is judged by), regenerated from its
+    data config (cached): its persona, train chats (read from disk when asked) and held-out chats."""
     meta = read_run_json(Path(run_dir))
     if "train_config" not in meta and "data_config" in meta:  # an imported run: the persona it is judged by
         cfg = DataConfig(**meta["data_config"])
     else:
         cfg = data_config(read_train_config(Path(run_dir)))
-    data = load_dataset(cfg)
+    return load_dataset(cfg)
+
+
+def load_eval_data(run_dir: str | Path):
+    """The persona and held-out chats a run was trained against (regenerated, cached)."""
+    data = load_run_dataset(run_dir)
     return data.persona, data.chats.eval
 
 
@@ -382,6 +388,66 @@ class Run:
         w = self.watch
         return pd.DataFrame({"kind": w.kind, "topic": w.topic, "length": w.lengths, "period": w.period,
                              "text": w.text, "stored": np.isin(np.arange(len(w.kind)), w.subset)})
+
+    # ---- features: the sparse autoencoders guppy-sae trained (guppy.features) ---------------------
+
+    @property
+    def feature_hooks(self) -> list[str]:
+        """Hooks with SAEs (guppy-sae); [] when none are computed yet."""
+        return R.feature_hooks(self.path)
+
+    def features(self, hook: str | None = None) -> pd.DataFrame:
+        """Every SAE feature at every snapshot: step, feature, lineage (-1 if dead), event (born /
+        continues / split / merged), parents, cosine, density, dead, dense, topic (its best), score
+        (that topic's F1 at the last prompt token), precision, recall, promotes, ...; `hook` may be
+        left out when one hook has SAEs. Empty (with these columns) when none are computed yet."""
+        from guppy.features import store
+
+        return self._features(store.read_features, hook)
+
+    def feature_topics(self, hook: str | None = None) -> pd.DataFrame:
+        """Per snapshot and topic, the feature that detects it best: step, topic, feature, score (F1), ..."""
+        from guppy.features import store
+
+        return self._features(lambda p, h: store.read_table(p, h, R.TOPIC_TABLE), hook)
+
+    def feature_summary(self, hook: str | None = None) -> pd.DataFrame:
+        """One row per snapshot's SAE: explained variance, spliced-in losses, dead / dense counts, topics found."""
+        from guppy.features import store
+
+        return self._features(store.read_summary, hook)
+
+    def sae(self, step: int | str = "latest", hook: str | None = None):
+        """A snapshot's SAE as a guppy.features.sae.SparseCoder (encode / decode); sae_lens.SAE.load_from_disk
+        reads the same folder (run.path / "features" / hook / "step-N")."""
+        from guppy.features.sae import SparseCoder
+
+        hook = self._feature_hook(hook)
+        saes = R.list_saes(self.path, hook) if hook else {}
+        if not saes:
+            raise RunError(f"{self.path}: no SAEs computed yet (guppy-sae {self.path})")
+        step = max(saes) if step in ("latest", -1) else min(saes) if step == "first" else step
+        if step not in saes:
+            raise RunError(f"{self.path}: no SAE at step {step!r} for {hook}; have steps {', '.join(map(str, saes))}")
+        try:
+            return SparseCoder.load(saes[step])
+        except ValueError as e:
+            raise RunError(str(e)) from None
+
+    def _feature_hook(self, hook: str | None) -> str | None:
+        from guppy.features import store
+
+        try:
+            return store.pick_hook(self.path, hook)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+
+    def _features(self, read, hook: str | None):
+        hook = self._feature_hook(hook)
+        try:
+            return read(self.path, hook or "")  # no hook computed: an empty frame with the columns
+        except ValueError as e:
+            raise RunError(str(e)) from None
 
     # ---- what the probe scripts wrote (probes/*.py) --------------------------------------------
 
