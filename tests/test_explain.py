@@ -211,7 +211,8 @@ def variant_runs(tmp_path_factory):
 
     out = {}
     for name, flags in {"rotary": dict(positional="rotary"), "post": dict(norm="post", positional="none")}.items():
-        cfg = tiny_train_config(tmp_path_factory.mktemp(name), steps=6, run_name=name, eval_prompts=0, **flags)
+        cfg = tiny_train_config(tmp_path_factory.mktemp(name), steps=6, run_name=name, eval_prompts=0, record=True,
+                                record_inputs=3, **flags)  # recorded: a checkpoint at every snapshot, step 0 too
         trainer = start_run(cfg, show_progress=False)
         assert trainer.fit() == "finished"
         out[name] = trainer.run_dir
@@ -255,7 +256,7 @@ def test_a_run_recorded_after_the_fact_explains(tiny_run, tmp_path):
     path = tmp_path / "posthoc"
     shutil.copytree(tiny_run, path)
     before = guppy.explain(path, PROMPT, max_new_tokens=4)  # checkpoints only
-    record_run(path, full_inputs=2, show_progress=False)
+    record_run(path, full_inputs=3, show_progress=False)
     after = guppy.explain(path, PROMPT, max_new_tokens=4)
     assert guppy.open_run(path).snapshot_files and after.reply_ids == before.reply_ids
 
