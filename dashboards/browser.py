@@ -119,14 +119,39 @@ def load(page, url: str, charts: int = 1, timeout_ms: int = 60_000) -> float:
     return time.perf_counter() - t0
 
 
-def move_slider(page, key: str = "ArrowLeft", index: int = 0, timeout_ms: int = 30_000) -> float:
-    """Press `key` on the snapshot slider; seconds until chart `index` shows different data."""
+def move_slider(page, key: str = "ArrowLeft", index: int = 0, timeout_ms: int = 30_000, slider: int = 0) -> float:
+    """Press `key` on the page's slider number `slider` (the first: the snapshot slider); seconds until
+    chart `index` shows different data."""
     before = fingerprint(page, index)
-    thumb = page.locator("[data-testid='stSlider'] input[type='range']").first
+    thumb = page.locator("[data-testid='stSlider'] input[type='range']").nth(slider)
     thumb.focus()
     t0 = time.perf_counter()
     page.keyboard.press(key)
+    return _until_redrawn(page, index, before, t0, timeout_ms)
+
+
+def _until_redrawn(page, index: int, before: str | None, t0: float, timeout_ms: int) -> float:
     page.wait_for_function(f"(b) => ({FINGERPRINT_JS})({index}) !== b", arg=before, timeout=timeout_ms)
+    wait_idle(page, timeout_ms)
+    return time.perf_counter() - t0
+
+
+def enter_text(page, label: str, text: str, index: int = 0, timeout_ms: int = 60_000) -> float:
+    """Type `text` into the text box labelled `label` and press Enter; seconds until chart `index`
+    shows different data and the app is idle."""
+    before = fingerprint(page, index)
+    box = page.get_by_label(label)
+    box.fill(text)
+    t0 = time.perf_counter()
+    box.press("Enter")
+    return _until_redrawn(page, index, before, t0, timeout_ms)
+
+
+def click_toggle(page, label: str, charts: int, timeout_ms: int = 60_000) -> float:
+    """Click the toggle labelled `label`; seconds until `charts` plotly charts are drawn and the app is idle."""
+    t0 = time.perf_counter()
+    page.get_by_text(label, exact=True).click()
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length === {charts}", timeout=timeout_ms)
     wait_idle(page, timeout_ms)
     return time.perf_counter() - t0
 
@@ -154,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True, help="the run's name inside --runs-dir")
     p.add_argument("--view", default="Attention", choices=list(VIEWS), help="the view (default Attention)")
     p.add_argument("--charts", type=positive_int, default=1, help="charts to wait for before the picture (default 1)")
+    p.add_argument("--height", type=positive_int, default=1000, help="the browser window's height in pixels (default 1000)")
     p.add_argument("--out", type=Path, required=True, help="the PNG to write")
     args = p.parse_args(argv)
 
@@ -164,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.runs_dir / args.run}: no such run folder")
         if not args.out.parent.is_dir():
             raise ValueError(f"--out {args.out}: its folder does not exist")
-        print(f"wrote {screenshot(args.runs_dir, args.run, args.view, args.out, args.charts)}")
+        print(f"wrote {screenshot(args.runs_dir, args.run, args.view, args.out, args.charts, height=args.height)}")
 
     return run_main("dashboards/browser.py", body)
 

@@ -139,7 +139,7 @@ def vocab(path: str, mtime: int, d_vocab: int) -> list[str]:
 
 @st.cache_resource(max_entries=2, show_spinner=False)
 def model(path: str, step: int, mtime: int):
-    """A snapshot's model (weights held while in use; at most two at a time)."""
+    """A checkpoint's model, keyed by its weights file's mtime (held while in use; at most two at a time)."""
     return run_of(path).model(step)
 
 
@@ -210,5 +210,12 @@ class RunHandle:
     def vocab(self) -> list[str]:
         return vocab(str(self.path), _mtime(self.path / R.TOKENIZER_JSON), self.run.model_config.d_vocab)
 
+    @property
+    def checkpoints(self) -> dict[int, int]:
+        """step -> weights file mtime of every checkpoint: each snapshot's, and those of a run without
+        snapshots (an imported GuppyLM series before guppy-record)."""
+        return {step: _mtime(f) for step, f in R.list_checkpoints(self.path).items()}
+
     def model(self, step: int):
-        return model(str(self.path), step, self.snaps[step])
+        """The model of checkpoint `step` (a snapshot's, or any other)."""
+        return model(str(self.path), step, _mtime(R.checkpoint_path(self.path, step)))

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from dashboards.alignment import is_sweep, sweep_members
+from guppy.analysis.captions import visible
 from guppy.run import format as R
 
 # Update-to-weight ratio per step: ~1e-3 is the usual healthy value (Karpathy's heuristic);
@@ -98,11 +99,6 @@ def param_group(name: str) -> str:
         if key in n:
             return group
     return "embedding"
-
-
-def visible(text: str) -> str:
-    """A token's text with whitespace made visible, so a space token is not an empty label."""
-    return text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥") or "∅"
 
 
 def token_labels(vocab: list[str], ids) -> list[str]:

@@ -4,6 +4,7 @@
     run = guppy.open_run("runs/demo")            # read a run: metrics, snapshots, activations, models
     cmp = guppy.compare_runs("runs/lr-study")    # several runs or a sweep side by side
     model = run.model(run.steps[-1])             # a GuppyLM at any checkpoint step
+    e = guppy.explain(run, "hi guppy", step=64)  # how it computed its reply: heads, MLPs, logit lens
     logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
 
 The names below are the public surface: a notebook or another tool imports them from `guppy`
@@ -18,7 +19,7 @@ itself. The subpackages, in the order data flows through them (docs/architecture
 | `guppy.record` | snapshots on the watch set, what they measure, head scores, `guppy-record` |
 | `guppy.health` | health signals, divergence forensics, the watchdog, their files |
 | `guppy.bridges` | GuppyLM's format, `guppy-import`, `guppy-export`, TransformerLens |
-| `guppy.analysis` | the probe scripts' runner and maths, memory-chat recall |
+| `guppy.analysis` | the probe scripts' runner and maths, memory-chat recall, `explain` |
 
 Every name is imported lazily, so `import guppy` stays cheap for the command-line tools.
 """
@@ -40,6 +41,8 @@ _HOME = {
     # data
     "ChatTokenizer": "guppy.data.tokenizer", "load_persona": "guppy.data.persona",
     "DataConfig": "guppy.data.dataset", "load_dataset": "guppy.data.dataset",
+    # explaining one reply
+    "explain": "guppy.analysis.explain", "Explanation": "guppy.analysis.explain",
     # other tools
     "to_transformer_lens": "guppy.bridges.transformer_lens",
     "persona_eval": "guppy.evaluate",

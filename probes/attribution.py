@@ -2,17 +2,11 @@
 
     python probes/attribution.py --run runs/demo
 
-The final residual at the last prompt position is a sum of components: token embedding,
-position embedding (where the model adds one), per layer each head's output (z_h @ W_O[h]), the attention bias b_O, and
-the MLP output. The final LayerNorm is linear once its scale is fixed, so (as TransformerLens'
-`apply_ln_to_stack`) each component c contributes
-
-    ((c - mean_D(c)) / scale) * w  .  W_U[:, target]
-
-with `scale` the one ln_final.hook_scale measured in the real forward. These terms plus the
-constant `ln_final.b . W_U[:, target]` (the 'ln bias' term, reported apart) sum exactly to the
-target logit. The same is done for the target logit minus the mean logit over the vocabulary
-(W_U[:, target] - mean_v W_U[:, v]), which ignores what raises every token alike.
+The final residual at the last prompt position is split into what the embeddings, each head, each
+attention bias and each MLP wrote, and each part is read through ln_final (its measured scale) and
+the unembedding: the parts plus the ln bias term sum exactly to the logit of the reply's true first
+token (`dla`), and to it minus the mean logit over the vocabulary (`dla_centered`). The maths is
+guppy.analysis.attribution's, which guppy.explain runs too.
 
 Writes runs/<name>/probes/attribution.csv (one row per chat and component) and
 attribution.html (mean per component and per chat).
@@ -27,56 +21,11 @@ import pandas as pd
 import torch
 
 from guppy.analysis import probe_runner as A
+from guppy.analysis.attribution import attribute
 from guppy.analysis.heldout import heldout_batch
 from guppy.cli import positive_int
-from guppy.run.format import act_name
 
 PROG = "attribution.py"
-
-
-@torch.no_grad()
-def components(model, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, list[str], torch.Tensor, torch.Tensor]:
-    """The final residual at `positions` (B,) split into components -> ((B, C, D), labels,
-    ln_final scale (B, 1), logits (B, V) of the real forward)."""
-    cfg = model.cfg
-    L = cfg.n_layers
-    if cfg.norm != "pre":
-        raise ValueError(f"direct logit attribution needs a pre-LN model: with norm={cfg.norm!r} the final residual "
-                         f"is a LayerNorm's output, not a sum of what each head and MLP wrote")
-    embeds = [n for n in ("hook_embed", "hook_pos_embed") if n in model.hook_dict]  # rotary/none add no positions
-    names = [*embeds, "ln_final.hook_scale", "blocks.*.attn.hook_z", "blocks.*.hook_mlp_out"]
-    logits, cache = model.run_with_cache(tokens, names=names)
-    rows = torch.arange(len(positions))
-    parts = [cache[n][rows, positions][:, None] for n in embeds]
-    labels = [n.removeprefix("hook_") for n in embeds]  # embed, pos_embed
-    for l in range(L):
-        parts.append(cache.head_results(l)[rows, positions])  # (B, H, D)
-        labels += [f"L{l}H{h}" for h in range(cfg.n_heads)]
-        parts.append(model.blocks[l].attn.b_O.expand(len(positions), 1, -1))
-        labels.append(f"L{l} attn bias")
-        parts.append(cache[act_name("mlp_out", l)][rows, positions][:, None])
-        labels.append(f"L{l} MLP")
-    scale = cache["ln_final.hook_scale"][rows, positions]  # (B, 1)
-    return torch.cat(parts, 1), labels, scale, logits[rows, positions]
-
-
-@torch.no_grad()
-def attribute(model, tokens: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor, centered: bool = False):
-    """Direct logit attribution of `targets` (B,) at `positions` (B,) -> (terms (B, C), labels,
-    ln bias term (B,), logit (B,)); terms.sum(1) + bias == logit. With `centered`, for the
-    target logit minus the mean logit over the vocabulary."""
-    comps, labels, scale, logits = components(model, tokens, positions)
-    ln = model.ln_final
-    direction = model.W_U[:, targets].T  # (B, D)
-    if centered:
-        direction = direction - model.W_U.mean(1)
-    normed = (comps - comps.mean(-1, keepdim=True)) / scale[:, None] * ln.w  # (B, C, D)
-    terms = torch.einsum("bcd,bd->bc", normed, direction)
-    bias = direction @ ln.b  # (B,)
-    logit = logits.gather(1, targets[:, None]).squeeze(1)
-    if centered:
-        logit = logit - logits.mean(1)
-    return terms, labels, bias, logit
 
 
 def figure(df: pd.DataFrame):

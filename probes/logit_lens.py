@@ -4,7 +4,8 @@
 
 At each layer boundary (blocks.l.hook_resid_pre for every l, then the last hook_resid_post)
 the residual is decoded as the output is: through ln_final (with its own scale at that
-point, as TransformerLens' logit lens does) and the tied unembedding. Reported per point:
+point, as TransformerLens' logit lens does) and the tied unembedding (guppy.analysis.logit_lens,
+which guppy.explain runs too). Reported per point:
 the next-token loss and top-1 accuracy on the reply tokens of held-out chats, and the top
 tokens predicted for each of a few chats' first reply token.
 
@@ -17,33 +18,13 @@ from __future__ import annotations
 import sys
 
 import pandas as pd
-import torch
 
 from guppy.analysis import probe_runner as A
 from guppy.analysis.heldout import heldout_batch
+from guppy.analysis.logit_lens import lens
 from guppy.cli import positive_int
-from guppy.record import head_scores as M
-from guppy.run.format import resid_points
 
 PROG = "logit_lens.py"
-
-
-@torch.no_grad()
-def lens(model, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None = None, k: int = 5):
-    """Per residual point: (loss, accuracy) over `mask` (B, T-1), and the top-k token ids at
-    `positions` (B,) -> (list of dicts, (points, B, k) ids)."""
-    names = resid_points(model.cfg.n_layers)
-    _, cache = model.run_with_cache(tokens, names=names)
-    targets = tokens[:, 1:][mask]
-    stats, tops = [], []
-    for name in names:
-        logits = M.logit_lens(model, cache[name])  # (B, T, V)
-        at = logits[:, :-1][mask]  # (N, V)
-        stats.append({"point": name, "loss": float(torch.nn.functional.cross_entropy(at.float(), targets)),
-                      "accuracy": float((at.argmax(-1) == targets).float().mean())})
-        if positions is not None:
-            tops.append(logits[torch.arange(len(positions)), positions].topk(k, -1).indices)  # (B, k)
-    return stats, (torch.stack(tops) if tops else None)
 
 
 def figure(df: pd.DataFrame):

@@ -23,7 +23,7 @@ from dashboards import shaping  # noqa: E402
 from guppy.run import format as R  # noqa: E402
 
 APP = str(ROOT / "dashboards" / "app.py")
-VIEWS = ["Run overview", "Attention", "Head metrics", "Residual stream", "Gradients", "Ablation"]  # + Probes
+VIEWS = ["Run overview", "Walkthrough", "Attention", "Head metrics", "Residual stream", "Gradients", "Ablation"]  # + Probes
 
 
 # ---- a runs directory: two good runs, a broken one, a half-written one, one with a bad snapshot

@@ -75,3 +75,45 @@ def test_features_view_in_the_browser(tiny_sae_run, tmp_path):
         assert page.locator("[data-testid='stException']").count() == 0
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard-features.png"), full_page=True)
+
+
+def test_walkthrough_shows_the_reply_and_a_caption_per_layer_for_a_typed_prompt(tiny_recorded_run, tmp_path):
+    import guppy
+
+    runs_dir, name = Path(tiny_recorded_run).parent, Path(tiny_recorded_run).name
+    run = guppy.open_run(tiny_recorded_run)
+    L = run.model_config.n_layers
+    prompt = "is the water cold?"
+    e = guppy.explain(run, prompt)  # what the page must show, computed here
+    plain = [c.text.replace("`", "") for c in e.captions()]  # markdown code spans lose their backticks on screen
+    charts = L + 4  # tokens, embedding, one per layer, output, reply
+    with B.serve(runs_dir, log=tmp_path / "streamlit.log") as url, B.browser() as page:
+        B.load(page, f"{url}?run={name}&view=Walkthrough", charts=charts)
+        typed = B.enter_text(page, "prompt (press Enter)", prompt, index=2)  # layer 0's attention redraws
+        assert page.locator("[data-testid='stException']").count() == 0
+        text = page.inner_text("[data-testid='stMain']")
+        assert f"At step {e.step} the fish replies: {e.reply}" in text
+        blocks = page.locator("[data-testid='stMarkdownContainer']").all_inner_texts()
+        for l in range(L):  # one caption per layer, the one explain wrote
+            assert [b for b in blocks if b.startswith(f"Layer {l}:")] == [plain[2 + l]]
+        assert plain[0] in blocks and plain[-2] in blocks  # the tokens and the output
+        assert page.locator(".js-plotly-plot").count() == charts
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "dashboard-walkthrough.png"
+        page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    print(f"\nscreenshot: {shot}\ntyped prompt to redrawn page {typed:.2f} s")
+
+
+def test_the_walkthrough_pages_screenshot_command_runs(tiny_recorded_run, tmp_path):
+    import shlex
+
+    page = (ROOT / "docs" / "walkthrough.md").read_text()
+    (line,) = [x for x in page.splitlines() if x.startswith(".venv/bin/python dashboards/browser.py ")]
+    args = shlex.split(line)[2:]
+    given = dict(zip(args[::2], args[1::2]))
+    assert given["--view"] == "Walkthrough" and given["--out"] == "docs/walkthrough.png"
+    given |= {"--runs-dir": str(Path(tiny_recorded_run).parent), "--run": Path(tiny_recorded_run).name,
+              "--out": str(tmp_path / "walkthrough.png")}
+    assert B.main([x for kv in given.items() for x in kv]) == 0
+    assert (tmp_path / "walkthrough.png").stat().st_size > 10_000

@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
+from guppy.analysis import attribution
+from guppy.analysis import logit_lens as lens
 from guppy.analysis import probe_runner as A
 from guppy.analysis.heldout import ChatBatch, each_site_losses
 from guppy.analysis.linear_probe import probe_predict, train_linear_probe, train_linear_probes
@@ -113,7 +115,6 @@ def test_batched_site_ablation_matches_one_at_a_time(tiny_model, method):
 
 @pytest.mark.parametrize("centered", [False, True])
 def test_attribution_terms_sum_to_the_logit(tiny_model, centered):
-    attribution = load_probe("attribution")
     tokens = torch.randint(3, 512, (4, 12))
     positions, targets = torch.tensor([11, 5, 0, 7]), torch.tensor([3, 100, 7, 511])
     terms, labels, bias, logit = attribution.attribute(tiny_model, tokens, positions, targets, centered=centered)
@@ -129,9 +130,24 @@ def test_attribution_terms_sum_to_the_logit(tiny_model, centered):
                                atol=1e-5, rtol=1e-5)
 
 
+def test_attribution_of_one_token_over_another_at_several_positions_of_one_forward(tiny_model):
+    tokens = torch.randint(3, 512, (1, 12))
+    positions, targets, others = torch.tensor([2, 7, 11]), torch.tensor([3, 100, 7]), torch.tensor([9, 9, 400])
+    rows = torch.zeros(3, dtype=torch.long)  # three positions of the one sequence
+    logits, cache = tiny_model.run_with_cache(tokens, names=attribution.attribution_hooks(tiny_model))
+    terms, _, bias, diff = attribution.logit_attribution(tiny_model, cache, logits, positions, targets, rows, baseline=others)
+    want = tiny_model(tokens)[0, positions]  # an independent forward
+    want = want.gather(1, targets[:, None]).squeeze(1) - want.gather(1, others[:, None]).squeeze(1)
+    torch.testing.assert_close(diff, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(terms.sum(1) + bias, want, atol=1e-4, rtol=1e-4)
+    # the same as one row per position, each its own forward
+    raw, *_ = attribution.logit_attribution(tiny_model, cache, logits, positions, targets, rows)
+    each, *_ = attribution.attribute(tiny_model, tokens.expand(3, -1), positions, targets)
+    torch.testing.assert_close(raw, each, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("positional", ["rotary", "none"])
 def test_attribution_without_a_position_table(tiny_cfg, positional):
-    attribution = load_probe("attribution")
     torch.manual_seed(0)
     model = GuppyLM(tiny_cfg.replace(positional=positional)).eval()
     tokens, positions, targets = torch.randint(3, 512, (2, 9)), torch.tensor([8, 3]), torch.tensor([5, 9])
@@ -158,7 +174,6 @@ def test_patching_the_whole_residual_recovers_everything(copy_model):
 
 
 def test_logit_lens_at_the_last_point_is_the_model_loss(tiny_model):
-    lens = load_probe("logit_lens")
     tokens = torch.randint(3, 512, (3, 10))
     mask = torch.ones(3, 9, dtype=torch.bool)
     stats, tops = lens.lens(tiny_model, tokens, mask, positions=torch.tensor([9, 4, 0]))

@@ -30,11 +30,17 @@ def render(h: RunHandle, others: list[RunHandle]) -> None:
     m = h.metrics()
     cols[3].metric("last step", int(m.step.max()) if len(m) else 0)
     cols[4].metric("snapshots", len(h.steps))
+    st.button("Walk through one reply: how the fish computes an answer, at any step of its training →",
+              key="to_walkthrough", on_click=_open_walkthrough, type="primary")
     chart(curves(runs), key="overview_curves")
     if h.steps:
         chart(timeline(runs), key="overview_timeline")
     for r in runs:
         replies_table(r)
+
+
+def _open_walkthrough() -> None:
+    st.session_state["view"] = "Walkthrough"  # the sidebar's view radio; a callback runs before it is drawn
 
 
 def curves(runs: list[RunHandle]) -> go.Figure:
