@@ -3,13 +3,15 @@ weight decay alone; frozen weights are bit-identical; resume, sweeps and compare
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_train_config
+from conftest import MINI, tiny_train_config
 
 from guppy.config import TrainConfig
 from guppy.model.transformer import GuppyLM
@@ -191,3 +193,27 @@ def test_freezing_every_weight_of_a_layer_leaves_the_model_trainable(tiny_cfg):
     Interventions(model, TrainConfig(preset="tiny", freeze="blocks.*.attn.*"), pad_id=0)
     grads = {n for n, p in model.named_parameters() if p.requires_grad}
     assert "blocks.0.attn.qkv.weight" not in grads and "blocks.0.mlp.W_in.weight" in grads
+
+
+def test_the_page_commands_run(tmp_path):
+    """docs/interventions.md's lines, on the tiny recipe (its flags after the page's win)."""
+    page = (Path(__file__).parents[1] / "docs" / "interventions.md").read_text()
+    lines = [line.split("  #")[0].strip() for line in page.splitlines() if line.startswith(("guppy-train ", "guppy-sweep "))]
+    assert len(lines) == 5
+    tiny = ["--preset", "tiny", "--persona", str(MINI), "--n-chats", "600", "--vocab-size", "400", "--steps", "2",
+            "--eval-prompts", "0", "--precision", "fp32", "--device", "cpu"]
+    env = os.environ | {"PYTHONPATH": os.getcwd()}
+    for line in lines:
+        args = shlex.split(line)
+        if args[0] == "guppy-train":
+            cmd = ["guppy.train.trainer", *args[1:], *tiny, "--runs-dir", str(tmp_path / "runs"), "--quiet"]
+        else:  # planned and listed: every run's flags checked as guppy-train would
+            cut = args.index("--")
+            cmd = ["guppy.train.sweep", *args[1:cut], "--list", "--runs-dir", str(tmp_path / "runs"), "--",
+                   *args[cut + 1:], *tiny]
+        r = subprocess.run([sys.executable, "-m", *cmd], capture_output=True, text=True, timeout=180, env=env)
+        assert r.returncode == 0, (line, r.stderr[-800:])
+    ran = [json.loads(p.read_text())["train_config"] for p in sorted((tmp_path / "runs").glob("*/run.json"))]
+    assert {(c["ablate"], c["freeze"]) for c in ran} == {("L0H3", ""), ("L0H3,L1.mlp", ""), ("L1H2", ""),
+                                                        ("", "blocks.0.*,embed.weight")}
+    assert r.stdout.count("guppy-train ") == 3 and "--ablate L0H3+L1.mlp" in r.stdout  # the sweep's three runs
