@@ -73,6 +73,9 @@ class Interventions:
             if head is not None:
                 self.heads.setdefault(layer, []).append(head)
         self.mlps = sorted({layer for layer, head in self.sites if head is None})
+        device = next(model.parameters()).device
+        self.off = {l: torch.isin(torch.arange(model.cfg.n_heads), torch.tensor(h))[:, None].float().to(device)
+                    for l, h in self.heads.items()}  # (H, 1) per layer
         self.masks = self._gradient_masks()
         self.means: dict[str, torch.Tensor] = {}  # per hook: the last training micro-batch's mean
         self.real: torch.Tensor | None = None  # (B, T) bool: the current forward's real (non-padding) positions
@@ -120,7 +123,7 @@ class Interventions:
         for p, mask in self.masks:
             if not p.requires_grad:  # frozen as well: frozen wins, it never changes
                 continue
-            if p.grad is None:  # a zero-ablated MLP is off the graph: give AdamW a zero to decay with
+            if p.grad is None:  # no forward this step used it: give AdamW a zero to decay it by
                 p.grad = torch.zeros_like(p)
             for t in (p.grad, optimizer.state.get(p, {}).get("exp_avg")):
                 if t is not None:
@@ -149,11 +152,13 @@ class Interventions:
             self.means[name] = flat.float().mean(0)
         return self.means[name].to(x.dtype)
 
+    # the replaced values are multiplied in, never assigned: the site's weights stay in the graph with
+    # a zero gradient (DDP needs every parameter to take part; AdamW then decays them)
+
     def _head(self, z: torch.Tensor, hook) -> torch.Tensor:  # z (B, T, H, E)
-        heads = self.heads[layer_of(hook.name)]
-        z = z.clone()
-        z[:, :, heads] = 0.0 if self.kind == "zero" else self._mean(z, hook.name)[heads]
-        return z
+        off = self.off[layer_of(hook.name)].to(z.dtype)  # (H, 1): 1 for an ablated head
+        kept = z * (1 - off)
+        return kept if self.kind == "zero" else kept + off * self._mean(z, hook.name)  # mean (H, E)
 
     def _mlp(self, out: torch.Tensor, hook) -> torch.Tensor:  # (B, T, D)
-        return torch.zeros_like(out) if self.kind == "zero" else self._mean(out, hook.name).expand_as(out)
+        return out * 0.0 if self.kind == "zero" else out * 0.0 + self._mean(out, hook.name)
