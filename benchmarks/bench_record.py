@@ -99,7 +99,7 @@ def main() -> None:
                               record=True)
             _, disk_dir, big = train(cfg)
             n, h5_bytes, w_bytes = sizes(disk_dir)
-            epoch_steps = big.batches_per_epoch
+            epoch_steps = big.steps_per_epoch
             full_n = len(snapshot_schedule(epoch_steps))
             state = sum(f.stat().st_size for f in (disk_dir / "checkpoints").glob("*.state.safetensors"))
             total = full_n * (h5_bytes + w_bytes) + state

@@ -3,13 +3,18 @@
     python benchmarks/bench_train.py [--preset guppy] [--steps 12] [--device cuda]
 
 Reference loop (what nanoGPT and the public fish do on a CPU): fp32, random batches padded to
-the longest chat, torch's default AdamW (foreach). guppy's loop (the Trainer's step):
-length-bucketed batches, the Trainer's precision (`pick_precision("auto")`: bf16 autocast on a
-GPU, and on a CPU only where its bf16 matmul is measured >= 1.5x its fp32), fused AdamW. A third
-row runs guppy's loop in the other precision, so both are always measured. Both train on every
-target token, the same model, from the same initial weights.
+the longest chat, torch's default AdamW (foreach). guppy's loop (the Trainer's step): the same
+random draws of chats (a step's chats are one random draw: guppy.train.trainer), the Trainer's
+precision (`pick_precision("auto")`: bf16 autocast on a GPU, and on a CPU only where its bf16
+matmul is measured >= 1.5x its fp32), fused AdamW. More rows run guppy's loop in the other
+precision, and on length-bucketed batches (chats of one length together: the Trainer's order
+before its steps were random draws, kept here to measure what the draws cost in padding). All
+train on every target token, the same model, from the same initial weights.
 Throughput counts non-padding target tokens per second. MFU compares the model FLOPs
-(6 x matmul parameters per token, plus attention) to a bf16 and an fp32 matmul measured here.
+(6 x matmul parameters per token, plus attention) to bf16 and fp32 peaks measured here over the
+step's own matrix products (every linear map's forward and both backward products at the
+step's sizes, the best of several runs of each, and a large square product): a peak the step
+cannot beat, so an MFU above 100% would be a bug of this script, not a fast CPU.
 
 Health: a third loop is guppy's step with the Trainer's Watchdog (guppy.health.watchdog: health
 signals every --log-every steps, the per-parameter ring buffer and finiteness check every
@@ -36,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import load_note  # noqa: E402  (benchmarks/machine.py)
 
 from guppy.config import model_config  # noqa: E402
-from guppy.data.dataset import DataConfig, bucket_batches, collate, load_dataset, random_batches  # noqa: E402
+from guppy.data.dataset import DataConfig, collate, load_dataset, padding_fraction, random_batches  # noqa: E402
 from guppy.health.watchdog import Watchdog  # noqa: E402
 from guppy.model.transformer import GuppyLM  # noqa: E402
 from guppy.train.trainer import BF16_CPU_MIN_SPEEDUP, TrainConfig, build_optimizer, cpu_bf16_speedup, pick_precision, target_loss  # noqa: E402
@@ -47,16 +52,45 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_flops(dtype: torch.dtype, device: torch.device = torch.device("cpu"), reps: int = 8) -> float:
-    n = 8192 if device.type == "cuda" else 2048
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    a @ b
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t)
+def step_products(cfg, rows: int, targets: int, device: torch.device) -> list[tuple[str, int, int, int]]:
+    """(name, rows, in, out) of every linear map of a training step at `rows` positions (the
+    unembedding at the `targets` decoded ones), and a large square product."""
+    D, M, V = cfg.d_model, cfg.d_mlp, cfg.d_vocab
+    square = 8192 if device.type == "cuda" else 2048
+    return [("qkv", rows, D, 3 * D), ("attn out", rows, D, D), ("mlp in", rows, D, M), ("mlp out", rows, M, D),
+            ("unembed", targets, D, V), ("square", square, square, square)]
+
+
+def matmul_peak(dtype: torch.dtype, products, device: torch.device, reps: int = 5) -> tuple[float, str]:
+    """The fastest FLOP/s among the step's products in `dtype`, each timed as the step runs it:
+    forward x W^T, input gradient g W and weight gradient g^T x (W as a Linear holds it), the
+    best of `reps` runs each; and which product gave it."""
+    best, where = 0.0, ""
+    for name, r, i, o in products:
+        x, w, g = (torch.randn(*shape, dtype=dtype, device=device) for shape in ((r, i), (o, i), (r, o)))
+        for form, (a, b) in {"forward": (x, w.T), "input grad": (g, w), "weight grad": (g.T, x)}.items():
+            a @ b  # warm-up: the first call of a shape picks its kernel
+            sync(device)
+            for _ in range(reps):
+                t = time.perf_counter()
+                a @ b
+                sync(device)
+                flops = 2 * a.shape[0] * a.shape[1] * b.shape[1] / (time.perf_counter() - t)
+                if flops > best:
+                    best, where = flops, f"{name} {form} ({a.shape[0]}x{a.shape[1]} @ {b.shape[0]}x{b.shape[1]})"
+    return best, where
+
+
+def length_bucketed(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, window: int = 64) -> list:
+    """The Trainer's batches before a step became a random draw: chats shuffled, sorted by length
+    inside windows of `window` batches and cut, the batches shuffled (little padding, but a batch
+    holds chats of one length, a biased sample of topics and templates)."""
+    order, batches = rng.permutation(len(lengths)), []
+    for s in range(0, len(order), batch_size * window):
+        chunk = order[s:s + batch_size * window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def flops_per_token(cfg, mean_len: float) -> float:
@@ -180,44 +214,56 @@ def main() -> None:
     pad = data.tokenizer.pad_id
     rng = np.random.default_rng(0)
     lengths = data.train.lengths
-    plain_batches = random_batches(len(lengths), args.batch_size, rng)
-    bucketed = bucket_batches(lengths, args.batch_size, rng)
+    draws = random_batches(len(lengths), args.batch_size, rng)  # the Trainer's steps, and the reference's
+    bucketed = length_bucketed(lengths, args.batch_size, rng)
     fast_dtype = pick_precision("auto", device)
     other_dtype = torch.float32 if fast_dtype != torch.float32 else torch.bfloat16
 
     torch.manual_seed(0)
     ref = GuppyLM(cfg).to(device)
     copies = {}
-    for name in ("ours", "other", "health"):
+    for name in ("ours", "other", "health", "bucketed"):
         copies[name] = GuppyLM(cfg).to(device)
         copies[name].load_state_dict(ref.state_dict())
     watch = Watched(copies["health"], args.steps + 2, args.log_every)
     tcfg = TrainConfig()
     # the reference loop: fp32, pad-to-longest random batches, loss on every token, plain AdamW
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=tcfg.lr, betas=(0.9, 0.95), weight_decay=tcfg.weight_decay)
-    loops = {"ref": (ref, ref_opt, plain_loss, plain_batches, torch.float32, data, pad),
-             "ours": (copies["ours"], build_optimizer(copies["ours"], tcfg), guppy_loss, bucketed, fast_dtype, data, pad),
-             "other": (copies["other"], build_optimizer(copies["other"], tcfg), guppy_loss, bucketed, other_dtype, data,
+    loops = {"ref": (ref, ref_opt, plain_loss, draws, torch.float32, data, pad),
+             "ours": (copies["ours"], build_optimizer(copies["ours"], tcfg), guppy_loss, draws, fast_dtype, data, pad),
+             "other": (copies["other"], build_optimizer(copies["other"], tcfg), guppy_loss, draws, other_dtype, data,
                        pad),
-             "health": (copies["health"], build_optimizer(copies["health"], tcfg), guppy_loss, bucketed, fast_dtype,
-                        data, pad, watch)}
+             "health": (copies["health"], build_optimizer(copies["health"], tcfg), guppy_loss, draws, fast_dtype,
+                        data, pad, watch),
+             "bucketed": (copies["bucketed"], build_optimizer(copies["bucketed"], tcfg), guppy_loss, bucketed,
+                          fast_dtype, data, pad)}
     timed = run_loops(loops, args.steps)
     (ref_tps, _), (our_tps, our_step), (_, watched_step) = timed["ref"], timed["ours"], timed["health"]
     shares = where_time_goes(loops["ours"])
 
-    peak_bf16, peak_fp32 = matmul_flops(torch.bfloat16, device), matmul_flops(torch.float32, device)
+    timed_draws = draws[:args.steps + 2]
+    capped = np.minimum(lengths, cfg.n_ctx + 1) - 1  # inputs (and targets) per chat
+    rows = int(np.median([len(b) * capped[b].max() for b in timed_draws]))
+    targets = int(np.median([capped[b].sum() for b in timed_draws]))
+    products = step_products(cfg, rows, targets, device)
+    (peak_bf16, where_bf16), (peak_fp32, where_fp32) = (matmul_peak(d, products, device)
+                                                        for d in (torch.bfloat16, torch.float32))
     fpt = flops_per_token(cfg, float(lengths.mean()))
     threads = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(f"preset {args.preset}: {sum(p.numel() for p in ref.parameters()):,} parameters, dropout {cfg.dropout}, "
           f"batch {args.batch_size}, "
           f"{args.steps} timed steps, {threads}")
     print(f"{'loop':<44}{'s/step':>8}{'tokens/s':>11}{'MFU bf16':>10}{'MFU fp32':>10}")
-    rows = (("reference (fp32, pad-to-longest)", *timed["ref"]),
-            (f"guppy ({str(fast_dtype)[6:]}, bucketed; the Trainer's)", *timed["ours"]),
-            (f"guppy ({str(other_dtype)[6:]}, bucketed)", *timed["other"]))
-    for name, tps, step in rows:
+    table = (("reference (fp32, pad-to-longest)", *timed["ref"]),
+             (f"guppy ({str(fast_dtype)[6:]}, random draws; the Trainer's)", *timed["ours"]),
+             (f"guppy ({str(other_dtype)[6:]}, random draws)", *timed["other"]),
+             (f"guppy ({str(fast_dtype)[6:]}, length-bucketed: before)", *timed["bucketed"]))
+    for name, tps, step in table:
         print(f"{name:<44}{step:>8.3f}{tps:>11,.0f}{tps * fpt / peak_bf16:>10.1%}{tps * fpt / peak_fp32:>10.1%}")
     print(f"speedup (tokens/s): {our_tps / ref_tps:.2f}x   (target >= 2x)")
+    print(f"padding of the timed batches: random draws {padding_fraction(capped, timed_draws):.1%}, length-bucketed "
+          f"{padding_fraction(capped, bucketed[:args.steps + 2]):.1%}; the draws' tokens/s "
+          f"{our_tps / timed['bucketed'][0]:.2f}x the bucketed batches'")
     if device.type == "cpu":
         print(f"bf16 / fp32 matmul speed measured by the Trainer's precision choice: {cpu_bf16_speedup():.2f}x "
               f"(bf16 autocast from {BF16_CPU_MIN_SPEEDUP}x)")
@@ -228,7 +274,8 @@ def main() -> None:
           f"{watched_step / our_step - 1:+.1%} s/step against guppy's plain step, {inside:.1%} of a step inside "
           f"its calls   (target <= 2%)")
     unit, scale = ("TFLOP/s", 1e12) if device.type == "cuda" else ("GFLOP/s", 1e9)
-    print(f"matmul peaks measured here: bf16 {peak_bf16 / scale:.0f} {unit}, fp32 {peak_fp32 / scale:.0f} {unit}; "
+    print(f"matmul peaks measured here over the step's products ({rows} rows, {targets} decoded): bf16 "
+          f"{peak_bf16 / scale:.0f} {unit} ({where_bf16}), fp32 {peak_fp32 / scale:.0f} {unit} ({where_fp32}); "
           f"model FLOPs/token {fpt / 1e6:.1f} M")
     print(load_note())
 

@@ -69,7 +69,29 @@ def run_signature(run_dir: Path) -> tuple:
 
 
 def head_label(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
+    return R.site_name(layer, head)
+
+
+# ---- what was done to a run's model while it trained (guppy-train --ablate / --freeze) ----------
+
+
+def interventions(meta: dict) -> str:
+    """'L0H3 zero-ablated during steps 1000:; frozen: blocks.0.*' from run.json, '' if nothing."""
+    cfg = meta.get("train_config") or {}
+    parts = []
+    if cfg.get("ablate"):
+        steps = cfg.get("ablate_steps") or ""
+        parts.append(f"{cfg['ablate'].replace(',', ', ')} {cfg.get('ablate_kind', 'zero')}-ablated "
+                     + (f"during steps {steps}" if steps else "all along"))
+    if cfg.get("freeze"):
+        parts.append(f"frozen: {cfg['freeze'].replace(',', ', ')}")
+    return "; ".join(parts)
+
+
+def ablated_heads(meta: dict) -> set[tuple[int, int]]:
+    """(layer, head) of every head knocked out while the run trained."""
+    sites = R.parse_sites((meta.get("train_config") or {}).get("ablate", ""))
+    return {(layer, head) for layer, head in sites if head is not None}
 
 
 def _in_block(name: str) -> tuple[int | None, str]:

@@ -62,7 +62,10 @@ EXPERIMENTS = {e.name: e for e in (
     Experiment("batch", "batch size and gradient accumulation", ("batch_size/grad_accum=64/1,16/4,16/1",), "grad_norm",
                seeds="0,1"),
     Experiment("init", "sensitivity to the initialisation scale", ("init_std=0.002,0.02,0.2",), "resid_rms"),
-    Experiment("positional", "an alternative positional encoding", ("positional=learned,sinusoidal,rotary,none",),
+    # sinusoidal twice: with the 2017 paper's sqrt(d_model) embedding scale (embed_scale 0: guppy-train's
+    # default for it) and without it (1: what this experiment ran before the scale existed)
+    Experiment("positional", "an alternative positional encoding",
+               ("positional/embed_scale=learned/0,sinusoidal/0,sinusoidal/1,rotary/0,none/0",),
                "prev_token"),
     Experiment("norm", "pre- against post-LayerNorm without warmup", ("norm=pre,post",), "grad_norm",
                base=("--preset", "demo", "--n-layers", "4", "--steps", "600", "--warmup-steps", "0",

@@ -2,6 +2,7 @@
 
     python -m experiments.induction                       # what `make demo-induction` runs
     python -m experiments.induction --steps 400 --every 5 --run-name try
+    python -m experiments.induction --ablate L0H3 --ablate-steps 2000: --run-name late-ko   # knock a head out while training
 
 The recipe (`recipe()`) trains the 2-layer `induction` preset on a mix of ordinary chats and
 multi-turn memory chats (`guppy.data.memory_chats`), recorded (snapshots every `record_every` steps,
@@ -87,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="chats per step (default %(default)s)")
     p.add_argument("--preset", default=recipe().preset, help="model preset (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order (default 0)")
+    p.add_argument("--ablate", default="", help="sites knocked out while training, as guppy-train --ablate "
+                   "(L0H3, L1.mlp, joined by +; default none)")
+    p.add_argument("--ablate-steps", default="", help="the steps they stay knocked out, as guppy-train "
+                   "--ablate-steps (A:B, A:, :B; default all)")
     p.add_argument("--run-name", default="", help="run folder name (default: induction-<timestamp>)")
     p.add_argument("--runs-dir", default="runs", help="where runs are written (default runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = recipe(steps=args.steps, record_every=args.record_every, record=not args.no_record, lr=args.lr,
                      min_lr=args.lr / 10, memory_fraction=args.memory_fraction, seed=args.seed,
                      loss_on=args.loss_on, memory_kinds=args.memory_kinds, batch_size=args.batch_size,
-                     preset=args.preset,
+                     preset=args.preset, ablate=args.ablate, ablate_steps=args.ablate_steps,
                      run_name=args.run_name, runs_dir=args.runs_dir)
         monitor = RecallMonitor(every=args.every, n_chats=args.recall_chats)
         trainer = start_run(cfg, callbacks=[monitor], show_progress=not args.quiet)

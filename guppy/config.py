@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
+
+from guppy.run.format import parse_sites, parse_steps, site_name
 
 # architectural variants (guppy-train --positional/--norm/--act; ModelConfig fields of the same names)
 POSITIONAL = ("learned", "sinusoidal", "rotary", "none")
@@ -23,7 +26,10 @@ class ModelConfig:
     al. 2017), rotary q/k (RoFormer; GPT-NeoX's half split over all of d_head, base 10000, as
     TransformerLens), or none (causal attention alone). norm: LayerNorm before each sublayer
     (pre, GPT-2) or after each residual add (post, 2017). act: MLP ReLU or GELU (erf form).
-    Runs written before these fields existed load with the defaults, which is what they were."""
+    embed_scale: the token embeddings times this before positions are added (the 2017 paper's
+    sqrt(d_model), which guppy-train sets for sinusoidal positions: without it a table of amplitude
+    1 drowns embeddings of std 0.02). Runs written before these fields existed load with the
+    defaults, which is what they were."""
 
     d_vocab: int = 4096
     n_ctx: int = 128
@@ -38,6 +44,7 @@ class ModelConfig:
     positional: str = "learned"
     norm: str = "pre"
     act: str = "relu"
+    embed_scale: float = 1.0
 
     def __post_init__(self):
         for name in ("d_vocab", "n_ctx", "d_model", "n_layers", "n_heads", "d_head", "d_mlp"):
@@ -50,6 +57,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
         if not self.init_std > 0:
             raise ValueError(f"ModelConfig.init_std must be positive, got {self.init_std}")
+        if not self.embed_scale > 0:
+            raise ValueError(f"ModelConfig.embed_scale must be positive, got {self.embed_scale}")
         for name, choices in (("positional", POSITIONAL), ("norm", NORMS), ("act", ACTIVATIONS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"ModelConfig.{name}: {getattr(self, name)!r} is not one of {', '.join(choices)}")
@@ -142,6 +151,8 @@ class TrainConfig:
                    choices=NORMS)
     act: str = _f("relu", "MLP activation; gelu is the exact erf form", choices=ACTIVATIONS)
     init_std: float = _f(0.0, "std of the normal initialisation of weight matrices; 0 = the preset's (0.02)")
+    embed_scale: float = _f(0.0, "multiply the token embeddings by this; 0 = sqrt(d_model) with sinusoidal positions "
+                                 "(as Vaswani et al. 2017), 1 with the others")
     persona: str = _f("fish", "persona: a shipped name (fish, fern) or a path to a .toml file")
     n_chats: int = _f(60_000, "chats to generate, split equally over topics")
     data_seed: int = _f(0, "seed of the generated chats")
@@ -169,6 +180,15 @@ class TrainConfig:
     log_every: int = _f(10, "write a metrics row (and a health.csv row) every N steps")
     spike_factor: float = _f(4.0, "a step whose loss is above this x the median of the last 50 steps is a spike: "
                                   "noted in run.json and, when recording, snapshotted; 0 = off")
+    # interventions while training (guppy.train.interventions)
+    ablate: str = _f("", "knock out a site while training: a head L0H3 or an MLP L1.mlp; repeat the flag or join "
+                         "sites with + (L0H3+L1.mlp); none = nothing", repeat=True)
+    ablate_kind: str = _f("zero", "what an ablated site outputs: zero, or its mean over the batch's real positions",
+                          choices=("zero", "mean"))
+    ablate_steps: str = _f("", "optimizer steps the ablation lasts, as a slice: A:B, A: (from step A on) or :B; "
+                               "empty = all")
+    freeze: str = _f("", "parameters that never change: a glob of parameter names (blocks.0.*, embed.weight); "
+                         "repeat the flag or join globs with +; none = nothing", repeat=True)
     record: bool = _f(False, "snapshot the model's insides to HDF5 (see --record-every, --record-hooks)")
     record_every: int = _f(0, "snapshot every N steps, besides step 0, powers of two and epoch ends; 0 = total/10")
     record_log_spaced: bool = _f(True, "also snapshot at steps 1, 2, 4, 8, ... when structure forms")
@@ -190,7 +210,7 @@ class TrainConfig:
             "record_every": self.record_every >= 0, "record_inputs": self.record_inputs >= 3,
             "n_layers": self.n_layers >= 0, "d_model": self.d_model >= 0, "n_heads": self.n_heads >= 0,
             "d_head": self.d_head >= 0, "d_mlp": self.d_mlp >= 0, "n_ctx": self.n_ctx == 0 or self.n_ctx >= MIN_N_CTX,
-            "init_std": self.init_std >= 0,
+            "init_std": self.init_std >= 0, "embed_scale": self.embed_scale >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -199,6 +219,10 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name}: {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
+        # one spelling of each list: "L0H3+L1.mlp", "L0H3,L1.mlp" and "none" -> "L0H3,L1.mlp" / ""
+        object.__setattr__(self, "ablate", ",".join(site_name(*s) for s in parse_sites(self.ablate)))
+        object.__setattr__(self, "freeze", ",".join(_items(self.freeze)))
+        parse_steps(self.ablate_steps)
         if "/" in self.run_name or self.run_name.startswith("."):
             raise ValueError(f"run_name: {self.run_name!r} must be a plain folder name")
         model_config(self)  # a bad combination of architecture flags is refused here, before any run folder
@@ -214,7 +238,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        d = {LEGACY_TRAIN_KEYS.get(k, k): v for k, v in d.items()}
+        d = LEGACY_TRAIN_DEFAULTS | {LEGACY_TRAIN_KEYS.get(k, k): v for k, v in d.items()}
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown TrainConfig keys: {', '.join(sorted(unknown))}")
@@ -230,6 +254,15 @@ PRESET_RECIPES = {
 
 # run.json files of schema 1 name some fields as they were then
 LEGACY_TRAIN_KEYS = {"record_probes": "record_inputs"}
+# what a run.json written before a field existed trained with, where the field's default differs
+# (embed_scale 0 now scales sinusoidal runs by sqrt(d_model); before the field they had 1)
+LEGACY_TRAIN_DEFAULTS = {"embed_scale": 1.0}
+
+
+def _items(text: str) -> list[str]:
+    """A repeatable flag's value as its items: 'a+b,c' -> ['a', 'b', 'c']; '' and 'none' -> []."""
+    items = [t.strip() for t in text.replace("+", ",").split(",") if t.strip()]
+    return [] if items == ["none"] else list(dict.fromkeys(items))
 
 
 def model_config(cfg: TrainConfig) -> ModelConfig:
@@ -244,6 +277,7 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
         changes["dropout"] = cfg.dropout
     if cfg.init_std > 0:
         changes["init_std"] = cfg.init_std
+    changes["embed_scale"] = cfg.embed_scale or (math.sqrt(d_model) if cfg.positional == "sinusoidal" else 1.0)
     try:
         return base.replace(**changes)
     except ValueError as e:

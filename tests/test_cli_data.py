@@ -15,7 +15,7 @@ def run(*args, cache):
 def test_prints_stats_and_samples(tmp_path):
     r = run("--persona", str(MINI), "--n-chats", "300", "--vocab-size", "400", "--samples", "2", cache=tmp_path)
     assert r.returncode == 0, r.stderr
-    for key in ("chats_train", "unique_replies_per_topic_min", "eval_pairs_in_train", "vocab_used", "padding_bucketed"):
+    for key in ("chats_train", "unique_replies_per_topic_min", "eval_pairs_in_train", "vocab_used", "padding_16x4"):
         assert key in r.stdout
     assert r.stdout.count("pebble: ") == 2
 

@@ -482,3 +482,21 @@ def test_each_training_target_ends_with_the_dashboard_and_its_run():
         assert last.startswith('echo "next: make dashboard, then open http://localhost:8501/?run=' + prefix), last
         run = last.split("?run=")[1].rstrip('"')
         assert any(f"runs/{run}" in line or f"--run-name {run}" in line for line in out[:-1]), (target, run)
+
+
+def test_head_and_ablation_views_say_what_was_knocked_out_while_training(tiny_recorded_run, tmp_path, monkeypatch):
+    shutil.copytree(tiny_recorded_run, tmp_path / "knocked", ignore=shutil.ignore_patterns("probes"))
+    meta = json.loads((tmp_path / "knocked" / "run.json").read_text())
+    meta["train_config"] |= {"ablate": "L0H1,L1.mlp", "ablate_steps": "3:", "freeze": "embed.weight"}
+    (tmp_path / "knocked" / "run.json").write_text(json.dumps(meta))
+    said = "L0H1, L1.mlp zero-ablated during steps 3:; frozen: embed.weight"
+    assert shaping.interventions(meta) == said and shaping.ablated_heads(meta) == {(0, 1)}
+    assert shaping.interventions(json.loads((tiny_recorded_run / "run.json").read_text())) == ""
+    at = app(tmp_path, monkeypatch, "Head metrics", run="knocked")
+    ok(at)
+    assert said in at.warning[0].value
+    marks = [t for t in charts(at)[0]["data"] if t.get("mode") == "text"]
+    assert marks and marks[0]["x"] == ["H1"] and marks[0]["y"] == ["L0"]
+    at = app(tmp_path, monkeypatch, "Ablation", run="knocked")
+    ok(at)
+    assert said in at.warning[0].value and at.checkbox(key="abl_0_1").label == "L0H1 ✕"

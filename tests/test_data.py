@@ -12,13 +12,13 @@ import pytest
 from guppy.data.dataset import (
     ChatFile,
     DataConfig,
-    bucket_batches,
     collate,
     count_targets,
     generate_chats,
     load_dataset,
     padding_fraction,
     random_batches,
+    sorted_parts,
 )
 from guppy.data.persona import list_personas, load_persona
 
@@ -131,13 +131,21 @@ def test_corrupt_cache_is_rebuilt(tmp_path):
     assert np.array_equal(np.asarray(again.train.tokens), tokens)
 
 
-def test_bucketing_covers_every_chat_once_and_pads_less(fish):
+def test_steps_are_random_draws_cut_into_sorted_parts_that_pad_less(fish):
     lengths = fish.train.lengths
-    rng = np.random.default_rng(0)
-    buckets = bucket_batches(lengths, 32, rng)
-    assert sorted(np.concatenate(buckets).tolist()) == list(range(len(lengths)))
-    plain = random_batches(len(lengths), 32, rng)
-    assert padding_fraction(lengths, buckets) < 0.5 * padding_fraction(lengths, plain)
+    steps = random_batches(len(lengths), 64, np.random.default_rng(0))
+    assert sorted(np.concatenate(steps).tolist()) == list(range(len(lengths)))  # every chat once a pass
+    parts = [sorted_parts(idx, lengths, 4) for idx in steps]
+    for idx, cut in zip(steps, parts):
+        assert sorted(np.concatenate(cut).tolist()) == sorted(idx.tolist())  # a step's chats, no other
+        assert [len(p) for p in cut] == [16] * 4 or len(idx) < 64
+        assert all(lengths[a].max() <= lengths[b].min() for a, b in zip(cut, cut[1:]))  # shortest first
+    # a step is no sample biased by length: its mean length is the data's, give or take its spread
+    means = np.array([lengths[idx].mean() for idx in steps[:-1]])
+    assert abs(means.mean() - lengths.mean()) < 3 * lengths.std() / np.sqrt(64 * len(means))
+    assert means.std() < 1.5 * lengths.std() / np.sqrt(64)
+    flat = [p for cut in parts for p in cut]
+    assert padding_fraction(lengths, flat) < 0.6 * padding_fraction(lengths, steps)
 
 
 def test_collate_masks_reply_and_end_only():

@@ -126,7 +126,7 @@ def one_process(tmp_path_factory):
     cfg = tiny_train_config(tmp_path_factory.mktemp("one"), n_chats=603, batch_size=4, steps=STEPS, record=True,
                             record_inputs=6, run_name="one")
     trainer = start_run(cfg, show_progress=False)
-    assert min(len(b) for b in trainer._epoch_batches(0)) == 1
+    assert min(len(b) for b in trainer._epoch_steps(0)) == 1
     assert trainer.fit() == "finished"
     return cfg, trainer.run_dir
 

@@ -52,3 +52,34 @@ def test_an_unknown_experiment_is_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         experiments.main(["figure", "lrr"])
     assert e.value.code == 2 and "unknown experiment 'lrr'" in capsys.readouterr().err
+
+
+def test_the_knockout_figure_and_numbers_come_from_the_runs_recall_tables(tmp_path, capsys):
+    """experiments/knockout.py on two runs' recall.csv: the numbers it prints are the tables'."""
+    pytest.importorskip("matplotlib")
+    import json
+
+    import knockout
+    import numpy as np
+    import pandas as pd
+
+    from guppy.config import TrainConfig
+
+    steps = np.arange(0, 1001, 100)
+    for name, ablate, recall in (("intact", "", steps / 2000), ("ko", "L0H3", np.zeros(len(steps)))):
+        (tmp_path / name).mkdir()
+        cfg = TrainConfig(preset="induction", ablate=ablate, ablate_steps="500:" if ablate else "")
+        (tmp_path / name / "run.json").write_text(json.dumps({"train_config": cfg.to_dict(), "status": "finished"}))
+        table = {"step": steps, "recall_acc": recall}
+        for h in range(4):
+            table[f"prev_token.L0H{h}"] = np.full(len(steps), 0.1 + 0.1 * h)
+            table[f"chat_induction.L1H{h}"] = np.full(len(steps), 0.05 * h)
+        pd.DataFrame(table).to_csv(tmp_path / name / "recall.csv", index=False)
+    out = tmp_path / "ko.png"
+    assert knockout.main(["--runs", str(tmp_path / "intact"), str(tmp_path / "ko"), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert "intact: nothing knocked out -> recall 50.0% of held-out chats at step 1000 (20% first at step 400)" in said
+    assert "ko: L0H3 knocked out at steps 500: -> recall 0.0%" in said and "(never 20%)" in said
+    assert "previous-token head L0H2 0.30, knocked-out L0H3 0.40" in said and "copy head L1H3 0.15" in said
+    assert "previous-token head L0H3 0.40; best" in said  # in the intact run

@@ -62,8 +62,9 @@ def test_agreement_holds_for_a_trained_model(tiny_run):
 
 # init_std 0.2: sharp attention, so a wrong position convention moves the logits by whole units
 @pytest.mark.parametrize("variant", [dict(positional="rotary"), dict(act="gelu"), dict(positional="sinusoidal"),
+                                     dict(positional="sinusoidal", embed_scale=32 ** 0.5),
                                      dict(positional="none"), dict(positional="rotary", act="gelu")],
-                         ids=lambda v: "-".join(v.values()))
+                         ids=lambda v: "-".join(map(str, v.values())))
 def test_transformer_lens_agrees_for_each_variant(tiny_cfg, variant):
     torch.manual_seed(0)
     model = GuppyLM(tiny_cfg.replace(init_std=0.2, **variant)).eval()

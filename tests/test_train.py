@@ -9,12 +9,14 @@ import sys
 import time
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import guppy
 import guppy.train.trainer as train_mod
+from guppy.model.transformer import GuppyLM
 from guppy.run.format import list_checkpoints, state_path
 from guppy.train.callbacks import Callback
 from guppy.train.trainer import TrainConfig, build_optimizer, lr_at, pick_precision, start_run
@@ -67,6 +69,29 @@ def test_resume_equals_never_stopping(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     strip = lambda rs: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "elapsed_s")} for r in rs]
     assert strip(rows(whole.run_dir)) == strip(rows(parted.run_dir))
+
+
+def test_64x1_and_16x4_take_the_same_chats_per_step_to_the_same_weights(tmp_path):
+    """Accumulation is what it claims: a step's chats are one random draw, however it is cut into
+    forward passes, so the two configurations differ by float rounding only (fp32, no dropout)."""
+    cfg = tiny_train_config(tmp_path, steps=6, eval_prompts=0, dropout=0.0)
+    big = start_run(replace(cfg, batch_size=64, grad_accum=1, run_name="64x1"), show_progress=False)
+    small = start_run(replace(cfg, batch_size=16, grad_accum=4, run_name="16x4"), show_progress=False)
+    steps_big, steps_small = big._steps(), small._steps()
+    for _ in range(big.steps_per_epoch + 2):  # across an epoch's end too
+        one, four = next(steps_big), next(steps_small)
+        assert len(one) == 1 and len(four) == 4
+        assert sorted(one[0].tolist()) == sorted(np.concatenate(four).tolist())
+    big.epoch = big.epoch_step = small.epoch = small.epoch_step = 0
+    assert big.fit() == small.fit() == "finished"
+    a, b = final_weights(big.run_dir), final_weights(small.run_dir)
+    torch.manual_seed(cfg.seed)  # the weights both started from
+    start = GuppyLM(big.model.cfg).state_dict()
+    moved = max(float((a[k] - start[k]).abs().max()) for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert moved > 1e-3  # the weights did move: the equality is no accident of standing still
+    assert [r["loss"][:6] for r in rows(big.run_dir)] == [r["loss"][:6] for r in rows(small.run_dir)]
 
 
 def test_divergence_stops_naming_step_and_last_good_checkpoint(tmp_path):

@@ -27,6 +27,7 @@ from guppy.train.trainer import start_run
 # position bug moves the numbers well past the tolerances
 MODEL_VARIANTS = {
     "learned": dict(), "sinusoidal": dict(positional="sinusoidal"), "rotary": dict(positional="rotary"),
+    "sinusoidal-scaled": dict(positional="sinusoidal", embed_scale=32 ** 0.5),
     "none": dict(positional="none"), "post-ln": dict(norm="post"), "gelu": dict(act="gelu"),
     "rotary-post-gelu": dict(positional="rotary", norm="post", act="gelu"),
 }
@@ -49,6 +50,26 @@ def test_sinusoids_are_the_2017_table():
             assert math.isclose(table[p, 2 * i], math.sin(angle), abs_tol=1e-6)
             assert math.isclose(table[p, 2 * i + 1], math.cos(angle), abs_tol=1e-6)
     assert sinusoids(8, 5).shape == (8, 5)  # an odd width drops the last cosine
+
+
+def test_sinusoidal_runs_scale_their_embeddings_by_sqrt_d_model_and_old_runs_stay_as_they_were(tiny_cfg):
+    cfg = TrainConfig(preset="tiny", positional="sinusoidal")
+    assert model_config(cfg).embed_scale == math.sqrt(tiny_cfg.d_model)  # the 2017 paper's scale
+    assert model_config(TrainConfig(preset="tiny")).embed_scale == 1.0  # a learned table: as before
+    assert model_config(TrainConfig(preset="tiny", positional="sinusoidal", embed_scale=1.0)).embed_scale == 1.0
+    before = cfg.to_dict()
+    del before["embed_scale"]  # a run.json written before the field: it trained unscaled
+    assert model_config(TrainConfig.from_dict(before)).embed_scale == 1.0
+    old_model = model_config(cfg).to_dict()
+    del old_model["embed_scale"]
+    assert type(tiny_cfg).from_dict(old_model).embed_scale == 1.0
+
+    torch.manual_seed(0)
+    model = GuppyLM(tiny_cfg.replace(positional="sinusoidal", embed_scale=4.0)).eval()
+    tokens = torch.randint(0, 512, (2, 9))
+    _, cache = model.run_with_cache(tokens, names=["hook_embed", "blocks.0.hook_resid_pre"])
+    torch.testing.assert_close(cache["hook_embed"], 4.0 * model.W_E[tokens])
+    torch.testing.assert_close(cache["blocks.0.hook_resid_pre"], 4.0 * model.W_E[tokens] + sinusoids(9, 32))
 
 
 def test_rotary_turns_q_and_k_by_their_position(tiny_cfg):

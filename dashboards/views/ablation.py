@@ -12,7 +12,7 @@ import torch
 
 from dashboards import cache
 from dashboards.cache import RunHandle
-from dashboards.shaping import head_label, input_names, user_prompt
+from dashboards.shaping import ablated_heads, head_label, input_names, interventions, user_prompt
 from dashboards.views.common import DIVERGING, chart, heatmap_layout
 from guppy.model.ablate import ablate
 from guppy.model.generate import generate
@@ -64,12 +64,16 @@ def render(h: RunHandle, others=()) -> None:
                       help="zero: the head's output removed; mean: replaced by its mean over the watch set")
     prompt = st.text_input("prompt", value=user_prompt(p.text[chats[0]]) if chats else "hi guppy", key="abl_prompt")
     st.caption("Tick heads to ablate (rows: layers, columns: heads).")
+    if done := interventions(h.run.meta):
+        st.warning(f"Trained with {done} (guppy-train --ablate / --freeze); heads knocked out while it trained "
+                   "are marked ✕ (their weights moved by weight decay alone).")
+    knocked = ablated_heads(h.run.meta)
     heads = []
     for l in range(cfg.n_layers):
         cols = st.columns(cfg.n_heads + 1)
         cols[0].markdown(f"**L{l}**")
         for hh in range(cfg.n_heads):
-            if cols[hh + 1].checkbox(head_label(l, hh), key=f"abl_{l}_{hh}"):
+            if cols[hh + 1].checkbox(head_label(l, hh) + (" ✕" if (l, hh) in knocked else ""), key=f"abl_{l}_{hh}"):
                 heads.append((l, hh))
     heads = tuple(heads)
     path, mtime = str(h.path), h.snaps[step]

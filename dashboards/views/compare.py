@@ -23,7 +23,7 @@ from dashboards.alignment import (
     time_points,
 )
 from dashboards.cache import READ_ERRORS, RunHandle
-from dashboards.shaping import head_label, input_names, input_pattern, metric_range, token_labels
+from dashboards.shaping import head_label, input_names, input_pattern, interventions, metric_range, token_labels
 from dashboards.views.attention import grid as attention_grid
 from dashboards.views.common import DIVERGING, SEQUENTIAL, chart, heatmap_layout
 from dashboards.views.heads import TITLES
@@ -41,7 +41,9 @@ def render(view: str, runs: list[RunHandle]) -> None:
     L = max(r.run.model_config.n_layers for r in runs)
     H = max(r.run.model_config.n_heads for r in runs)
     st.caption("Side by side: " + " · ".join(f":{_name(i)}[**{r.name}**] ({r.run.model_config.n_layers} layers × "
-                                             f"{r.run.model_config.n_heads} heads)" for i, r in enumerate(runs)))
+                                             f"{r.run.model_config.n_heads} heads"
+                                             + (f"; {done}" if (done := interventions(r.run.meta)) else "") + ")"
+                                             for i, r in enumerate(runs)))
     steps = time_control(runs)
     if steps is None:
         return

@@ -9,7 +9,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from dashboards.cache import RunHandle
-from dashboards.shaping import head_label, metric_range, top_heads
+from dashboards.shaping import ablated_heads, head_label, interventions, metric_range, top_heads
 from dashboards.views.common import SEQUENTIAL, chart, heatmap_layout, snapshot_player
 
 TITLES = {"entropy": "entropy (nats)", "prev_token": "previous-token", "induction": "induction",
@@ -23,6 +23,9 @@ def render(h: RunHandle, others=()) -> None:
         st.info("No head metrics yet: this run has no readable snapshots.")
         return
     cfg = h.run.model_config
+    if done := interventions(h.run.meta):
+        st.warning(f"Trained with {done} (guppy-train --ablate / --freeze): its maps show a model that had to do "
+                   "without them; knocked-out heads are marked ✕.")
     have = [m for m in TITLES if m in cube]
     chosen = st.multiselect("metrics", have, default=[m for m in DEFAULT if m in have], format_func=TITLES.get,
                             key="heads_metrics") or have[:1]
@@ -30,7 +33,7 @@ def render(h: RunHandle, others=()) -> None:
 
     def draw(step: int) -> None:
         i = steps.index(step)
-        chart(grids({m: cube[m][i] for m in chosen}, ranges, step), key="heads_grid")
+        chart(grids({m: cube[m][i] for m in chosen}, ranges, step, ablated_heads(h.run.meta)), key="heads_grid")
 
     snapshot_player("heads", steps, draw)
 
@@ -42,8 +45,9 @@ def render(h: RunHandle, others=()) -> None:
         chart(lines(steps, {m: cube[m] for m in chosen}, picked, log_x), key="heads_lines_chart")
 
 
-def grids(grid: dict[str, np.ndarray], ranges: dict, step: int) -> go.Figure:
-    """One layer x head heatmap per metric; grid: {metric: (L, H)} at one snapshot."""
+def grids(grid: dict[str, np.ndarray], ranges: dict, step: int, knocked_out=frozenset()) -> go.Figure:
+    """One layer x head heatmap per metric; grid: {metric: (L, H)} at one snapshot; the heads in
+    `knocked_out` ((layer, head): ablated while training) marked ✕."""
     metrics = list(grid)
     L, H = next(iter(grid.values())).shape
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[TITLES[m] for m in metrics],
@@ -57,6 +61,11 @@ def grids(grid: dict[str, np.ndarray], ranges: dict, step: int) -> go.Figure:
                                  colorscale=SEQUENTIAL, colorbar=dict(len=0.9, x=bar_x, xanchor="left", thickness=10),
                                  hovertemplate=f"%{{y}}%{{x}}<br>{TITLES[m]} %{{z:.3f}}<extra></extra>"),
                       row=1, col=i + 1)
+        if knocked_out:
+            fig.add_trace(go.Scatter(x=[heads_x[hh] for _, hh in sorted(knocked_out)],
+                                     y=[layers_y[l] for l, _ in sorted(knocked_out)], mode="text", text="✕",
+                                     textfont=dict(size=18, color="red"), hoverinfo="skip", showlegend=False),
+                          row=1, col=i + 1)
     fig.update_yaxes(autorange="reversed")
     return heatmap_layout(fig, f"head metrics at step {step} (fixed colour range across training)",
                           height=max(260, 45 * L + 120))

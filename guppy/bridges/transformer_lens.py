@@ -142,7 +142,8 @@ def transformer_lens_state_dict(model: GuppyLM) -> dict[str, torch.Tensor]:
     """Our weights under HookedTransformer's names and layouts."""
     check_convertible(model)
     cfg = model.cfg
-    sd = {"embed.W_E": model.W_E, "ln_final.w": model.ln_final.w, "ln_final.b": model.ln_final.b,
+    # TL's W_E and W_U are apart: an embedding scale goes into W_E, the tied unembedding stays as it is
+    sd = {"embed.W_E": model.W_E * cfg.embed_scale, "ln_final.w": model.ln_final.w, "ln_final.b": model.ln_final.b,
           "unembed.W_U": model.W_U, "unembed.b_U": torch.zeros(cfg.d_vocab)}
     if TL_POSITIONAL[cfg.positional] == "standard":  # learned, sinusoidal, or nothing (zeros) added
         sd["pos_embed.W_pos"] = model.W_pos if model.W_pos is not None else torch.zeros(cfg.n_ctx, cfg.d_model)

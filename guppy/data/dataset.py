@@ -427,25 +427,20 @@ def _read_cache(folder: Path, cfg: DataConfig, persona: Persona) -> Dataset:
 # ---- batching -------------------------------------------------------------------------------
 
 
-def bucket_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, window: int = 64) -> list[np.ndarray]:
-    """Shuffled batches of chats of similar length, so little of each batch is padding.
-
-    Indices are shuffled, cut into windows of `window` batches, sorted by length inside each
-    window and cut into batches; then the batch order is shuffled. Every index appears once.
-    """
-    order = rng.permutation(len(lengths))
-    span = batch_size * window
-    batches = []
-    for s in range(0, len(order), span):
-        chunk = order[s:s + span]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
 def random_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One pass over `n` chats in random draws of `batch_size` (the last one shorter): every index
+    once. The Trainer's optimizer steps are these draws, so no step is a sample biased by length
+    (and with length, by topic and template, as the length-bucketed batches of before were)."""
     order = rng.permutation(n)
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def sorted_parts(idx: np.ndarray, lengths: np.ndarray, parts: int) -> list[np.ndarray]:
+    """The chats `idx` of one step as `parts` forward passes: sorted by length and cut into parts
+    of (nearly) equal size, so each pads only to its own longest chat. The step's gradient is the
+    same sum however it is cut."""
+    ordered = idx[np.argsort(lengths[idx], kind="stable")]
+    return np.array_split(ordered, min(parts, len(ordered)))
 
 
 def padding_fraction(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
@@ -518,7 +513,7 @@ class _ChatStats:
         }
 
 
-def _token_stats(train: TokenArrays, evals: TokenArrays, vocab_size: int, batch_size: int = 32) -> dict:
+def _token_stats(train: TokenArrays, evals: TokenArrays, vocab_size: int) -> dict:
     lengths = train.lengths
     counts = np.zeros(1 << 16, np.int64)
     for s in range(0, len(train.tokens), 1 << 20):  # a chunk at a time (bincount makes int64 copies)
@@ -531,6 +526,8 @@ def _token_stats(train: TokenArrays, evals: TokenArrays, vocab_size: int, batch_
         "chat_tokens_max": int(max(lengths.max(), evals.lengths.max())),
         "vocab_size": vocab_size,
         "vocab_used": int(np.count_nonzero(counts)),
-        "padding_bucketed": round(padding_fraction(lengths, bucket_batches(lengths, batch_size, rng)), 4),
-        "padding_pad_to_longest": round(padding_fraction(lengths, random_batches(len(lengths), batch_size, rng)), 4),
+        # a step of 64 random chats in one forward, and cut into 4 sorted forwards of 16 (the Trainer's draws)
+        "padding_64x1": round(padding_fraction(lengths, random_batches(len(lengths), 64, rng)), 4),
+        "padding_16x4": round(padding_fraction(lengths, [part for idx in random_batches(len(lengths), 64, rng)
+                                                         for part in sorted_parts(idx, lengths, 4)]), 4),
     }

@@ -6,7 +6,8 @@ MLP] -> final LayerNorm -> unembedding tied to the token embedding. Pure: no I/O
 Variants (ModelConfig.positional / norm / act) are chosen once, at construction: positions
 added as a fixed sinusoid table, or turned into q and k (`RotaryAttention`, which adds
 `attn.hook_rot_q` / `hook_rot_k`), or absent; LayerNorm after each residual add (`PostLNBlock`);
-a GELU MLP. The final LayerNorm stays in every variant (the 2017 post-LN decoder has none;
+a GELU MLP; token embeddings times `embed_scale` (sqrt(d_model) for the sinusoid table, as the
+2017 paper; hook_embed holds the scaled ones). The final LayerNorm stays in every variant (the 2017 post-LN decoder has none;
 keeping it keeps the logit lens and every reader of ln_final the same).
 
 Shape legend: B batch, T positions (Tq queries, Tk keys), D d_model, H heads, E d_head,
@@ -263,6 +264,7 @@ class GuppyLM(HookedMixin, nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
+        self.embed_scale = cfg.embed_scale  # hook_embed sees the scaled embedding, what the residual gets
         self.hook_embed = HookPoint()  # (B, T, D)
         # positions added to the embeddings: a learned table, or fixed sinusoids (a buffer: not in
         # checkpoints); rotary and none add nothing here, so they have no W_pos and no hook_pos_embed
@@ -322,7 +324,10 @@ class GuppyLM(HookedMixin, nn.Module):
         T = tokens.shape[1]
         if start + T > self.cfg.n_ctx:
             raise ValueError(f"{start + T} positions exceed n_ctx={self.cfg.n_ctx}")
-        x = self.hook_embed(self.embed(tokens))  # (B, T, D)
+        x = self.embed(tokens)  # (B, T, D)
+        if self.embed_scale != 1:  # sqrt(d_model) with sinusoidal positions (2017): tokens as loud as the table
+            x = x * self.embed_scale
+        x = self.hook_embed(x)
         if self.W_pos is not None:  # a table of positions: learned or sinusoidal
             x = x + self.hook_pos_embed(self.W_pos[start:start + T].expand_as(x))  # (B, T, D)
         x = self.drop(x)

@@ -188,6 +188,44 @@ def feature_hooks(run_dir: str | Path) -> list[str]:
     return sorted(d.name for d in root.iterdir() if d.is_dir() and list_saes(run_dir, d.name)) if root.is_dir() else []
 
 
+# ---- sites: what guppy-train --ablate knocks out, named as the probe scripts name them ------------
+
+_SITE = re.compile(r"^L(\d+)(?:H(\d+)|\.mlp)$")
+_STEPS = re.compile(r"^(\d*):(\d*)$")
+
+
+def site_name(layer: int, head: int | None = None) -> str:
+    """A head 'L0H3' (as recall.csv's columns and the probe scripts name it); an MLP 'L1.mlp' (head None)."""
+    return f"L{layer}.mlp" if head is None else f"L{layer}H{head}"
+
+
+def parse_sites(text: str) -> list[tuple[int, int | None]]:
+    """'L0H3+L1.mlp' or 'L0H3,L1.mlp' -> [(0, 3), (1, None)]; '' and 'none' -> []."""
+    sites = []
+    for item in (t.strip() for t in text.replace("+", ",").split(",")):
+        if item in ("", "none"):
+            continue
+        m = _SITE.match(item)
+        if not m:
+            raise ValueError(f"ablate: {item!r} is not a site; expected a head LxHy (L0H3) or an MLP Lx.mlp (L1.mlp)")
+        site = (int(m.group(1)), None if m.group(2) is None else int(m.group(2)))
+        if site not in sites:
+            sites.append(site)
+    return sites
+
+
+def parse_steps(text: str) -> tuple[int, int | None]:
+    """An --ablate-steps slice of optimizer steps: 'A:B' -> (A, B), 'A:' -> (A, None), ':B' -> (0, B),
+    '' -> (0, None). The steps ablated are those taken while A <= steps done < B."""
+    m = _STEPS.match(text.strip())
+    if text.strip() and not m:
+        raise ValueError(f"ablate_steps: {text!r} is not a slice of steps; expected A:B, A: or :B (e.g. 1000:)")
+    start, stop = (int(g) if g else None for g in m.groups()) if m else (None, None)
+    if start is not None and stop is not None and stop <= start:
+        raise ValueError(f"ablate_steps: {text!r} is empty; B must be greater than A")
+    return start or 0, stop
+
+
 # ---- sweeps (guppy.train.sweep writes them, guppy.run.compare and the dashboard read them) --------------
 
 SWEEP_FILE = "sweep.json"  # runs/<sweep>/sweep.json: the grid, every run's flags and status

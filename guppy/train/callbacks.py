@@ -21,20 +21,20 @@ class TrainView:
     model: Any  # guppy.model.transformer.GuppyLM, in whatever mode the loop left it
     data: Any  # guppy.data.dataset.Dataset: tokenizer, chats, topics
     total_steps: int
-    batches_per_epoch: int
+    steps_per_epoch: int
     step: int  # optimizer steps taken
     epoch: int  # completed passes
-    batch_index: int  # batches taken of the current pass
+    epoch_step: int  # optimizer steps taken of the current pass
     tokens: int  # real tokens trained on so far
     elapsed: float  # seconds of training so far (evaluation and recording excluded)
 
     @property
     def epoch_progress(self) -> float:
-        return round(self.epoch + self.batch_index / self.batches_per_epoch, 4)
+        return round(self.epoch + self.epoch_step / self.steps_per_epoch, 4)
 
     @property
     def at_epoch_end(self) -> bool:
-        return self.batch_index == self.batches_per_epoch
+        return self.epoch_step == self.steps_per_epoch
 
 
 class Callback:

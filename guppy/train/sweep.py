@@ -132,11 +132,9 @@ def _as_flags(action: argparse.Action, value: str) -> list[str]:
 def check_train_flags(parser, flags: list[str]):
     """The TrainConfig these flags give, as guppy-train builds it; ValueError on anything bad."""
     from guppy.config import TrainConfig
-    from guppy.train.trainer import check_config
+    from guppy.train.trainer import check_config, given_flags
 
-    args = parser.parse_args(flags)
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "quiet", "dist_backend")}
-    cfg = TrainConfig.for_preset(**given)
+    cfg = TrainConfig.for_preset(**given_flags(parser.parse_args(flags)))
     check_config(cfg)  # what guppy-train checks before it writes: the model builds, --record-hooks exist
     return cfg
 

@@ -12,6 +12,12 @@ Under torchrun (see guppy.train.distributed) --batch-size is the global batch: e
 same batches in the same order and takes every world_size-th chat of each, and the loss is
 divided by the target tokens of the whole global batch, so steps, schedule and gradients are
 those of one process. Rank 0 alone evaluates, checkpoints, records and writes the run folder.
+
+Data order: an optimizer step takes batch_size x grad_accum chats drawn at random (a fresh
+permutation each pass), sorted by length inside the step and cut into grad_accum micro-batches
+that pad only to their own longest chat. So --batch-size 64 --grad-accum 1 and 16 x 4 see the same
+chats in the same steps and end at the same weights (to float rounding; tested). What may change
+the model while it trains (--ablate, --freeze) is `guppy.train.interventions`.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from guppy.config import PRESET_RECIPES, TrainConfig, model_config
-from guppy.data.dataset import Dataset, bucket_batches, collate, count_targets, data_config, load_dataset
+from guppy.data.dataset import Dataset, collate, count_targets, data_config, load_dataset, random_batches, sorted_parts
 from guppy.health.forensics import Diverged  # noqa: F401 (re-exported: the loop raises it)
 from guppy.health.watchdog import Watchdog, resume_config
 from guppy.model.transformer import GuppyLM
@@ -35,6 +41,7 @@ from guppy.run.checkpoint import load_state, read_weights, save_state, save_weig
 from guppy.run.format import METRICS_CSV, checkpoint_path, list_checkpoints, state_path
 from guppy.train import distributed
 from guppy.train.callbacks import TrainView
+from guppy.train.interventions import Interventions, check_interventions
 
 
 def pick_device(name: str) -> torch.device:
@@ -130,15 +137,17 @@ class Trainer:
                              f"has d_vocab {mcfg.d_vocab}; pass a smaller --vocab-size")
         torch.manual_seed(cfg.seed)
         self.model = GuppyLM(mcfg).to(self.device)
+        # --freeze before the optimizer and DDP see the parameters; --ablate's hooks come and go by step
+        self.interventions = Interventions(self.model, cfg, dataset.tokenizer.pad_id)
         self.train_model = distributed.wrap(self.model, self.device)  # what the training step calls
         if self.ranks.rank:  # dropout masks differ between ranks; rank 0 keeps the one-process stream
             torch.manual_seed(cfg.seed + 7919 * self.ranks.rank)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.batches_per_epoch = len(self._epoch_batches(0))
-        self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.batches_per_epoch / cfg.grad_accum)
+        self.steps_per_epoch = len(self._epoch_steps(0))
+        self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.steps_per_epoch)
         # loop position: everything needed to continue exactly where a stop left off
-        self.step, self.epoch, self.batch_index, self.tokens, self.elapsed = 0, 0, 0, 0, 0.0
+        self.step, self.epoch, self.epoch_step, self.tokens, self.elapsed = 0, 0, 0, 0, 0.0
         self.window_loss, self.window_steps = 0.0, 0  # training loss summed since the last metrics row
         self.step_loss = float("nan")  # the loss of the step just taken (or just broken)
         self.metrics = run_writer.MetricsWriter(self.run_dir / METRICS_CSV)
@@ -146,18 +155,20 @@ class Trainer:
 
     # ---- data order --------------------------------------------------------------------------
 
-    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+    def _epoch_steps(self, epoch: int) -> list[np.ndarray]:
+        """The chats of each optimizer step of a pass: random draws of batch_size x grad_accum."""
         rng = np.random.default_rng([self.cfg.seed, epoch])
-        return bucket_batches(self.data.train.lengths, self.cfg.batch_size, rng)
+        return random_batches(len(self.data.train), self.cfg.batch_size * self.cfg.grad_accum, rng)
 
-    def _micro_batches(self):
-        """Yield micro-batches from the current position on, crossing epochs."""
+    def _steps(self):
+        """Yield each step's chats as its micro-batches (sorted by length inside the step, so
+        each pads little), from the current position on, crossing epochs."""
         while True:
-            batches = self._epoch_batches(self.epoch)
-            while self.batch_index < len(batches):
-                self.batch_index += 1
-                yield batches[self.batch_index - 1]
-            self.epoch, self.batch_index = self.epoch + 1, 0
+            steps = self._epoch_steps(self.epoch)
+            while self.epoch_step < len(steps):
+                self.epoch_step += 1
+                yield sorted_parts(steps[self.epoch_step - 1], self.data.train.lengths, self.cfg.grad_accum)
+            self.epoch, self.epoch_step = self.epoch + 1, 0
 
     def _collate_share(self, idx: np.ndarray):
         """This rank's part of global batch `idx`, collated. A rank left without a chat (a short
@@ -195,14 +206,16 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
         loop = state["loop"]
-        self.step, self.epoch, self.batch_index = loop["step"], loop["epoch"], loop["batch_index"]
+        self.step, self.epoch = loop["step"], loop["epoch"]
+        # a checkpoint from before steps were drawn whole counted micro-batches of its pass
+        self.epoch_step = loop["epoch_step"] if "epoch_step" in loop else loop["batch_index"] // self.cfg.grad_accum
         self.tokens, self.elapsed = loop["tokens"], loop["elapsed"]
         self.window_loss, self.window_steps = loop["window_loss"], loop["window_steps"]
 
     def save_checkpoint(self) -> Path:
         path = checkpoint_path(self.run_dir, self.step)
         save_weights(self.model, path, self.step, {"epoch": str(self.epoch), "tokens": str(self.tokens)})
-        loop = {"step": self.step, "epoch": self.epoch, "batch_index": self.batch_index,
+        loop = {"step": self.step, "epoch": self.epoch, "epoch_step": self.epoch_step,
                 "tokens": self.tokens, "elapsed": self.elapsed,
                 "window_loss": self.window_loss, "window_steps": self.window_steps}
         save_state(state_path(path), self.optimizer, loop, self.scaler)
@@ -222,19 +235,21 @@ class Trainer:
             run_writer.update_run_json(self.run_dir, status="running", total_steps=self.total_steps, device=str(self.device),
                                      precision=str(self.dtype).replace("torch.", ""), world_size=self.ranks.world_size)
         interrupts = distributed.defer_interrupts()  # under torchrun, every rank stops after the same step
-        stream = self._micro_batches()
+        stream = self._steps()
         bar = run_writer.progress(self.total_steps, self.step, self.show_progress)
         window_tokens, window_start = 0, time.perf_counter()
         status, position = "finished", None
         try:
+            self.interventions.at_step(self.step)  # a step-0 snapshot sees the model its first step trains
             for cb in self.callbacks:
                 cb.on_train_start(self.view())
             self.watchdog.on_train_start(self)
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
-                position = (self.epoch, self.batch_index)  # restored if this step is interrupted
+                position = (self.epoch, self.epoch_step)  # restored if this step is interrupted
                 model.train()
-                micro = [next(stream) for _ in range(cfg.grad_accum)]  # global batches of chat indices
+                self.interventions.at_step(self.step)
+                micro = next(stream)  # the step's global micro-batches of chat indices
                 # the loss is a mean over the target tokens of the whole step, on every rank together;
                 # tokens seen are the chats' real inputs (padding aside): both the same on every rank
                 n_targets = sum(count_targets(self.data.train, idx, model.cfg.n_ctx, cfg.loss_on == "reply")
@@ -260,6 +275,7 @@ class Trainer:
                 if not math.isfinite(loss_sum):
                     raise Diverged(f"loss became {loss_sum} at step {self.step + 1}")
                 self.scaler.unscale_(self.optimizer)
+                self.interventions.after_backward(self.optimizer)  # an ablated site gets no gradient
                 for cb in self.callbacks:
                     cb.on_after_backward(self.view())
                 self.watchdog.on_after_backward(self)
@@ -289,7 +305,7 @@ class Trainer:
                     self.window_loss, self.window_steps = 0.0, 0
                     window_tokens, window_start = 0, time.perf_counter()
                 bar.update(1)
-                epoch_end = self.batch_index == self.batches_per_epoch
+                epoch_end = self.epoch_step == self.steps_per_epoch
                 at_eval = (cfg.eval_every and self.step % cfg.eval_every == 0) or epoch_end \
                     or self.step == self.total_steps
                 if at_eval and main:
@@ -303,7 +319,7 @@ class Trainer:
             status = "interrupted"
             self.optimizer.zero_grad(set_to_none=True)  # drop a half-done step and its batches
             if position is not None:
-                self.epoch, self.batch_index = position
+                self.epoch, self.epoch_step = position
             if main:
                 self.save_checkpoint()
             self.message = f"interrupted at step {self.step}; continue with: guppy-train --resume {self.run_dir}"
@@ -322,16 +338,17 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_end(self.view(), status)
         self.watchdog.on_train_end(self, status)
+        self.interventions.close()  # the model leaves the loop as its weights say, hooks off
         return status
 
     def view(self) -> TrainView:
         """What callbacks see of the run now."""
-        return TrainView(self.run_dir, self.model, self.data, self.total_steps, self.batches_per_epoch,
-                         self.step, self.epoch, self.batch_index, self.tokens, self.elapsed)
+        return TrainView(self.run_dir, self.model, self.data, self.total_steps, self.steps_per_epoch,
+                         self.step, self.epoch, self.epoch_step, self.tokens, self.elapsed)
 
     @property
     def epoch_progress(self) -> float:
-        return round(self.epoch + self.batch_index / self.batches_per_epoch, 4)
+        return round(self.epoch + self.epoch_step / self.steps_per_epoch, 4)
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -365,14 +382,16 @@ class Trainer:
 
 def check_config(cfg: TrainConfig) -> None:
     """What TrainConfig cannot check alone, checked before anything is written: the model
-    builds, and --record-hooks names hook points it has."""
+    builds, --record-hooks names hook points it has, --ablate sites it has and --freeze globs
+    parameters it has."""
     mcfg = model_config(cfg)  # a bad combination of architecture flags is one ValueError here
+    with torch.device("meta"):  # names only: no memory, no initialisation
+        meta = GuppyLM(mcfg)
+    check_interventions(cfg, meta)
     if cfg.record:
         from guppy.record.recorder import stored_hooks
 
-        with torch.device("meta"):  # hook names only: no memory, no initialisation
-            names = GuppyLM(mcfg).hook_names
-        stored_hooks(names, cfg.record_hooks)
+        stored_hooks(meta.hook_names, cfg.record_hooks)
 
 
 def start_run(cfg: TrainConfig, callbacks=(), show_progress: bool = True, resume_dir: str | Path | None = None,
@@ -417,6 +436,8 @@ def build_parser():
         flag, help = f"--{f.name.replace('_', '-')}", f"{f.metadata['help']} (default: {f.default}{recipes})"
         if isinstance(f.default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
+        elif f.metadata.get("repeat"):  # --ablate L0H3 --ablate L1.mlp: given_flags joins them
+            p.add_argument(flag, action="append", default=None, help=help)
         else:
             p.add_argument(flag, type=type(f.default), default=None, choices=f.metadata.get("choices"), help=help)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the stopped run in RUN_DIR with its own config "
@@ -429,13 +450,22 @@ def build_parser():
     return p
 
 
+NOT_CONFIG = ("resume", "quiet", "dist_backend")  # guppy-train flags that are no TrainConfig field
+
+
+def given_flags(args) -> dict:
+    """The TrainConfig fields these parsed flags set; a repeated flag's values joined by commas."""
+    return {k: ",".join(v) if isinstance(v, list) else v for k, v in vars(args).items()
+            if v is not None and k not in NOT_CONFIG}
+
+
 def main(argv: list[str] | None = None) -> int:
     import sys
 
     from guppy.cli import run_main
 
     args = build_parser().parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "quiet", "dist_backend")}
+    given = given_flags(args)
 
     def body():
         cfg = TrainConfig() if args.resume else TrainConfig.for_preset(**given)  # a resumed run's flags: resume_config judges
