@@ -162,7 +162,7 @@ def layer_chart(e: Explanation, i: int, layer, labels: list[str]) -> go.Figure:
     x = labels[:p + 1]
     heads = [h.name for h in layer.heads]
     att = [h.attention for h in layer.heads]
-    heat = go.Heatmap(z=att, x=x, y=heads, zmin=0, zmax=1, colorscale=SEQUENTIAL, colorbar=dict(title="attn", x=0.66),
+    heat = go.Heatmap(z=att, x=x, y=heads, zmin=0, zmax=1, colorscale=SEQUENTIAL, colorbar=dict(title="attn", x=0.6, thickness=12),
                       hovertemplate=f"%{{y}} looked from {visible(ctx[p])} to %{{x}}: %{{z:.2f}}<extra></extra>")
     if layer.mlp is None:
         fig = go.Figure(heat)
@@ -170,7 +170,7 @@ def layer_chart(e: Explanation, i: int, layer, labels: list[str]) -> go.Figure:
         fig.update_xaxes(tickangle=-60, tickfont=dict(size=9))
         return _layout(fig, f"layer {layer.index}: attention from {visible(ctx[p])}",
                               height=140 + 18 * len(heads), margin=dict(l=60, r=20, t=40, b=70))
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.7, 0.3], horizontal_spacing=0.12,
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.66, 0.34], horizontal_spacing=0.2,
                         subplot_titles=[f"attention from {visible(ctx[p])}", f"push on {visible(said.text)}"])
     fig.add_trace(heat, row=1, col=1)
     names = heads + ["attn bias", "MLP"]
