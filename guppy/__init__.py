@@ -3,7 +3,7 @@
     import guppy
     run = guppy.open_run("runs/demo")            # read a run: metrics, snapshots, activations, models
     cmp = guppy.compare_runs("runs/lr-study")    # several runs or a sweep side by side
-    model = run.model(run.steps[-1])             # a GuppyLM at any checkpoint step
+    model = run.model(run.checkpoint_steps[-1])  # a GuppyLM at any checkpoint step
     e = guppy.explain(run, "hi guppy", step=64)  # how it computed its reply: heads, MLPs, logit lens
     logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
 
