@@ -69,7 +69,8 @@ def test_the_knockout_figure_and_numbers_come_from_the_runs_recall_tables(tmp_pa
     for name, ablate, recall in (("intact", "", steps / 2000), ("ko", "L0H3", np.zeros(len(steps)))):
         (tmp_path / name).mkdir()
         cfg = TrainConfig(preset="induction", ablate=ablate, ablate_steps="500:" if ablate else "")
-        (tmp_path / name / "run.json").write_text(json.dumps({"train_config": cfg.to_dict(), "status": "finished"}))
+        (tmp_path / name / "run.json").write_text(json.dumps({"train_config": cfg.to_dict(), "status": "finished",
+                                                             "schema_version": 2}))
         table = {"step": steps, "recall_acc": recall}
         for h in range(4):
             table[f"prev_token.L0H{h}"] = np.full(len(steps), 0.1 + 0.1 * h)

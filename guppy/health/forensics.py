@@ -58,20 +58,23 @@ class StepRing:
     def record_grads(self, step: int) -> torch.Tensor:
         """After backward, before the update: this step's gradient norms (P,); keeps the weights."""
         grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for p in self.params]
-        with torch_threads(1):  # foreach ops over ~30 tensors: one thread beats a descheduled second
+        with torch_threads(1):  # foreach norms over ~30 tensors: one thread beats a descheduled second
             norms = torch.stack(torch._foreach_norm(grads)).float()
-            i = self.row
-            self.steps[i] = step
-            self.grad[i], self.update[i], self.weight[i] = norms, float("nan"), float("nan")
-            torch._foreach_copy_(self._before, [p.detach() for p in self.params])
+        i = self.row
+        self.steps[i] = step
+        self.grad[i], self.update[i], self.weight[i] = norms, float("nan"), float("nan")
+        # the copy (and the sub below) stream every weight and do scale with threads, the norms do not
+        # (benchmarks/bench_train.py prints the Watchdog's share of a step)
+        torch._foreach_copy_(self._before, [p.detach() for p in self.params])
         return norms
 
     def record_update(self) -> None:
         """After the optimizer step: |w_after - w_before| and |w_before| per parameter."""
         i = self.row
-        with torch_threads(1):  # foreach ops over ~30 tensors: one thread beats a descheduled second
+        with torch_threads(1):
             self.weight[i] = torch.stack(torch._foreach_norm(self._before)).float()
-            torch._foreach_sub_(self._before, [p.detach() for p in self.params])  # before - after, in place
+        torch._foreach_sub_(self._before, [p.detach() for p in self.params])  # before - after, in place
+        with torch_threads(1):
             self.update[i] = torch.stack(torch._foreach_norm(self._before)).float()
         self.n += 1
 
