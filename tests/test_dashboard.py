@@ -445,7 +445,7 @@ def test_make_dashboard_serves_the_runs_folder_on_localhost(tiny_recorded_run, t
     from dashboards.browser import free_port
 
     port = free_port()
-    dry = subprocess.run(["make", "-n", "-s", "-o", ".venv/.installed-stamp", "dashboard", f"PORT={port}"], cwd=ROOT,
+    dry = subprocess.run(["make", "-n", "-s", "--no-print-directory", "-o", ".venv/.installed-stamp", "dashboard", f"PORT={port}"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
     argv = shlex.split(dry)
     assert argv[0].endswith("streamlit") and argv[1:3] == ["run", "dashboards/app.py"]
@@ -476,7 +476,7 @@ def test_each_training_target_ends_with_the_dashboard_and_its_run():
     import subprocess
 
     for target, prefix in (("demo", "demo-"), ("reference", "reference-"), ("demo-induction", "induction-")):
-        out = subprocess.run(["make", "-n", "-o", ".venv/.installed-stamp", "-o", ".venv-tl4/.installed-stamp", target], cwd=ROOT, capture_output=True, text=True,
+        out = subprocess.run(["make", "-n", "--no-print-directory", "-o", ".venv/.installed-stamp", "-o", ".venv-tl4/.installed-stamp", target], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.strip().splitlines()
         last = out[-1]
         assert last.startswith('echo "next: make dashboard, then open http://localhost:8501/?run=' + prefix), last

@@ -46,6 +46,13 @@ def texts(at: AppTest) -> list[str]:
     return [m.value for m in at.markdown]
 
 
+def replies_line(e) -> str:
+    """The line above a step's walk: its reply quoted as the captions quote tokens (whitespace made visible)."""
+    from guppy.analysis.captions import q
+
+    return f"**At step {e.step} the fish replies:** {q(e.reply) if e.reply.strip() else '(nothing)'}"
+
+
 def test_the_walkthrough_captions_each_layer_of_the_reply(runs_dir, monkeypatch):
     at = app(runs_dir, monkeypatch)
     ok(at)
@@ -55,7 +62,7 @@ def test_the_walkthrough_captions_each_layer_of_the_reply(runs_dir, monkeypatch)
     assert prompt == user_prompt(w.text[w.kind.index("chat")])  # the watch set's first chat
     e = guppy.explain(run, prompt)
     shown = texts(at)
-    assert f"**At step {e.step} the fish replies:** `{e.reply}`" in shown
+    assert replies_line(e) in shown
     caps = e.captions()
     assert [c.text for c in caps] == [t for t in shown if not t.startswith("**")]  # in order, one each
     assert {m.help for m in at.markdown if m.value == caps[2].text} == {caps[2].numbers}  # numbers on hover
@@ -92,7 +99,7 @@ def test_the_toggle_puts_two_steps_side_by_side_with_what_changed(runs_dir, monk
     assert [m.value for m in changed] == [f"**What changed.** {change.text}"] and changed[0].help == change.numbers
     assert len(at.get("plotly_chart")) == 2 * (run.model_config.n_layers + 4)
     for e in (early, late):
-        assert f"**At step {e.step} the fish replies:** `{e.reply}`" in texts(at)
+        assert replies_line(e) in texts(at)
     at.select_slider(key="walk_step_b").set_value(steps[1]).run()  # another pair of steps, another sentence
     ok(at)
     other = guppy.explain(run, prompt, step=steps[1]).compare(late)
@@ -138,5 +145,5 @@ def test_the_run_overview_links_to_the_walkthrough(runs_dir, monkeypatch):
     ok(at)
     at.button(key="to_walkthrough").click().run()
     ok(at)
-    assert at.title[0].value == "good · Walkthrough" and at.query_params["view"] == ["Walkthrough"]
+    assert at.title[0].value == "good · Walkthrough" and at.query_params["view"] == "Walkthrough"
     assert any(t.startswith("Layer 0:") for t in texts(at))
