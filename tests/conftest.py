@@ -121,3 +121,15 @@ def tiny_sae_run(tiny_recorded_run, tmp_path_factory) -> Path:
 
 TINY_SAE_FLAGS = ["--tokens", "1500", "--first-steps", "60", "--warm-steps", "20", "--heldout", "30", "--width", "96",
                   "--k", "8", "--threads", "1", "--quiet"]
+
+
+def assert_resid_views_agree(ours, theirs) -> None:
+    """Our ActivationCache and a TransformerLens cache (3.x HookedTransformer or 4.x bridge) on the same
+    tokens: the accumulated residual at every layer (mid points too) and the logit lens agree."""
+    for layer in (0, 1, 2, None):
+        a, labels = ours.accumulated_resid(layer, incl_mid=True, return_labels=True)
+        b, tl_labels = theirs.accumulated_resid(layer, incl_mid=True, return_labels=True)
+        assert len(labels) == len(tl_labels)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.accumulated_resid(apply_ln=True), theirs.accumulated_resid(apply_ln=True),
+                               atol=1e-5, rtol=1e-5)  # the logit lens

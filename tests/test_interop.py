@@ -7,6 +7,8 @@ import torch
 
 pytest.importorskip("transformer_lens")
 
+from conftest import assert_resid_views_agree  # noqa: E402
+
 from guppy.bridges.transformer_lens import tl_version, to_transformer_lens  # noqa: E402
 from guppy.model.transformer import GuppyLM  # noqa: E402
 
@@ -33,13 +35,7 @@ def test_cache_views_agree_with_transformer_lens(tiny_model):
     tokens = torch.randint(0, 512, (2, 11))
     _, ours = tiny_model.run_with_cache(tokens)
     _, theirs = tl.run_with_cache(tokens)
-    for layer in (0, 1, 2, None):
-        a, labels = ours.accumulated_resid(layer, incl_mid=True, return_labels=True)
-        b, tl_labels = theirs.accumulated_resid(layer, incl_mid=True, return_labels=True)
-        assert len(labels) == len(tl_labels)
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ours.accumulated_resid(apply_ln=True), theirs.accumulated_resid(apply_ln=True),
-                               atol=1e-5, rtol=1e-5)  # the logit lens
+    assert_resid_views_agree(ours, theirs)
     a, labels = ours.stack_head_results()
     b, tl_labels = theirs.stack_head_results(layer=-1, return_labels=True)
     assert labels == tl_labels

@@ -17,6 +17,7 @@ if os.environ.get("GUPPY_TL4_RUN") != "1":  # make test's .venv-tl4 run: no Tran
                     ".venv-tl4)", allow_module_level=True)
 assert int(tl_version().split(".")[0]) >= 4, f"TransformerLens {tl_version()} in the TransformerLens 4 run"
 
+from conftest import assert_resid_views_agree  # noqa: E402
 from transformer_lens.model_bridge import TransformerBridge  # noqa: E402
 
 # a rotary bridge (GPT-NeoX) fires no hook_rot_q/k in TL 4.3: the scores after rotation are compared instead
@@ -63,13 +64,7 @@ def test_cache_views_agree_with_the_bridge(tiny_model):
     tokens = torch.randint(0, 512, (2, 11))
     _, ours = tiny_model.run_with_cache(tokens)
     _, theirs = bridge.run_with_cache(tokens)
-    for layer in (0, 1, 2, None):
-        a, labels = ours.accumulated_resid(layer, incl_mid=True, return_labels=True)
-        b, tl_labels = theirs.accumulated_resid(layer, incl_mid=True, return_labels=True)
-        assert len(labels) == len(tl_labels)
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ours.accumulated_resid(apply_ln=True), theirs.accumulated_resid(apply_ln=True),
-                               atol=1e-5, rtol=1e-5)  # the logit lens
+    assert_resid_views_agree(ours, theirs)
     bridge.set_use_attn_result(True)
     _, theirs = bridge.run_with_cache(tokens)
     a, labels = ours.stack_head_results()
