@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import guppy  # noqa: E402
 from dashboards.shaping import user_prompt  # noqa: E402
+from dashboards.views.walkthrough import replies_line  # noqa: E402  the view's own line
 
 APP = str(ROOT / "dashboards" / "app.py")
 
@@ -44,13 +45,6 @@ def ok(at: AppTest) -> None:
 
 def texts(at: AppTest) -> list[str]:
     return [m.value for m in at.markdown]
-
-
-def replies_line(e) -> str:
-    """The line above a step's walk: its reply quoted as the captions quote tokens (whitespace made visible)."""
-    from guppy.analysis.captions import q
-
-    return f"**At step {e.step} the fish replies:** {q(e.reply) if e.reply.strip() else '(nothing)'}"
 
 
 def test_the_walkthrough_captions_each_layer_of_the_reply(runs_dir, monkeypatch):

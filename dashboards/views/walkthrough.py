@@ -18,7 +18,7 @@ from dashboards import cache
 from dashboards.cache import READ_ERRORS, RunHandle
 from dashboards.shaping import token_labels, user_prompt
 from dashboards.views.common import DIVERGING, SEQUENTIAL, chart, heatmap_layout
-from guppy.analysis.captions import q, visible
+from guppy.analysis.captions import Caption, q, visible
 from guppy.analysis.explain import Explanation, explain_model
 from guppy.run import format as R
 
@@ -27,9 +27,12 @@ ROLES = ("chat template", "your words", "said so far", "predicting from here")
 ROLE_COLOURS = ("#d9d9d9", "#9ecae1", "#a1d99b", "#fd8d3c")
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+@st.cache_resource(max_entries=64, show_spinner=False)
 def explanation(path: str, step: int, mtime: int, prompt: str) -> Explanation:
-    """The explanation of `prompt` at checkpoint `step` (keyed by its weights file's mtime)."""
+    """The explanation of `prompt` at checkpoint `step` (keyed by its weights file's mtime). One object
+    shared by every rerun, not a copy: st.cache_data would unpickle it on each rerun (the reference
+    fish's 32 reply tokens: ~0.3 MB, a fifth of a second on 2 cores). Nothing changes it: it is
+    frozen and its arrays are read-only."""
     model = cache.model(path, step, mtime)
     tok = cache.tokenizer(path, cache._mtime(cache.run_of(path).path / R.TOKENIZER_JSON))
     return explain_model(model, tok, prompt, step=step, run=path)
@@ -40,6 +43,38 @@ def change(path: str, steps: tuple[int, int], mtimes: tuple[int, int], prompt: s
     """What changed from the first checkpoint to the second, and which components it came from."""
     a, b = (explanation(path, s, m, prompt) for s, m in zip(steps, mtimes))
     return a.compare(b, models=[cache.model(path, s, m) for s, m in zip(steps, mtimes)])
+
+
+@st.cache_resource(max_entries=256, show_spinner=False)
+def pictures(path: str, step: int, mtime: int, prompt: str, i: int) -> tuple[tuple[Caption, go.Figure | None, str], ...]:
+    """Reply token i's walk at one checkpoint: each caption with its picture (None: words only) and the
+    picture's name, built once. A rerun that shows them again (the other column of two steps side by
+    side, a slider moved back) only sends them; building a layer's subplots is what costs."""
+    e = explanation(path, step, mtime, prompt)
+    run = cache.run_of(path)
+    vocab = cache.vocab(path, cache._mtime(run.path / R.TOKENIZER_JSON), run.model_config.d_vocab)
+    pred = e.predictions[i]
+    labels = token_labels(vocab, e.context_ids(i))  # unique axis labels: position · text
+    out = []
+    for c in e.captions(i):
+        if c.title == "Tokens":
+            out.append((c, token_strip(e, i, labels), "tokens"))
+        elif c.title == "Embedding":
+            out.append((c, guesses_chart(pred.embed_lens, "the embeddings alone would say", 150), "embed"))
+        elif c.layer is not None:
+            out.append((c, layer_chart(e, i, pred.layers[c.layer], labels), f"layer{c.layer}"))
+        elif c.title == "Output":
+            out.append((c, guesses_chart(pred.next_token, f"step {e.step}: the next token", 180), "output"))
+        elif c.title == "Reply":
+            out.append((c, reply_chart(e, i, token_labels(vocab, e.reply_ids)), "reply"))
+        else:
+            out.append((c, None, ""))
+    return tuple(out)
+
+
+def replies_line(e: Explanation) -> str:
+    """The line above a step's walk: its reply, quoted as the captions quote tokens (whitespace made visible)."""
+    return f"**At step {e.step} the fish replies:** {q(e.reply) if e.reply.strip() else '(nothing)'}"
 
 
 def _pick_prompt() -> None:
@@ -76,7 +111,7 @@ def render(h: RunHandle, others=()) -> None:
     chosen = [step]
     if both:
         chosen.append(c4.select_slider("other step", options=steps, key="walk_step_b", format_func=lambda s: f"step {s}"))
-    path, vocab = str(h.path), h.vocab()
+    path = str(h.path)
     try:
         with st.spinner("running the model…"):
             shown = [explanation(path, s, weights[s], prompt) for s in chosen]
@@ -95,33 +130,24 @@ def render(h: RunHandle, others=()) -> None:
         early, late = sorted(shown, key=lambda e: e.step)
         what = change(path, (early.step, late.step), (weights[early.step], weights[late.step]), prompt)
         st.markdown(f"**What changed.** {what.text}", help=what.numbers)
-        for j, (col, e) in enumerate(zip(st.columns(2), shown)):
+        for j, (col, s) in enumerate(zip(st.columns(2), chosen)):
             with col:
-                walk(e, i, f"walk_side{j}", vocab)
+                walk(path, s, weights[s], prompt, i, f"walk_side{j}")
     else:
-        walk(first, i, "walk", vocab)
+        walk(path, step, weights[step], prompt, i, "walk")
 
 
-def walk(e: Explanation, i: int, key: str, vocab: list[str]) -> None:
+def walk(path: str, step: int, mtime: int, prompt: str, i: int, key: str) -> None:
     """The forward pass that predicted reply token i, caption by caption, each with its picture."""
-    st.markdown(f"**At step {e.step} the fish replies:** {q(e.reply) if e.reply.strip() else '(nothing)'}")
+    e = explanation(path, step, mtime, prompt)
+    st.markdown(replies_line(e))
     if i >= len(e.predictions):
         st.info(f"At step {e.step} the reply has only {len(e.predictions)} tokens.")
         return
-    pred = e.predictions[i]
-    labels = token_labels(vocab, e.context_ids(i))  # unique axis labels: position · text
-    for c in e.captions(i):
+    for c, fig, name in pictures(path, step, mtime, prompt, i):
         st.markdown(c.text, help=c.numbers)
-        if c.title == "Tokens":
-            chart(token_strip(e, i, labels), key=f"{key}_tokens")
-        elif c.title == "Embedding":
-            chart(guesses_chart(pred.embed_lens, "the embeddings alone would say", 150), key=f"{key}_embed")
-        elif c.layer is not None:
-            chart(layer_chart(e, i, pred.layers[c.layer], labels), key=f"{key}_layer{c.layer}")
-        elif c.title == "Output":
-            chart(guesses_chart(pred.next_token, f"step {e.step}: the next token", 180), key=f"{key}_output")
-        elif c.title == "Reply":
-            chart(reply_chart(e, i, token_labels(vocab, e.reply_ids)), key=f"{key}_reply")
+        if fig is not None:
+            chart(fig, key=f"{key}_{name}")
 
 
 def token_strip(e: Explanation, i: int, labels: list[str]) -> go.Figure:

@@ -195,6 +195,7 @@ def explain_model(model, tokenizer, prompt: str, *, step: int | None = None, run
     lens_ids, lens_probs = (t.cpu() for t in lens_top(model, cache, positions, k, rows))  # (P, N, k)
     patterns = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"][0, :, positions] for l in range(cfg.n_layers)])
     patterns = patterns.float().cpu().numpy()  # (L, H, N, T)
+    patterns.setflags(write=False)  # each head's attention is a view of it; the dashboard shares one Explanation
     if limit:
         raw = vs = None
     else:
