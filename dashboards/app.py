@@ -68,7 +68,7 @@ def sidebar(runs_dir: Path, names: list[str]) -> tuple[str, list[str], str, bool
     view = st.sidebar.radio("view", view_names, key="view",
                             index=view_names.index(q["view"]) if q.get("view") in view_names else 0)
     compare = []
-    if VIEWS[view] in ("overview", *COMPARED):  # the views that draw several runs
+    if VIEWS[view] in ("timeline", "overview", *COMPARED):  # the views that draw several runs
         compare = st.sidebar.multiselect("compare with (up to 3 runs)", [n for n in names if n != name],
                                          max_selections=3, key="compare")
         members = sweep_members(runs_dir, name.split("/")[0]) if "/" in name else []

@@ -43,6 +43,9 @@ _HOME = {
     "DataConfig": "guppy.data.dataset", "load_dataset": "guppy.data.dataset",
     # explaining one reply
     "explain": "guppy.analysis.explain", "Explanation": "guppy.analysis.explain",
+    # what developed in a run
+    "timeline": "guppy.analysis.timeline", "TimelineSettings": "guppy.analysis.timeline",
+    "LLCSettings": "guppy.analysis.llc",
     # other tools
     "to_transformer_lens": "guppy.bridges.transformer_lens",
     "persona_eval": "guppy.evaluate",

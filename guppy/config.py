@@ -177,6 +177,8 @@ class TrainConfig:
     eval_every: int = _f(0, "also evaluate every N steps; 0 = at each epoch end and at the end only")
     eval_chats: int = _f(600, "held-out chats used for the eval loss")
     eval_prompts: int = _f(1, "held-out prompts per topic for the persona eval during training; 0 = skip")
+    eval_at_snapshots: int = _f(200, "with --record, also evaluate at every snapshot step on this many held-out "
+                                     "chats (and the persona eval), so the held-out curve has a point at each; 0 = off")
     log_every: int = _f(10, "write a metrics row (and a health.csv row) every N steps")
     spike_factor: float = _f(4.0, "a step whose loss is above this x the median of the last 50 steps is a spike: "
                                   "noted in run.json and, when recording, snapshotted; 0 = off")
@@ -205,7 +207,8 @@ class TrainConfig:
             "warmup_steps": self.warmup_steps >= 0, "min_lr": 0 <= self.min_lr <= self.lr,
             "weight_decay": self.weight_decay >= 0, "grad_clip": self.grad_clip >= 0,
             "dropout": self.dropout < 1, "eval_every": self.eval_every >= 0, "eval_chats": self.eval_chats >= 1,
-            "eval_prompts": self.eval_prompts >= 0, "log_every": self.log_every >= 1,
+            "eval_prompts": self.eval_prompts >= 0,
+            "eval_at_snapshots": self.eval_at_snapshots >= 0, "log_every": self.log_every >= 1,
             "spike_factor": self.spike_factor == 0 or self.spike_factor > 1,
             "record_every": self.record_every >= 0, "record_inputs": self.record_inputs >= 3,
             "n_layers": self.n_layers >= 0, "d_model": self.d_model >= 0, "n_heads": self.n_heads >= 0,

@@ -22,50 +22,11 @@ import pandas as pd
 import torch
 
 from guppy.analysis import probe_runner as A
-from guppy.analysis.heldout import ChatBatch, encode_batch, heldout_chats
-from guppy.analysis.linear_probe import probe_predict, train_linear_probes
+from guppy.analysis.heldout import encode_batch, heldout_chats
+from guppy.analysis.linear_probe import features, probe_layers, split_by_prompt
 from guppy.cli import positive_int
-from guppy.run.format import resid_points
 
 PROG = "topic_probe.py"
-
-
-@torch.no_grad()
-def features(model, batch: ChatBatch, position: str) -> tuple[torch.Tensor, list[str]]:
-    """Residual stream at every layer boundary -> ((points, B, D), point names). Only the
-    prompts run: the model is causal, so the reply's tokens change nothing before it."""
-    names = resid_points(model.cfg.n_layers)
-    _, cache = model.run_with_cache(batch.tokens[:, :int(batch.reply_start.max())], names=names)
-    resid = torch.stack([cache[n] for n in names])  # (points, B, T, D)
-    if position == "last":
-        return resid[:, torch.arange(len(batch.topics)), batch.reply_start - 1], names
-    t = torch.arange(resid.shape[2])
-    prompt = ((t[None] >= 1) & (t[None] < batch.reply_start[:, None])).float()  # (B, T)
-    return (resid * prompt[None, :, :, None]).sum(2) / prompt.sum(1)[None, :, None], names
-
-
-def split_by_prompt(prompts: list[str], test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    unique = sorted(set(prompts))
-    rng = np.random.default_rng(seed)
-    test = set(rng.choice(unique, size=max(1, round(test_fraction * len(unique))), replace=False).tolist())
-    is_test = np.array([p in test for p in prompts])
-    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
-
-
-def probe_layers(X: torch.Tensor, y: torch.Tensor, train: np.ndarray, test: np.ndarray, n_classes: int,
-                 weight_decay: float, seed: int) -> list[dict]:
-    """Train, test and shuffled-label control accuracy at each point of X (points, B, D): the
-    2 x points probes (real labels, then shuffled) are fitted in one go."""
-    gen = torch.Generator().manual_seed(seed)
-    shuffled = y[train][torch.randperm(len(train), generator=gen)]
-    P = X.shape[0]
-    X_train, X_test = X[:, train].repeat(2, 1, 1), X[:, test].repeat(2, 1, 1)  # (2P, n, D)
-    probes = train_linear_probes(X_train, torch.cat([y[train].expand(P, -1), shuffled.expand(P, -1)]),
-                                   n_classes, weight_decay)
-    train_acc = (probe_predict(probes, X_train) == y[train]).float().mean(1)  # (2P,)
-    test_acc = (probe_predict(probes, X_test) == y[test]).float().mean(1)
-    return [{"train_acc": float(train_acc[p]), "test_acc": float(test_acc[p]), "control_test_acc": float(test_acc[P + p])}
-            for p in range(P)]
 
 
 def figure(df: pd.DataFrame):

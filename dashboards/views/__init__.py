@@ -4,7 +4,7 @@ The view modules load when first shown (the ablation view needs torch, the other
 this file names them and imports none.
 """
 
-VIEWS = {"Run overview": "overview", "Walkthrough": "walkthrough", "Attention": "attention", "Head metrics": "heads",
+VIEWS = {"Timeline": "timeline", "Run overview": "overview", "Walkthrough": "walkthrough", "Attention": "attention", "Head metrics": "heads",
          "Residual stream": "residual", "Gradients": "gradients", "Ablation": "ablation", "Probes": "probes",
          "Health": "health", "Induction": "induction", "Features": "features", "Sweep": "sweep"}
 COMPARED = ("attention", "heads", "residual", "gradients", "ablation")  # drawn side by side by views/compare.py

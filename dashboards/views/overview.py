@@ -57,6 +57,13 @@ def curves(runs: list[RunHandle]) -> go.Figure:
                                      line=dict(color=COLOURS[i % len(COLOURS)]),
                                      hovertemplate=f"{r.name}<br>step %{{x}}<br>{title} %{{y:.4g}}<extra></extra>"),
                           row=j // 3 + 1, col=j % 3 + 1)
+        held = m[["step", "eval_loss"]].dropna() if "eval_loss" in m else m.iloc[:0]
+        if len(held) > 1:  # the held-out curve beside the training curve, where it was measured at every snapshot
+            fig.add_trace(go.Scatter(x=held.step, y=held.eval_loss.astype(np.float32), name=f"{r.name} held-out",
+                                     legendgroup=r.name, showlegend=False, mode="lines+markers",
+                                     line=dict(color=COLOURS[i % len(COLOURS)], dash="dot"),
+                                     hovertemplate=f"{r.name}<br>step %{{x}}<br>held-out loss %{{y:.4g}}<extra></extra>"),
+                          row=1, col=1)
     for j, (col, _) in enumerate(CURVES):
         fig.update_xaxes(title_text="step", row=j // 3 + 1, col=j % 3 + 1)
         if col in ("loss", "eval_loss", "grad_norm"):

@@ -12,6 +12,8 @@ its names from here and none types a key of its own.
       snapshots/step-000064.h5              one snapshot: SNAPSHOT_ATTRS and the keys below
       probes/                               what the probe scripts (probes/*.py) wrote
       features/<hook>/step-000064/          a sparse autoencoder of that snapshot (guppy-sae; SAELens's format)
+      timeline.csv, timeline_series.csv     what developed and when (guppy-timeline), and the signals it was found in
+      timeline.json, llc.csv                what the timeline was computed from; the LLC per checkpoint
 
 Schema 2 renamed the fixed input set from "probe set" to "watch set" (`probes.h5` ->
 `watch.h5`, `loss/by_probe` -> `loss/by_input`); schema-1 runs are read through `LEGACY_KEYS`.
@@ -149,6 +151,14 @@ def head_column_parts(name: str) -> tuple[str, int, int] | None:
 #   features.csv, topics.csv, memory.csv guppy's scores of it (FEATURE_COLUMNS, TOPIC_COLUMNS, MEMORY_COLUMNS)
 #   examples.safetensors, summary.json   per-feature histograms and top held-out chats; reconstruction, counts
 # A run without features/ (older runs) reads as "not computed yet".
+
+# ---- the timeline (guppy.analysis.timeline, guppy-timeline): what developed in a run, and when ----
+TIMELINE_FILE = "timeline.csv"  # the events: TIMELINE_COLUMNS
+TIMELINE_SERIES_FILE = "timeline_series.csv"  # one row per snapshot step: the signals the events were found in
+TIMELINE_KEY_FILE = "timeline.json"  # what the cached timeline was computed from; changed = recompute
+LLC_FILE = "llc.csv"  # the local learning coefficient per checkpoint step, with its settings
+TIMELINE_COLUMNS = ("step", "kind", "what", "value", "evidence")
+TIMELINE_KINDS = ("stage", "birth", "llc")
 
 FEATURES_DIR = "features"
 SAE_SETTINGS_FILE = "settings.json"

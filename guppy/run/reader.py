@@ -392,6 +392,24 @@ class Run:
     # ---- features: the sparse autoencoders guppy-sae trained (guppy.features) ---------------------
 
     @property
+    def timeline(self, compute: bool = True, quick: bool = False, llc=None) -> pd.DataFrame:
+        """What developed in the run, and when (guppy.analysis.timeline): one row per event, columns
+        step, kind (stage / birth / llc), what, value, evidence. From the cache in the run folder
+        while it is still true of the run, else measured (`quick`: the snapshot files only) and
+        cached; `compute=False` gives only the cache (None when not computed yet, or stale).
+        `llc`: an `LLCSettings` whose estimates are added first."""
+        from guppy.analysis import timeline as T
+
+        if not compute:
+            return T.cached(self, quick)
+        return T.timeline(self, T.TimelineSettings(quick=quick), llc=llc)
+
+    def timeline_series(self) -> pd.DataFrame | None:
+        """The signals the cached timeline was found in: one row per snapshot step (None if not computed yet)."""
+        from guppy.analysis import timeline as T
+
+        return T.cached_series(self)
+
     def feature_hooks(self) -> list[str]:
         """Hooks with SAEs (guppy-sae); [] when none are computed yet."""
         return R.feature_hooks(self.path)

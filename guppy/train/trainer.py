@@ -244,6 +244,9 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_train_start(self.view())
             self.watchdog.on_train_start(self)
+            snapshot_evals = self._snapshot_evals()
+            if main and self.step == 0 and 0 in snapshot_evals:  # a resumed run has its rows already
+                self.evaluate(chats=cfg.eval_at_snapshots)
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
                 position = (self.epoch, self.epoch_step)  # restored if this step is interrupted
@@ -311,6 +314,8 @@ class Trainer:
                 if at_eval and main:
                     self.evaluate()
                     self.save_checkpoint()
+                elif main and self.step in snapshot_evals:  # the held-out curve, a point per snapshot
+                    self.evaluate(chats=cfg.eval_at_snapshots)
         except Diverged:
             status = "diverged"
             self.optimizer.zero_grad(set_to_none=True)
@@ -350,15 +355,25 @@ class Trainer:
     def epoch_progress(self) -> float:
         return round(self.epoch + self.epoch_step / self.steps_per_epoch, 4)
 
+    def _snapshot_evals(self) -> set[int]:
+        """The steps of the recorder's schedule, where an eval on `eval_at_snapshots` chats runs too."""
+        cfg = self.cfg
+        if not (cfg.record and cfg.eval_at_snapshots):
+            return set()
+        from guppy.record.recorder import snapshot_schedule
+
+        return snapshot_schedule(self.total_steps, cfg.record_every, cfg.record_log_spaced)
+
     @torch.no_grad()
-    def evaluate(self) -> dict:
-        """Held-out loss and perplexity, and the persona eval; logged as a metrics row."""
+    def evaluate(self, chats: int | None = None) -> dict:
+        """Held-out loss and perplexity on `chats` held-out chats (default eval_chats), and the
+        persona eval; logged as a metrics row."""
         from guppy.evaluate import persona_eval
 
         model, cfg = self.model, self.cfg
         model.eval()
         split = self.data.eval
-        idx = np.arange(min(cfg.eval_chats, len(split)))
+        idx = np.arange(min(chats or cfg.eval_chats, len(split)))
         total, count = 0.0, 0
         for s in range(0, len(idx), 64):
             inputs, targets, mask = collate(split, idx[s:s + 64], self.data.tokenizer.pad_id, model.cfg.n_ctx,
