@@ -21,15 +21,17 @@ from guppy.config import TrainConfig
 
 
 def recipe(**overrides) -> TrainConfig:
-    """The demo's run: the 2-layer `induction` preset, 90% memory chats of the kinds whose items are
-    arbitrary (words, letter codes, and either said twice in one turn, with words between the two
-    copies or none, which taught copying outside the chat's phrases; names, foods and numbers can
-    be recalled by their look alone: a head that attends to 'name-like' tokens, no induction
-    needed; measured on this data, see docs/induction.md), loss on every token (on the last reply only the
-    copy heads formed later and less surely), 4,000 steps (under 6 minutes of training on 2 CPU
-    cores), snapshots every 100 steps."""
-    base = TrainConfig(preset="induction", memory_fraction=0.9, memory_kinds="words,poem,code,twice,echo", n_chats=60_000,
-                       batch_size=32, lr=3e-3, min_lr=3e-4, warmup_steps=50, steps=4000, loss_on="all",
+    """The demo's run: the 2-layer `induction` preset on 50% memory chats of the kinds whose items
+    are arbitrary (words, letter codes, and either said twice in one turn, with words between the
+    two copies or none; names, foods and numbers can be recalled by their look alone: a head that
+    attends to 'name-like' tokens, no induction needed) and 40% say-it-back chats of random tokens
+    of the whole vocabulary (`guppy.data.copy_chats`: items made of words taught copying only the
+    tokens words are made of), loss on every token (on the last reply only the copy heads formed
+    later and less surely), 2,000 steps, snapshots every 100 steps. Measured on this data: see
+    docs/induction.md."""
+    base = TrainConfig(preset="induction", memory_fraction=0.5, copy_fraction=0.4,
+                       memory_kinds="words,poem,code,twice,echo", n_chats=60_000,
+                       batch_size=32, lr=3e-3, min_lr=3e-4, warmup_steps=50, steps=2000, loss_on="all",
                        eval_every=500, eval_prompts=0, record=True, record_every=100, log_every=10)
     return replace(base, **overrides)
 
@@ -87,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = ArgumentParser(prog="python -m experiments.induction", description="Train the induction demo run (see `recipe`).")
     p.add_argument("--steps", type=positive_int, default=recipe().steps, help="optimizer steps (default %(default)s)")
-    p.add_argument("--every", type=positive_int, default=20,
-                   help="measure recall and head scores every N steps (default 20)")
+    p.add_argument("--every", type=positive_int, default=50,
+                   help="measure recall and head scores every N steps (default %(default)s)")
     p.add_argument("--recall-chats", type=positive_int, default=128,
                    help="held-out memory chats each measure scores (default %(default)s)")
     p.add_argument("--record-every", type=positive_int, default=recipe().record_every,
