@@ -68,7 +68,7 @@ reference-figures: $(STAMP)
 	$(BIN)/python experiments/reference_figures.py --run $(RUN) --out docs/reference
 
 # an induction head forming on multi-turn memory chats (docs/induction.md):
-# train with recall and head scores measured every 20 steps, ablate each head, draw docs/induction.md's figures (see there for its time)
+# train with recall and head scores measured every 50 steps, ablate each head, draw docs/induction.md's figures (see there for its time)
 INDUCTION_RUN := induction-$(shell date +%Y%m%d-%H%M%S)
 demo-induction: $(STAMP)
 	$(BIN)/python -m experiments.induction --run-name $(INDUCTION_RUN)

@@ -4,9 +4,10 @@
 
 Writes into --out:
   formation.png  every head's induction score on repeated random tokens over training (layer 0's
-                 best previous-token head dotted), its induction score inside held-out memory chats
-                 (guppy.analysis.memory_recall.chat_induction), and the loss on the recalled items' tokens and the
-                 training loss
+                 best previous-token head dotted; the copy heads summed, where more than one share it),
+                 its induction score inside held-out memory chats
+                 (guppy.analysis.memory_recall.chat_induction), and the loss on the recalled items' tokens,
+                 on the two copies of the repeated random tokens, and the training loss
   chat_patterns.png  the head most induction-like inside the chats, on a held-out memory chat,
                  at steps near 1,000, 2,000, 3,000 and the last (from the snapshots' weights)
   patterns.png   once a head's score on repeated random tokens crosses 0.5: its attention on a
@@ -46,7 +47,8 @@ def formation_figure(table, chat, metrics, formed, path: Path) -> None:
     of the head that crossed 0.5 on random tokens or, if none did, of the best copy head in the chats."""
     import matplotlib.pyplot as plt
 
-    from guppy.analysis.memory_recall import formation, previous_token_head
+    from guppy.analysis.memory_recall import copy_heads, formation, previous_token_head
+    from guppy.run.format import ICL_FIRST, ICL_SECOND
 
     fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True, gridspec_kw={"height_ratios": [3, 3, 2]})
     for ax, t, prefix, what in ((axes[0], table, "induction.", "on repeated random tokens"),
@@ -61,6 +63,9 @@ def formation_figure(table, chat, metrics, formed, path: Path) -> None:
         ax.set_ylim(0, 1)
         ax.set_ylabel(f"induction score\n{what}", fontsize=9)
         ax.legend(loc="upper left", frameon=False, fontsize=8)
+    if formed and len(heads := copy_heads(table, formed["layer"])) > 1:  # the copying split between heads
+        summed = sum(table[f"induction.{h}"] for h in heads)
+        axes[0].plot(table.step, summed.clip(upper=1), "--", color="C2", lw=1.2, label=f"{'+'.join(heads)} summed")
     if best := previous_token_head(table, before_layer=1):
         axes[0].plot(table.step, table[best], ":", color="C0", lw=1.5, label=f"{best.split('.', 1)[1]} previous-token")
         axes[0].legend(loc="upper left", frameon=False, fontsize=8)
@@ -75,6 +80,9 @@ def formation_figure(table, chat, metrics, formed, path: Path) -> None:
         for ax in axes:
             ax.axvspan(rise["rise_from"], rise["rise_to"], color="gold", alpha=0.3, lw=0)
     axes[2].plot(table.step, table.recall_loss, color="C3", lw=2, label="loss on recalled tokens (held-out items)")
+    if ICL_SECOND in table:  # runs of before the in-context loss columns lack them
+        axes[2].plot(table.step, table[ICL_FIRST], color="C0", lw=1, label="repeated random tokens: first copy")
+        axes[2].plot(table.step, table[ICL_SECOND], color="C0", lw=2, label="repeated random tokens: second copy")
     if metrics is not None:
         m = metrics.dropna(subset=["loss"])
         axes[2].plot(m.step, m.loss, color="0.4", lw=0.8, label="training loss")

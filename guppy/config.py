@@ -158,6 +158,8 @@ class TrainConfig:
     data_seed: int = _f(0, "seed of the generated chats")
     memory_fraction: float = _f(0.0, "share of chats that are multi-turn memory chats (the persona's [memory] tables)")
     memory_kinds: str = _f("", "comma-separated memory kinds to use (fish: name, food, flakes, words, poem); empty = all")
+    copy_fraction: float = _f(0.0, "share of chats that are say-it-back chats of random tokens of the whole vocabulary "
+                                   "(guppy.data.copy_chats; train only)")
     vocab_size: int = _f(0, "BPE tokenizer target vocabulary; 0 = the preset's d_vocab")
     epochs: float = _f(1.0, "passes over the train split (ignored when --steps is given)")
     steps: int = _f(0, "optimizer steps to run; 0 = derive from --epochs")
@@ -202,7 +204,8 @@ class TrainConfig:
 
     def __post_init__(self):
         checks = {
-            "n_chats": self.n_chats >= 1, "memory_fraction": 0 <= self.memory_fraction < 1, "vocab_size": self.vocab_size == 0 or self.vocab_size >= 300, "epochs": self.epochs > 0, "steps": self.steps >= 0,
+            "n_chats": self.n_chats >= 1, "memory_fraction": 0 <= self.memory_fraction < 1, "copy_fraction": 0 <= self.copy_fraction < 1 - self.memory_fraction,
+            "vocab_size": self.vocab_size == 0 or self.vocab_size >= 300, "epochs": self.epochs > 0, "steps": self.steps >= 0,
             "batch_size": self.batch_size >= 1, "grad_accum": self.grad_accum >= 1, "lr": self.lr > 0,
             "warmup_steps": self.warmup_steps >= 0, "min_lr": 0 <= self.min_lr <= self.lr,
             "weight_decay": self.weight_decay >= 0, "grad_clip": self.grad_clip >= 0,

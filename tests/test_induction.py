@@ -23,9 +23,11 @@ from guppy.analysis.memory_recall import (
     repeated_batch,
     repeated_tokens,
 )
+from guppy.run.format import ICL_DROP, ICL_FIRST, ICL_SECOND
 from guppy.run.reader import load_eval_data
 from guppy.train.trainer import start_run
 
+ICL_COLUMNS = (ICL_FIRST, ICL_SECOND, ICL_DROP)
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -49,6 +51,9 @@ def test_monitor_writes_a_row_every_few_steps(memory_run):
     values = table[heads + ["recall_acc", "recall_token_acc", "random_recall_acc", "random_recall_token_acc"]].to_numpy()
     assert ((values >= 0) & (values <= 1)).all()
     assert table.recall_loss.iloc[-1] < table.recall_loss.iloc[0]  # it learns something, even in 30 steps
+    icl = table[list(ICL_COLUMNS)].to_numpy()  # the in-context loss on the repeated random tokens, every row
+    assert np.isfinite(icl).all() and (icl[:, :2] > 0).all()
+    np.testing.assert_allclose(icl[:, 2], icl[:, 0] - icl[:, 1], atol=2e-3)
 
 
 def test_random_items_swap_every_copy_of_the_item_and_nothing_else(memory_run):

@@ -12,7 +12,7 @@ item is right in every token. Held-out items are never in train, so only copying
 `RecallMonitor` is a training callback that measures this every few steps, together with each
 head's copy score inside the chats (`chat_scores`), the same two with the item swapped for random
 tokens (`random_items`), and each head's induction and previous-token scores on repeated random
-tokens (`guppy.record.head_scores`), and rewrites `recall.csv` in the run folder: a curve dense enough to date when the induction head
+tokens (`guppy.record.head_scores`) with the in-context loss on them (`icl_losses`), and rewrites `recall.csv` in the run folder: a curve dense enough to date when the induction head
 forms, far cheaper than a full snapshot.
 """
 
@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from guppy.record import head_scores as M
-from guppy.run.format import HEAD_COLUMN, RECALL_FILE, head_column_parts, layer_of
+from guppy.run.format import HEAD_COLUMN, ICL_DROP, ICL_FIRST, ICL_SECOND, RECALL_FILE, head_column_parts, layer_of
 from guppy.run.watch_set import repeated_random_tokens
 from guppy.run.writer import atomic_write
 from guppy.train.callbacks import Callback
@@ -239,10 +239,24 @@ def repeated_tokens(vocab_size: int, n: int = 8, period: int = 20, seed: int = 0
     return tokens, torch.full((n,), tokens.shape[1]), torch.full((n,), period)
 
 
+def icl_losses(logits: torch.Tensor, tokens: torch.Tensor, period: int) -> dict[str, float]:
+    """The in-context loss on repeated random tokens (a start token, r, r; logits (B, T, V) of
+    tokens (B, T)), as recall.csv's `icl_*` columns: the mean loss, in nats, on the first copy's
+    tokens and on the second copy's, each but its first token (which nothing before predicts), and
+    `icl_drop`, first - second: what copying from the first copy gains."""
+    P = period
+    lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, tokens[:, 1:, None])[..., 0]  # (B, T-1)
+    first, second = -lp[:, 1:P].mean(), -lp[:, P + 1:2 * P].mean()  # targets 2..P and P+2..2P
+    return {ICL_FIRST: float(first), ICL_SECOND: float(second), ICL_DROP: float(first - second)}
+
+
 @torch.no_grad()
 def dense_head_scores(model, tokens, lengths, period) -> dict[str, float]:
-    """Every head's induction and previous-token score on repeated random tokens, as recall.csv columns."""
+    """Every head's induction and previous-token score on repeated random tokens, as recall.csv
+    columns, and the in-context loss on them (`icl_losses`). The rows share one period."""
     out: dict[str, float] = {}
+    if not bool((period == period[0]).all()):
+        raise ValueError("dense_head_scores: the repeated sequences must share one period")
 
     device = _device(model)
     tokens, lengths, period = tokens.to(device), lengths.to(device), period.to(device)
@@ -257,10 +271,10 @@ def dense_head_scores(model, tokens, lengths, period) -> dict[str, float]:
     was_training = model.training
     model.eval()
     try:
-        model.run_with_hooks(tokens, fwd_hooks=[("blocks.*.attn.hook_pattern", on_pattern)])
+        logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.*.attn.hook_pattern", on_pattern)])
     finally:
         model.train(was_training)
-    return out
+    return out | icl_losses(logits, tokens, int(period[0]))
 
 
 class RecallMonitor(Callback):
@@ -321,6 +335,25 @@ def previous_token_head(table: pd.DataFrame, before_layer: int | None = None) ->
     return max(cols, key=lambda c: table[c].iloc[-1], default=None)
 
 
+def column_rise(table: pd.DataFrame, column: str) -> dict:
+    """How one recall.csv column rose: its lowest value before its peak (`before`), its peak
+    (`peak`), its last (`after`), and the steps it first crossed 10%, 50% and 90% of the way from
+    `before` to `peak` (`rise_from`, `step`, `rise_to`): a rise dated half way up, as formation()."""
+    s, steps = table[column].to_numpy(), table.step.to_numpy()
+    lo, hi = s[: int(np.argmax(s)) + 1].min(), s.max()
+    at = {name: int(steps[np.argmax(s >= lo + f * (hi - lo))]) for name, f in
+          (("rise_from", 0.1), ("step", 0.5), ("rise_to", 0.9))}
+    return {"before": float(lo), "peak": float(hi), "after": float(s[-1])} | at
+
+
+def copy_heads(table: pd.DataFrame, layer: int, metric: str = "induction", floor: float = 0.1) -> list[str]:
+    """The heads of `layer` ("L1H2") whose `metric` score ends at `floor` or above: the heads that
+    share the copying when it is split between redundant heads (Singh et al. 2024)."""
+    last = table.iloc[-1]
+    return [c.split(".", 1)[1] for c in table.columns
+            if (p := head_column_parts(c)) and p[0] == metric and p[1] == layer and last[c] >= floor]
+
+
 def formation(table: pd.DataFrame, threshold: float | None = 0.5, metric: str = "induction") -> dict | None:
     """When the induction head formed, from recall.csv: the head whose `metric` score rises
     highest, the first step it exceeds `threshold` (None: half way up its own rise), and the steps
@@ -331,14 +364,14 @@ def formation(table: pd.DataFrame, threshold: float | None = 0.5, metric: str = 
     best = max(cols, key=lambda c: table[c].max())
     s = table[best].to_numpy()
     steps = table.step.to_numpy()
-    lo, hi = s[: int(np.argmax(s)) + 1].min(), s.max()
+    rise = column_rise(table, best)
+    lo = rise["before"]
     if threshold is None:
-        threshold = lo + 0.5 * (hi - lo)
+        threshold = lo + 0.5 * (rise["peak"] - lo)
     if s.max() < threshold:
         return None
-    t10 = steps[np.argmax(s >= lo + 0.1 * (hi - lo))]
-    t90 = steps[np.argmax(s >= lo + 0.9 * (hi - lo))]
     head = best.split(".", 1)[1]  # "L1H2"
     _, layer, h = head_column_parts(best)
     return {"head": head, "layer": layer, "index": h, "step": int(steps[np.argmax(s >= threshold)]),
-            "score_before": float(lo), "score_after": float(s[-1]), "rise_from": int(t10), "rise_to": int(t90)}
+            "score_before": float(lo), "score_after": float(s[-1]), "rise_from": rise["rise_from"],
+            "rise_to": rise["rise_to"]}

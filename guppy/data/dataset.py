@@ -5,7 +5,8 @@
 Splits: a share of every topic's prompt templates is held out entirely (eval only), and no
 (prompt, reply) pair of the eval split appears in train. With `memory_fraction`, that share of
 the chats are multi-turn memory chats (`guppy.data.memory_chats`), whose eval items never occur in
-train. Token arrays live on disk as flat `.npy` files (memory-mapped), keyed by the persona's
+train. With `copy_fraction`, that share are say-it-back chats made of random token ids
+(`guppy.data.copy_chats`, train only). Token arrays live on disk as flat `.npy` files (memory-mapped), keyed by the persona's
 content, seed and sizes, so a second run starts instantly and a changed persona invalidates the cache.
 
 Building streams: chats are written to disk as each topic is generated, then tokenized in
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from guppy.data.copy_chats import COPY_TOPIC, FRAMES, MAX_TOKENS, MIN_TOKENS, copy_chats
 from guppy.data.memory_chats import memory_chats
 from guppy.data.persona import Persona, load_persona
 from guppy.data.tokenizer import ChatTokenizer, train_tokenizer
@@ -53,6 +55,7 @@ class DataConfig:
     vocab_size: int = 4096
     memory_fraction: float = 0.0  # share of chats that are multi-turn memory chats (the persona's [memory])
     memory_kinds: str = ""  # comma-separated [memory.<kind>] names to use; "" = all of them
+    copy_fraction: float = 0.0  # share of chats that are say-it-back chats of random token ids (train only)
 
     def __post_init__(self):
         if self.n_chats < 1:
@@ -63,6 +66,8 @@ class DataConfig:
             raise ValueError(f"heldout_prompt_fraction must be in (0, 1), got {self.heldout_prompt_fraction}")
         if not 0 <= self.memory_fraction < 1:
             raise ValueError(f"memory_fraction must be in [0, 1), got {self.memory_fraction}")
+        if not 0 <= self.copy_fraction < 1 - self.memory_fraction:
+            raise ValueError(f"copy_fraction must be in [0, 1 - memory_fraction), got {self.copy_fraction}")
         if self.vocab_size < 300:
             raise ValueError(f"vocab_size must be >= 300 (256 bytes + specials + merges), got {self.vocab_size}")
 
@@ -73,7 +78,8 @@ def data_config(cfg) -> DataConfig:
 
     vocab = cfg.vocab_size or model_preset(cfg.preset).d_vocab
     return DataConfig(persona=cfg.persona, n_chats=cfg.n_chats, seed=cfg.data_seed, vocab_size=vocab,
-                      memory_fraction=cfg.memory_fraction, memory_kinds=cfg.memory_kinds)
+                      memory_fraction=cfg.memory_fraction, memory_kinds=cfg.memory_kinds,
+                      copy_fraction=cfg.copy_fraction)
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,7 @@ def iter_topic_chats(persona: Persona, cfg: DataConfig) -> Iterator[tuple[str, l
         raise ValueError(f"{persona.source}: memory_fraction {cfg.memory_fraction} asks for memory chats, "
                          "but the persona has no [memory.<kind>] tables")
     n_memory = round(cfg.n_chats * cfg.memory_fraction)
-    base, extra = divmod(cfg.n_chats - n_memory, len(topics))
+    base, extra = divmod(cfg.n_chats - n_memory - n_copy_chats(cfg), len(topics))
     fillers = {}
     for i, name in enumerate(topics):
         n = base + (i < extra)
@@ -136,14 +142,21 @@ def memory_kinds(persona: Persona, cfg: DataConfig) -> list[str]:
     return [k for k in persona.memory if not asked or k in asked]
 
 
+def n_copy_chats(cfg: DataConfig) -> int:
+    """How many of `cfg`'s chats are say-it-back chats (`guppy.data.copy_chats`)."""
+    return round(cfg.n_chats * cfg.copy_fraction)
+
+
 def chat_topics(persona: Persona, cfg: DataConfig) -> list[str]:
-    """Every topic label the chats carry: the persona's topics, then `recall_<kind>` per memory kind."""
+    """Every topic label the chats carry: the persona's topics, then `recall_<kind>` per memory kind,
+    then `say_back` with say-it-back chats."""
     memory = [persona.memory[k].topic for k in memory_kinds(persona, cfg)] if cfg.memory_fraction else []
-    return list(persona.topics) + memory
+    return list(persona.topics) + memory + ([COPY_TOPIC] if n_copy_chats(cfg) else [])
 
 
 def generate_chats(persona: Persona, cfg: DataConfig) -> Chats:
-    """Every chat in memory, each split shuffled: for small sets (`load_dataset` streams to disk)."""
+    """Every chat in memory, each split shuffled: for small sets (`load_dataset` streams to disk).
+    Say-it-back chats need the tokenizer: only `build_dataset` makes them."""
     train, evals = [], []
     for _, tr, ev in iter_topic_chats(persona, cfg):
         train += tr
@@ -317,7 +330,12 @@ def default_cache_dir() -> Path:
 def cache_key(persona: Persona, cfg: DataConfig) -> str:
     import tokenizers
 
-    blob = json.dumps([CACHE_VERSION, persona.digest, asdict(cfg) | {"persona": None}, tokenizers.__version__])
+    d = asdict(cfg) | {"persona": None}
+    if not cfg.copy_fraction:  # the caches of before the field keep their keys
+        del d["copy_fraction"]
+    else:
+        d["copy_tokens"] = [MIN_TOKENS, MAX_TOKENS, *FRAMES]
+    blob = json.dumps([CACHE_VERSION, persona.digest, d, tokenizers.__version__])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -384,16 +402,23 @@ def build_dataset(persona: Persona, cfg: DataConfig, folder: Path) -> dict:
     t2 = time.perf_counter()
     topic_index = {t: i for i, t in enumerate(chat_topics(persona, cfg))}
 
-    def encode(split: str, chats: Iterator[Chat]) -> None:
+    def encode(split: str, chats: Iterator[Chat]) -> TokenWriter:
         writer = TokenWriter(folder, split)
         for chunk in iter(lambda: list(itertools.islice(chats, ENCODE_CHUNK)), []):
             ids, starts = tok.encode_chats([c.prompt for c in chunk], [c.reply for c in chunk],
                                            [c.history for c in chunk])
             writer.append(ids, starts, [topic_index[c.topic] for c in chunk])
-        writer.close()
+        return writer
 
-    encode("train", iter(ChatFile(folder / "train.chats.jsonl", chat_stats.n_train)))
-    encode("eval", iter(evals))
+    writer = encode("train", iter(ChatFile(folder / "train.chats.jsonl", chat_stats.n_train)))
+    if n_copy := n_copy_chats(cfg):  # made of ids, after the text chats: appended as ids, their text for reading
+        ids, starts, copies = copy_chats(tok, n_copy, cfg.seed)
+        writer.append(ids, starts, [topic_index[COPY_TOPIC]] * n_copy)
+        with open(folder / "train.chats.jsonl", "a") as f:
+            f.writelines(json.dumps(asdict(Chat(**c))) + "\n" for c in copies)
+        chat_stats.add([Chat(**c) for c in copies])
+    writer.close()
+    encode("eval", iter(evals)).close()
     with open(folder / "eval.chats.jsonl", "w") as f:
         f.writelines(json.dumps(asdict(c)) + "\n" for c in evals)
     t3 = time.perf_counter()

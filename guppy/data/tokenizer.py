@@ -169,6 +169,13 @@ class ChatTokenizer:
             heads = [self._earlier(h) + head if h else head for h, head in zip(histories, heads)]
         return [h + t.ids + [self.end_id] for h, t in zip(heads, tails)], [len(h) for h in heads]
 
+    def chat_ids(self, prompt: str, user_ids: Sequence[int], reply_ids: Sequence[int]) -> tuple[list[int], int]:
+        """One chat whose user turn is `prompt`'s text followed by the ids `user_ids`, and whose reply
+        is the ids `reply_ids`, taken as they are (not through text: see guppy.data.copy_chats);
+        returns (ids, index of the reply's first token)."""
+        head = [*self._pre, *self.encode(self._lead + prompt), *user_ids, *self.encode(self._trail), *self._post]
+        return [*head, *reply_ids, self.end_id], len(head)
+
     def save(self, path: str | Path) -> None:
         """Atomic write: a crash leaves the old file or the new one, never half of one. A format
         other than guppy's goes beside it as chat.json."""

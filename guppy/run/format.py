@@ -132,8 +132,12 @@ def forensics_path(run_dir: str | Path, step: int) -> Path:
 # ---- recall of memory chats (guppy.analysis.memory_recall writes it; the Induction view reads it) ------------
 
 RECALL_FILE = "recall.csv"  # run folder: one row per measured step
+# the in-context loss on repeated random tokens, in nats: on the first copy, the second, first - second
+# (runs of before these columns lack them: not computed yet)
+ICL_FIRST, ICL_SECOND, ICL_DROP = "icl_loss_first", "icl_loss_second", "icl_drop"
 RECALL_COLUMNS = ("step", "tokens", "recall_loss", "recall_token_acc", "recall_acc",
-                  "random_recall_loss", "random_recall_token_acc", "random_recall_acc")  # then per-head columns
+                  "random_recall_loss", "random_recall_token_acc", "random_recall_acc",
+                  ICL_FIRST, ICL_SECOND, ICL_DROP)  # then per-head columns
 HEAD_COLUMN = "{metric}.L{layer}H{head}"  # per-head columns of recall.csv: induction.L1H2, prev_token.L0H3
 _HEAD_COLUMN = re.compile(r"^(\w+)\.L(\d+)H(\d+)$")
 
