@@ -101,6 +101,25 @@ def test_a_warm_start_begins_at_the_previous_sae(tiny_recorded_run):
     assert kept_warm > 0.8 and kept_cold < 0.5, (kept_warm, kept_cold)
 
 
+def test_a_warm_start_follows_the_mean_of_the_activations(tiny_recorded_run):
+    """The residual's mean moves over training: a warm start moves the decoder bias with it, so the previous
+    SAE reconstructs the moved activations as well as it did the old ones (before a step of training), and
+    training on from there keeps most of that (at the warm rate, not the cold start's)."""
+    x = acts_at(tiny_recorded_run, "latest")
+    settings = SAESettings(hook=HOOK, width=64, k=6, first_steps=80, warm_steps=40, batch=256)
+    first = SparseCoder.from_sae(train_sae(x, settings))
+    moved = x + 3 * x.std() * torch.randn(x.shape[1], generator=torch.Generator().manual_seed(0))
+
+    def ev(coder, a):
+        return float(1 - (coder(a) - a).pow(2).sum() / (a - a.mean(0)).pow(2).sum())
+
+    kept = SparseCoder.from_sae(train_sae(moved, settings, init=first, steps=0, init_mean=x.mean(0)))
+    torch.testing.assert_close(kept(moved), first(x) + (moved - x), rtol=1e-4, atol=1e-4)
+    assert ev(first, moved) < 0 < ev(first, x) - 0.01 < ev(kept, moved)  # unmoved, the bias alone undoes it
+    warm = SparseCoder.from_sae(train_sae(moved, settings, init=first, init_mean=x.mean(0)))
+    assert ev(warm, moved) > ev(first, x) - 0.1, (ev(warm, moved), ev(first, x))
+
+
 # ---- lineage ----------------------------------------------------------------------------------
 
 

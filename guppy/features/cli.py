@@ -39,7 +39,9 @@ def parser() -> ArgumentParser:
                    help=f"SAE steps of {d.batch} activations for the first snapshot's SAE (default {d.first_steps})")
     p.add_argument("--warm-steps", type=int, default=d.warm_steps,
                    help=f"SAE steps for each later one, warm-started from the one before (default {d.warm_steps})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"SAE learning rate (default {d.lr:g})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"SAE learning rate of the first snapshot's (default {d.lr:g})")
+    p.add_argument("--warm-lr", type=float, default=d.warm_lr,
+                   help=f"SAE learning rate of a warm start (default {d.warm_lr:g})")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the chat sample and the SAE's init (default 0)")
     p.add_argument("--heldout", type=positive_int, default=1200,
                    help="held-out chats to score on, round-robin over topics (default 1200: 20 per topic of the fish)")
@@ -70,7 +72,8 @@ def plan(args):
     for hook in hooks:
         check_hook(hook, cfg.n_layers)
         settings = SAESettings(hook=hook, width=args.width or 0, k=args.k, tokens=args.tokens, first_steps=args.first_steps,
-                               warm_steps=args.warm_steps, lr=args.lr, seed=args.seed).resolved(cfg.d_model)
+                               warm_steps=args.warm_steps, lr=args.lr, warm_lr=args.warm_lr,
+                               seed=args.seed).resolved(cfg.d_model)
         old = store.read_settings(run.path, hook)
         done = {} if args.fresh else R.list_saes(run.path, hook)
         held = store.settings_extra(run.path, hook).get("heldout_chats", args.heldout)
@@ -114,14 +117,18 @@ def compute_hook(run, steps: list[int], hook: str, settings: SAESettings, done: 
     real = A.real_positions(train_batch)
     bar = progress(len(steps), len(steps) - len(todo), not args.quiet)
     bar.unit, bar.desc = "snapshot", hook
+    means = {}  # step -> the mean of its training activations, to move a warm start's decoder bias
     for step in todo:
         t0 = time.perf_counter()
         model = run.model(step)
         x = A.hook_activations(model, train_batch.tokens, hook)[real]  # (N, D)
         earlier = [s for s in R.list_saes(run.path, hook) if s < step]
         init = SparseCoder.load(R.sae_dir(run.path, hook, earlier[-1])) if earlier else None
+        if earlier and earlier[-1] not in means:  # resumed: the previous snapshot's activations once more
+            means[earlier[-1]] = A.hook_activations(run.model(earlier[-1]), train_batch.tokens, hook)[real].mean(0)
+        means[step] = x.mean(0)
         t1 = time.perf_counter()
-        sae = train_sae(x, settings, init)
+        sae = train_sae(x, settings, init, init_mean=means[earlier[-1]] if earlier else None)
         coder = SparseCoder.from_sae(sae)
         t2 = time.perf_counter()
         scores = score_sae(model, coder, heldout, hook, x, persona_topics, vocab, memory)

@@ -15,8 +15,11 @@
   training, and one learning rate then fits every snapshot. SAELens folds the factor into the
   saved weights, so the saved SAE takes raw activations.
 - **Warm starts** (SAE-Track, arXiv 2412.17626): a snapshot's SAE starts from the previous
-  snapshot's saved one, unfolded into this snapshot's scale, so features can be followed across
-  training and later snapshots need fewer steps.
+  snapshot's saved one, unfolded into this snapshot's scale and its decoder bias moved as far as
+  the activations' mean moved, so features can be followed across training and later snapshots
+  need fewer steps. A warm start trains at a lower rate (`warm_lr`), warmed up: its Adam starts
+  afresh, and at the cold start's rate its first steps undo the SAE it was given (measured on the
+  reference fish: explained variance 0.83 before 5 steps at 2e-3, 0.15 after).
 - **`SparseCoder`** reads the saved safetensors with plain torch: importing SAELens costs ~10 s
   of CPU (it imports TransformerLens and transformers), too slow for a dashboard. A test checks
   that SAELens's `SAE.load_from_disk` reconstructs exactly what it does.
@@ -50,12 +53,14 @@ class SAESettings:
     first_steps: int = 400  # SAE steps for the first snapshot's SAE (a cold start)
     warm_steps: int = 100  # for every later one (warm-started from the previous snapshot's SAE)
     batch: int = 1024  # activations per SAE step
-    lr: float = 2e-3
+    lr: float = 2e-3  # the cold start's rate
+    warm_lr: float = 5e-4  # a warm start's
     seed: int = 0
 
     def __post_init__(self):
         bad = {"width": self.width >= 0, "k": self.k >= 1, "tokens": self.tokens >= 1, "batch": self.batch >= 1,
-               "first_steps": self.first_steps >= 0, "warm_steps": self.warm_steps >= 0, "lr": self.lr > 0}
+               "first_steps": self.first_steps >= 0, "warm_steps": self.warm_steps >= 0, "lr": self.lr > 0,
+               "warm_lr": self.warm_lr > 0}
         wrong = [name for name, ok in bad.items() if not ok]
         if wrong:
             raise ValueError(f"SAE settings: {wrong[0]}={getattr(self, wrong[0])} is out of range")
@@ -87,8 +92,9 @@ def scale_factor(acts: torch.Tensor) -> float:
 
 
 def new_training_sae(d_in: int, settings: SAESettings, init: SparseCoder | None = None, scale: float = 1.0,
-                     model_name: str = "guppy"):
-    """A SAELens TopKTrainingSAE in the space of activations times `scale`; from `init`'s weights if given."""
+                     model_name: str = "guppy", shift: torch.Tensor | None = None):
+    """A SAELens TopKTrainingSAE in the space of activations times `scale`; from `init`'s weights if given,
+    its decoder bias moved by `shift` (D,) in raw units (how far the activations' mean moved since init's)."""
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
     torch.manual_seed(settings.seed)
@@ -100,7 +106,10 @@ def new_training_sae(d_in: int, settings: SAESettings, init: SparseCoder | None 
         if init.W_enc.shape != sae.W_enc.shape:
             raise ValueError(f"warm start: the previous SAE is {tuple(init.W_enc.shape)}, this one "
                              f"{tuple(sae.W_enc.shape)}; give the same --width (or a new hook folder)")
-        sae.load_state_dict(init.state_dict())
+        state = init.state_dict()
+        if shift is not None:
+            state["b_dec"] = state["b_dec"] + shift.to(state["b_dec"].dtype)
+        sae.load_state_dict(state)
         # init takes raw activations; the trainer feeds activations times `scale`: unfold it (SAELens folds s
         # as W_enc *= s, W_dec /= s, b_dec /= s, so folding 1/s is the inverse)
         sae.fold_activation_norm_scaling_factor(1.0 / scale)
@@ -108,24 +117,29 @@ def new_training_sae(d_in: int, settings: SAESettings, init: SparseCoder | None 
 
 
 def train_sae(acts: torch.Tensor, settings: SAESettings, init: SparseCoder | None = None, steps: int | None = None,
-              model_name: str = "guppy", progress: bool = False):
-    """Train a TopK SAE on acts (N, D) float32 with SAELens's SAETrainer; from `init` (a warm start) if given.
-    Returns the trained SAELens TrainingSAE, its input scale folded in (it takes raw activations)."""
+              model_name: str = "guppy", progress: bool = False, init_mean: torch.Tensor | None = None):
+    """Train a TopK SAE on acts (N, D) float32 with SAELens's SAETrainer; from `init` (a warm start) if given,
+    its decoder bias moved by acts.mean(0) - init_mean when init_mean (D,), the mean of the activations init
+    was trained on, is given. Returns the trained SAELens TrainingSAE, its input scale folded in (it takes
+    raw activations)."""
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
     if steps is None:
         steps = settings.first_steps if init is None else settings.warm_steps
     scale = scale_factor(acts)
-    sae = new_training_sae(acts.shape[1], settings, init, scale, model_name)
+    shift = acts.mean(0) - init_mean if init is not None and init_mean is not None else None
+    sae = new_training_sae(acts.shape[1], settings, init, scale, model_name, shift)
     batch = min(settings.batch, len(acts))
     if steps == 0:  # nothing to train (a warm start kept as it is): only the scale to fold back
         sae.fold_activation_norm_scaling_factor(scale)
         return sae.eval()
-    # a constant rate, warmed up from a cold start, the last fifth decaying linearly to 0 (SAELens's schedule)
-    cfg = SAETrainerConfig(total_training_samples=steps * batch, train_batch_size_samples=batch, lr=settings.lr,
-                           lr_end=settings.lr, lr_scheduler_name="constant", lr_decay_steps=steps // 5,
-                           lr_warm_up_steps=0 if init is not None else steps // 20,
+    # a constant rate, warmed up, the last fifth decaying linearly to 0 (SAELens's schedule); a warm start at
+    # warm_lr, warmed up over its first fifth (its Adam's moments start from nothing)
+    lr = settings.lr if init is None else settings.warm_lr
+    cfg = SAETrainerConfig(total_training_samples=steps * batch, train_batch_size_samples=batch, lr=lr,
+                           lr_end=lr, lr_scheduler_name="constant", lr_decay_steps=steps // 5,
+                           lr_warm_up_steps=steps // 5 if init is not None else steps // 20,
                            dead_feature_window=max(10, steps // 4), feature_sampling_window=max(10, steps),
                            device="cpu")
     trainer = SAETrainer(cfg, sae, _batches(acts, batch, settings.seed))
