@@ -77,6 +77,21 @@ def test_features_view_in_the_browser(tiny_sae_run, tmp_path):
         page.screenshot(path=str(ARTIFACTS / "dashboard-features.png"), full_page=True)
 
 
+def test_the_features_pages_screenshot_command_runs(tiny_sae_run, tmp_path):
+    """docs/features.md's command for its picture of the Features view, on the suite's run with SAEs."""
+    import shlex
+
+    page = (ROOT / "docs" / "features.md").read_text()
+    (line,) = [x for x in page.splitlines() if x.startswith(".venv/bin/python dashboards/browser.py ")]
+    args = shlex.split(line)[2:]
+    given = dict(zip(args[::2], args[1::2]))
+    assert given["--view"] == "Features" and given["--out"] == "docs/features/view.png"
+    given |= {"--runs-dir": str(Path(tiny_sae_run).parent), "--run": Path(tiny_sae_run).name,
+              "--out": str(tmp_path / "view.png")}
+    assert B.main([x for kv in given.items() for x in kv]) == 0
+    assert (tmp_path / "view.png").stat().st_size > 10_000
+
+
 def test_walkthrough_shows_the_reply_and_a_caption_per_layer_for_a_typed_prompt(tiny_recorded_run, tmp_path):
     import guppy
     from guppy.analysis.captions import visible
