@@ -169,3 +169,39 @@ def test_timeline_view_renders_on_a_run_never_measured(run_copy, monkeypatch):
     go[0].click().run()
     assert not at.exception
     assert at.sidebar.radio[0].value != "Timeline"  # the event's view opened
+
+
+DOCS = ROOT / "docs" / "timeline.md"
+
+
+def docs_commands() -> list[str]:
+    import re
+
+    blocks = re.findall(r"```bash\n(.*?)```", DOCS.read_text(), re.S)
+    return [line.split("  #")[0].strip() for b in blocks for line in b.splitlines()
+            if line.strip() and not line.startswith("#") and not line.startswith("make ")]
+
+
+@pytest.mark.slow
+def test_the_docs_commands_run_on_a_tiny_run(run_copy, tmp_path):
+    """Every command of docs/timeline.md (but `make demo-induction`, run by CI's README check), on the tiny run."""
+    import re
+    import shlex
+
+    commands = docs_commands()
+    assert any(c.startswith("guppy-timeline") for c in commands)
+    assert any("timeline_figures.py" in c for c in commands) and any("bench_timeline.py" in c for c in commands)
+    for cmd in commands:
+        args = [re.sub(r"^runs/(demo|reference|induction)-[\w-]+$", str(run_copy), a) for a in shlex.split(cmd)]
+        args = [str(tmp_path / "figures") if a == "docs/timeline" else a for a in args]
+        if args[0] == "guppy-timeline":
+            args = [sys.executable, "-m", "guppy.analysis.timeline_cli", *args[1:], *(
+                ["--llc-draws", "3", "--llc-chains", "1", "--llc-chats", "16"] if "--llc" in args else [])]
+        else:
+            args = [sys.executable, *args[1:]]
+        out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
+        assert out.returncode == 0, (cmd, out.stderr[-2000:])
+        if "timeline_figures" in cmd:
+            assert all(p.stat().st_size > 10_000 for p in (tmp_path / "figures").glob("*.png"))
+        if "bench_timeline" in cmd:
+            assert "full timeline (no LLC)" in out.stdout

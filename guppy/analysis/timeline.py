@@ -54,8 +54,8 @@ SCORE_WORDS = {"prev_token": "previous-token score", "induction": "induction sco
 @dataclass(frozen=True)
 class TimelineSettings:
     quick: bool = False  # snapshot files only: no checkpoint is loaded (no ablation, probe, outputs)
-    ablation_chats: int = 64
-    probe_chats: int = 300
+    ablation_chats: int = 16  # one forward per head and MLP each: most of the cost (benchmarks/bench_timeline.py)
+    probe_chats: int = 200
     max_stages: int = 6
     min_stage: int = 2  # snapshots, at least, in a stage
     seed: int = 0
@@ -121,20 +121,26 @@ def _outputs(model, watch) -> np.ndarray:
     return target[real].numpy()
 
 
+@torch.no_grad()
 def _checkpoint_signals(run, step: int, ablation, probe) -> tuple[dict[str, float], np.ndarray]:
     from guppy.analysis.heldout import each_site_losses
     from guppy.analysis.linear_probe import features, probe_layers
     from guppy.model.ablate import ablation_sites
     from guppy.record import head_scores as M
 
+    from guppy.model.precision import BF16_CPU_MIN_SPEEDUP, cpu_bf16_speedup
+
     model = run.model(step).float().eval()
     row: dict[str, float] = {}
     batch, _ = ablation
-    clean = M.mean_loss_per_row(model(batch.tokens), batch.tokens, batch.reply_mask)
-    m = batch.reply_mask.float().sum(1)
-    clean = float((clean * m).sum() / m.sum())
+    # the ablations are most of the cost (one forward per head and MLP): bf16 where this CPU runs it fast
+    fast = torch.bfloat16 if cpu_bf16_speedup() >= BF16_CPU_MIN_SPEEDUP else torch.float32
+    with torch.autocast("cpu", dtype=fast, enabled=fast != torch.float32):
+        clean = M.mean_loss_per_row(model(batch.tokens).float(), batch.tokens, batch.reply_mask)
+        m = batch.reply_mask.float().sum(1)
+        clean = float((clean * m).sum() / m.sum())
+        ablated = each_site_losses(model, batch.tokens, batch.reply_mask, "mean", pad_id=batch.pad_id)
     row["heldout_loss"] = clean
-    ablated = each_site_losses(model, batch.tokens, batch.reply_mask, "mean", pad_id=batch.pad_id)
     for (kind, l, h), v in zip(ablation_sites(model.cfg), ablated.tolist()):
         row[f"ablate.{_site_name(kind, l, h)}"] = v - clean
     pbatch, y, train, test, n_topics = probe

@@ -22,7 +22,6 @@ the model while it trains (--ablate, --freeze) is `guppy.train.interventions`.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from guppy.config import PRESET_RECIPES, TrainConfig, model_config
 from guppy.data.dataset import Dataset, collate, count_targets, data_config, load_dataset, random_batches, sorted_parts
 from guppy.health.forensics import Diverged  # noqa: F401 (re-exported: the loop raises it)
 from guppy.health.watchdog import Watchdog, resume_config
+from guppy.model.precision import BF16_CPU_MIN_SPEEDUP, cpu_bf16_speedup  # noqa: F401 (re-exported)
 from guppy.model.transformer import GuppyLM
 from guppy.run import writer as run_writer
 from guppy.run.checkpoint import load_state, read_weights, save_state, save_weights
@@ -57,27 +57,6 @@ def pick_device(name: str) -> torch.device:
 
 
 # bf16 autocast on a CPU pays a cast of every weight on every forward; it is worth it only where
-# bf16 matmuls are much faster than fp32 (AMX). CPUs that merely have AVX512-BF16 differ: on some
-# bf16 is slower than fp32, so it is measured here (cpu_bf16_speedup; benchmarks/bench_train.py prints both peaks).
-BF16_CPU_MIN_SPEEDUP = 1.5
-
-
-@functools.cache
-def cpu_bf16_speedup() -> float:
-    """How many times faster this CPU multiplies a training step's matrices in bf16 than in fp32
-    (2048 x 384 by 384 x 1536, best of 3 after a warm-up; ~0.1 s, once per process)."""
-    def best(dtype: torch.dtype) -> float:
-        a, b = torch.randn(2048, 384, dtype=dtype), torch.randn(384, 1536, dtype=dtype)
-        a @ b
-        times = []
-        for _ in range(3):
-            t = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t)
-        return min(times)
-    return best(torch.float32) / best(torch.bfloat16)
-
-
 def pick_precision(name: str, device: torch.device) -> torch.dtype:
     """bf16 autocast where the hardware runs it fast (CUDA with bf16; a CPU whose bf16 matmul is at
     least BF16_CPU_MIN_SPEEDUP x its fp32, measured), fp16 on older GPUs, else fp32."""
@@ -244,9 +223,11 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_train_start(self.view())
             self.watchdog.on_train_start(self)
-            snapshot_evals = self._snapshot_evals()
+            snapshot_evals, self.snapshot_eval_s = self._snapshot_evals(), 0.0
             if main and self.step == 0 and 0 in snapshot_evals:  # a resumed run has its rows already
+                t_eval = time.perf_counter()
                 self.evaluate(chats=cfg.eval_at_snapshots)
+                self.snapshot_eval_s += time.perf_counter() - t_eval
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
                 position = (self.epoch, self.epoch_step)  # restored if this step is interrupted
@@ -315,7 +296,9 @@ class Trainer:
                     self.evaluate()
                     self.save_checkpoint()
                 elif main and self.step in snapshot_evals:  # the held-out curve, a point per snapshot
+                    t_eval = time.perf_counter()
                     self.evaluate(chats=cfg.eval_at_snapshots)
+                    self.snapshot_eval_s += time.perf_counter() - t_eval
         except Diverged:
             status = "diverged"
             self.optimizer.zero_grad(set_to_none=True)
@@ -333,7 +316,8 @@ class Trainer:
                 run_writer.update_run_json(self.run_dir, status="failed", step=self.step, message=f"{type(e).__name__}: {e}")
             raise
         else:
-            self.message = f"finished {self.step} steps in {self.elapsed:.0f}s of training"
+            self.message = f"finished {self.step} steps in {self.elapsed:.0f}s of training" + (
+                f" (and {self.snapshot_eval_s:.0f}s of evals at its snapshots)" if self.snapshot_eval_s else "")
         finally:
             interrupts.restore()
             bar.close()
