@@ -130,7 +130,7 @@ def test_the_documented_trials_use_flags_the_recipe_takes(capsys):
 
     page = (Path(__file__).resolve().parent.parent / "docs" / "induction.md").read_text()
     commands = re.findall(r"^python -m experiments\.induction (.*)$", page, re.M)
-    assert len(commands) == 2
+    assert len(commands) == 3
     with pytest.raises(SystemExit):
         main(["--help"])
     known = set(re.findall(r"--[a-z-]+", capsys.readouterr().out))
