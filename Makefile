@@ -67,7 +67,7 @@ reference-figures: $(STAMP)
 	@test -n "$(RUN)" || { echo "make reference-figures: no runs/reference-* folder: make reference first, or give RUN=runs/<name>"; exit 1; }
 	$(BIN)/python experiments/reference_figures.py --run $(RUN) --out docs/reference
 
-# an induction head forming on multi-turn memory chats (docs/induction.md):
+# an induction head forming on memory chats and say-it-back chats of random tokens (docs/induction.md):
 # train with recall and head scores measured every 50 steps, ablate each head, draw docs/induction.md's figures (see there for its time)
 INDUCTION_RUN := induction-$(shell date +%Y%m%d-%H%M%S)
 demo-induction: $(STAMP)

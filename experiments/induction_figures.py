@@ -65,7 +65,8 @@ def formation_figure(table, chat, metrics, formed, path: Path) -> None:
         ax.legend(loc="upper left", frameon=False, fontsize=8)
     if formed and len(heads := copy_heads(table, formed["layer"])) > 1:  # the copying split between heads
         summed = sum(table[f"induction.{h}"] for h in heads)
-        axes[0].plot(table.step, summed.clip(upper=1), "--", color="C2", lw=1.2, label=f"{'+'.join(heads)} summed")
+        axes[0].plot(table.step, summed, "--", color="C2", lw=1.2, label=f"{'+'.join(heads)} summed")
+        axes[0].set_ylim(0, max(1.0, 1.05 * summed.max()))
     if best := previous_token_head(table, before_layer=1):
         axes[0].plot(table.step, table[best], ":", color="C0", lw=1.5, label=f"{best.split('.', 1)[1]} previous-token")
         axes[0].legend(loc="upper left", frameon=False, fontsize=8)
@@ -88,7 +89,7 @@ def formation_figure(table, chat, metrics, formed, path: Path) -> None:
         axes[2].plot(m.step, m.loss, color="0.4", lw=0.8, label="training loss")
     axes[2].set_ylabel("loss (nats)")
     axes[2].set_xlabel("training step")
-    axes[2].legend(loc="upper right", frameon=False, fontsize=8)
+    axes[2].legend(loc="lower left", frameon=False, fontsize=8)
     title = (f"{formed['head']} crosses 0.5 at step {formed['step']}" if formed
              else "no head's induction score on repeated random tokens reaches 0.5" + (
                  f";\nin the chats {rise['head']}'s copy score rises between steps {rise['rise_from']} and {rise['rise_to']}"

@@ -118,3 +118,21 @@ def test_chat_ids_is_the_template_of_encode_chats(data):
     for prompt, reply in [("is the water cold?", "the water is warm."), ("hello", "hi")]:
         ids, starts = tok.encode_chats([prompt], [reply])
         assert tok.chat_ids(prompt, [], tok.encode(reply)) == (ids[0], starts[0])
+
+
+def test_the_documented_trials_use_flags_the_recipe_takes(capsys):
+    """docs/induction.md's trial commands (too long to run here) name only flags of the command."""
+    import re
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from experiments.induction import main
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "induction.md").read_text()
+    commands = re.findall(r"^python -m experiments\.induction (.*)$", page, re.M)
+    assert len(commands) == 3
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    known = set(re.findall(r"--[a-z-]+", capsys.readouterr().out))
+    for line in commands:
+        assert set(re.findall(r"--[a-z-]+", line)) <= known, line
