@@ -2,7 +2,7 @@
 
     python -m experiments.induction                       # what `make demo-induction` runs
     python -m experiments.induction --steps 400 --every 5 --run-name try
-    python -m experiments.induction --ablate L0H3 --ablate-steps 2000: --run-name late-ko   # knock a head out while training
+    python -m experiments.induction --ablate L0H2 --ablate-steps 1450: --run-name late-ko   # knock a head out while training
 
 The recipe (`recipe()`) trains the 2-layer `induction` preset on a mix of ordinary chats and
 multi-turn memory chats (`guppy.data.memory_chats`), recorded (snapshots every `record_every` steps,

@@ -1,10 +1,10 @@
 """Knock the previous-token head out while the induction recipe trains: does another head take its
 place, does recall form later, or never? (docs/experiments.md, "Knocking out the previous-token head")
 
-    python -m experiments.induction --no-record --steps 3000 --every 50 --run-name ko-none
-    python -m experiments.induction --no-record --steps 3000 --every 50 --ablate L0H3 --run-name ko-L0H3
-    python -m experiments.induction --no-record --steps 3000 --every 50 --ablate L0H3 --ablate-steps 1500: --run-name ko-L0H3-from-1500
-    python experiments/knockout.py --runs runs/ko-none runs/ko-L0H3 runs/ko-L0H3-from-1500 --out docs/experiments/knockout.png
+    python -m experiments.induction --no-record --steps 2000 --every 50 --run-name ko-none
+    python -m experiments.induction --no-record --steps 2000 --every 50 --ablate L0H2 --run-name ko-L0H2
+    python -m experiments.induction --no-record --steps 2000 --every 50 --ablate L0H2 --ablate-steps 1450: --run-name ko-L0H2-from-1450
+    python experiments/knockout.py --runs runs/ko-none runs/ko-L0H2 runs/ko-L0H2-from-1450 --out docs/experiments/knockout.png
 
 Reads each run's recall.csv (guppy.analysis.memory_recall.RecallMonitor) and what it knocked out
 (run.json), and draws three panels over training: recall of held-out items; the previous-token

@@ -3,8 +3,8 @@
     python experiments/timeline_figures.py --run runs/demo-... --run runs/reference-... --out docs/timeline
 
 For every run: the training and held-out loss with the stages as bands and the births as marks
-(top), the scores of the heads whose births the timeline found, and the LLC where it was estimated
-(bottom). The file is named after the run's recipe (the run name up to its date: demo.png,
+(top; the heads' births named), the scores of the heads whose births the timeline found, and the
+LLC where it was estimated (bottom). The file is named after the run's recipe (the run name up to its date: demo.png,
 reference.png, induction.png). The timeline comes from `run.timeline()` (measured now if the run
 has none cached: a few minutes for the reference fish). Needs matplotlib (the `figures` extra).
 """
@@ -53,7 +53,9 @@ def draw(run_dir: Path, out: Path) -> Path:
     if len(born) and len(train):
         y = np.interp(born.step, train.step, train.loss)
         top.scatter(np.maximum(born.step, 0.5), y, marker="D", color="#d62728", s=22, zorder=3, label="births")
-        for (_, b), yy in list(zip(born.iterrows(), y))[:12]:
+        for (_, b), yy in list(zip(born.iterrows(), y)):  # the heads named; the rest are marks (hover in the dashboard)
+            if not (b.what.startswith("L") and " becomes " in b.what):
+                continue
             top.annotate(b.what.replace(" becomes a ", ": ").replace(" head", ""), (max(b.step, 0.5), yy),
                          fontsize=7, rotation=30, xytext=(3, 6), textcoords="offset points")
     top.set_ylabel("loss (nats)")
@@ -72,12 +74,20 @@ def draw(run_dir: Path, out: Path) -> Path:
         if series is not None and col in series and drawn < 8:
             bottom.plot(np.maximum(series.step, 0.5), series[col], lw=1.2, label=f"{head} {score}")
             drawn += 1
+    if not drawn and series is not None:  # no head took a role: the sites that came to matter under ablation
+        sites = sorted((c for c in series.columns if c.startswith("ablate.")), key=lambda c: -series[c].max())[:6]
+        for c in sites:
+            bottom.plot(np.maximum(series.step, 0.5), series[c], lw=1.2, label=f"ablating {c[7:]}")
+            drawn += 1
+        bottom.set_yscale("symlog", linthresh=0.1)
+        bottom.set_ylabel("held-out loss added (nats)")
+    else:
+        bottom.set_ylabel("head score")
     llc = frame[frame.kind == "llc"]
     if len(llc):
         ax2 = bottom.twinx()
-        ax2.plot(np.maximum(llc.step, 0.5), llc.value, "s-", color="#2ca02c", ms=3, lw=1, label="LLC")
-        ax2.set_ylabel("LLC", color="#2ca02c")
-    bottom.set_ylabel("head score")
+        ax2.plot(np.maximum(llc.step, 0.5), llc.value, "s--", color="black", ms=3, lw=1, label="LLC")
+        ax2.set_ylabel("LLC (dashed)")
     if drawn:
         bottom.legend(loc="upper left", fontsize=7, ncol=2)
     steps = sorted(run.snapshot_files)

@@ -126,9 +126,8 @@ def _checkpoint_signals(run, step: int, ablation, probe) -> tuple[dict[str, floa
     from guppy.analysis.heldout import each_site_losses
     from guppy.analysis.linear_probe import features, probe_layers
     from guppy.model.ablate import ablation_sites
-    from guppy.record import head_scores as M
-
     from guppy.model.precision import BF16_CPU_MIN_SPEEDUP, cpu_bf16_speedup
+    from guppy.record import head_scores as M
 
     model = run.model(step).float().eval()
     row: dict[str, float] = {}
@@ -270,7 +269,9 @@ def births(series: pd.DataFrame, recall: pd.DataFrame | None = None) -> list[dic
         if r is None or r["peak"] < threshold or r["before"] >= threshold:
             continue
         fades = f", then {r['after']:.2f} at the last step" if r["after"] < threshold else ""
-        events.append(_birth(r, f"L{layer}H{head} becomes a {ROLE_WORDS[kind]} head", f"{SCORE_WORDS[metric]}",
+        role = ROLE_WORDS[kind]
+        events.append(_birth(r, f"L{layer}H{head} becomes {'an' if role[0] in 'aeiou' else 'a'} {role} head",
+                             f"{SCORE_WORDS[metric]}",
                              source, fades, what_id=f"head:{kind}:L{layer}H{head}"))
     if recall is not None:
         for c in recall.columns:
@@ -402,6 +403,17 @@ def _turn(X: np.ndarray, i: int) -> float:
     return float(np.degrees(np.arccos(np.clip(a @ b / (na * nb), -1, 1))))
 
 
+def _bend(x: np.ndarray, i: int) -> str:
+    """How a one-number series bends at index i: "turns from falling to rising", "stops rising", ..."""
+    before, after = x[i] - x[max(i - 2, 0)], x[min(i + 2, len(x) - 1)] - x[i]
+    scale = np.abs(np.diff(x)).mean() if len(x) > 1 else 0.0
+    way = lambda d: "flat" if abs(d) < scale else ("rising" if d > 0 else "falling")  # noqa: E731
+    b, a = way(before), way(after)
+    if b == a:
+        return ""
+    return f"turns from {b} to {a}" if "flat" not in (a, b) else (f"stops {b}" if a == "flat" else f"starts {a}")
+
+
 def stages(series: pd.DataFrame, llc: pd.DataFrame | None, settings: TimelineSettings,
            birth_events: list[dict]) -> list[dict]:
     fams = _families(series, llc)
@@ -422,10 +434,11 @@ def stages(series: pd.DataFrame, llc: pd.DataFrame | None, settings: TimelineSet
         if top := _most_gained(series, a, min(b, len(steps) - 1)):
             parts.append(top)
         if a > 0:
-            turns = sorted(((_turn(Xf, a), name) for name, Xf in fams.items()), reverse=True)
+            turns = sorted(((_turn(Xf, a), name) for name, Xf in fams.items() if Xf.shape[1] > 1), reverse=True)
             said = [f"{name} turns {deg:.0f} deg" for deg, name in turns[:3] if deg >= 20]
             if not said and turns:
                 said = [f"{turns[0][1]} turns {turns[0][0]:.0f} deg"]
+            said += [f"{name} {how}" for name, Xf in fams.items() if Xf.shape[1] == 1 and (how := _bend(Xf[:, 0], a))]
             parts.append("starts where " + ", ".join(said))
         inside = [f"{e['id'].split(':')[2]} {ROLE_WORDS.get(e['id'].split(':')[1], e['id'].split(':')[1])}"
                   for e in birth_events if e["id"].startswith("head:") and first <= e["step"] < max(end, first + 1)]
@@ -563,6 +576,17 @@ def read_llc(run) -> pd.DataFrame | None:
         return None
 
 
+def update_llc(run, llc, write: bool = True) -> pd.DataFrame:
+    """The LLC of every checkpoint at a snapshot step, those in llc.csv with the same settings kept."""
+    from guppy.analysis.llc import llc_series
+
+    steps = [s for s in run.snapshot_files if s in set(run.checkpoint_steps)]
+    table = llc_series(run, steps, llc, done=read_llc(run))
+    if write:
+        atomic_write(run.path / R.LLC_FILE, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
+    return table
+
+
 def timeline(run, settings: TimelineSettings = TimelineSettings(), llc=None, force: bool = False,
              progress=None, write: bool = True) -> pd.DataFrame:
     """The run's timeline: from the cache when it is still true of the run, else measured and
@@ -571,12 +595,7 @@ def timeline(run, settings: TimelineSettings = TimelineSettings(), llc=None, for
     from guppy.analysis.memory_recall import read_recall
 
     if llc is not None:
-        from guppy.analysis.llc import llc_series
-
-        steps = [s for s in run.snapshot_files if s in set(run.checkpoint_steps)]
-        table = llc_series(run, steps, llc, done=read_llc(run))
-        if write:
-            atomic_write(run.path / R.LLC_FILE, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
+        update_llc(run, llc, write)
     if not force and (hit := cached(run, settings.quick)) is not None:
         return hit
     series = measure(run, settings, progress)

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     def body():
         import guppy
         from guppy.analysis.llc import LLCSettings
-        from guppy.analysis.timeline import TimelineSettings, plain_words, timeline
+        from guppy.analysis.timeline import TimelineSettings, plain_words, timeline, update_llc
 
         for name in ("llc_lr", "llc_n_beta", "llc_localization"):
             if not getattr(args, name) > 0:
@@ -67,13 +67,19 @@ def main(argv: list[str] | None = None) -> int:
         llc = LLCSettings(lr=args.llc_lr, n_beta=args.llc_n_beta, localization=args.llc_localization,
                           num_chains=args.llc_chains, num_draws=args.llc_draws, chats=args.llc_chats) if args.llc else None
         t0 = time.perf_counter()
+        llc_s = 0.0
         with torch_threads(args.threads):
-            frame = timeline(run, settings, llc=llc, force=args.force)
+            if llc is not None:
+                update_llc(run, llc)
+                llc_s = time.perf_counter() - t0
+            frame = timeline(run, settings, force=args.force)
         if args.csv:
             frame.to_csv(sys.stdout, index=False)
         else:
             print("\n".join(plain_words(frame)) or "no stages or births found")
-            print(f"({len(frame)} events in {time.perf_counter() - t0:.1f}s; {run.path}/timeline.csv)", file=sys.stderr)
+            llc_said = f", the LLC series {llc_s:.1f}s of it ({llc.describe()})" if llc is not None else ""
+            print(f"({len(frame)} events in {time.perf_counter() - t0:.1f}s{llc_said}; {run.path}/timeline.csv)",
+                  file=sys.stderr)
 
     return run_main(PROG, body)
 

@@ -389,9 +389,8 @@ class Run:
         return pd.DataFrame({"kind": w.kind, "topic": w.topic, "length": w.lengths, "period": w.period,
                              "text": w.text, "stored": np.isin(np.arange(len(w.kind)), w.subset)})
 
-    # ---- features: the sparse autoencoders guppy-sae trained (guppy.features) ---------------------
+    # ---- the timeline: what developed, and when (guppy.analysis.timeline, guppy-timeline) -------------
 
-    @property
     def timeline(self, compute: bool = True, quick: bool = False, llc=None) -> pd.DataFrame:
         """What developed in the run, and when (guppy.analysis.timeline): one row per event, columns
         step, kind (stage / birth / llc), what, value, evidence. From the cache in the run folder
@@ -410,6 +409,9 @@ class Run:
 
         return T.cached_series(self)
 
+    # ---- features: the sparse autoencoders guppy-sae trained (guppy.features) ---------------------
+
+    @property
     def feature_hooks(self) -> list[str]:
         """Hooks with SAEs (guppy-sae); [] when none are computed yet."""
         return R.feature_hooks(self.path)
