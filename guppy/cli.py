@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+
+from guppy.model.precision import torch_threads  # noqa: F401 (re-exported: the commands' --threads)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -55,18 +56,3 @@ def run_main(prog: str, body: Callable[[], int | None]) -> int:
         return 130
 
 
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """torch on `threads` threads inside the block; the previous count is restored after.
-
-    One thread is often the faster choice here: the models are small, and each parallel region
-    on a busy 2-core machine waits for a descheduled second thread (benchmarks/bench_hooks.py and
-    the probes' --threads flag measure it)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -45,9 +45,7 @@ def encode_batch(tokenizer, chats, n_ctx: int) -> ChatBatch:
 
 def heldout_chats(run, n: int | None = None) -> list:
     """Held-out chats taken round-robin over topics (every topic shows up before any repeats)."""
-    from guppy.run.reader import load_eval_data
-
-    _, chats = load_eval_data(run.path)
+    _, chats = run.eval_data()
     by_topic: dict[str, list] = {}
     for c in chats:
         by_topic.setdefault(c.topic, []).append(c)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from guppy.cli import torch_threads
+from guppy.model.precision import torch_threads
 from guppy.run.format import resid_points
 
 

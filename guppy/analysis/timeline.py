@@ -252,7 +252,7 @@ def _head_series(series: pd.DataFrame, recall: pd.DataFrame | None) -> dict[str,
         for c in recall.columns:
             p = R.head_column_parts(c)
             if p and p[0] in SCORE_WORDS:
-                out[c] = (recall.step.to_numpy(), recall[c].to_numpy(dtype=float), "recall.csv")
+                out[c] = (recall.step.to_numpy(), recall[c].to_numpy(dtype=float), R.RECALL_FILE)
     return out
 
 
@@ -280,17 +280,17 @@ def births(series: pd.DataFrame, recall: pd.DataFrame | None = None) -> list[dic
                 r = rise(recall.step.to_numpy(), recall[c].to_numpy(dtype=float))
                 if r and r["size"] >= COPY_RISE:
                     events.append(_birth(r, f"L{p[1]}H{p[2]} becomes a copy head on memory chats", "copy score",
-                                         "recall.csv", what_id=f"head:copy:L{p[1]}H{p[2]}"))
+                                         R.RECALL_FILE, what_id=f"head:copy:L{p[1]}H{p[2]}"))
         if "recall_acc" in recall:
             r = rise(recall.step.to_numpy(), recall.recall_acc.to_numpy(dtype=float))
             if r and r["size"] >= RECALL_RISE:
-                events.append(_birth(r, "the fish starts recalling held-out items", "recall", "recall.csv",
+                events.append(_birth(r, "the fish starts recalling held-out items", "recall", R.RECALL_FILE,
                                      share=True, what_id="recall"))
         if "icl_drop" in recall:
             r = rise(recall.step.to_numpy(), recall.icl_drop.to_numpy(dtype=float))
             if r and r["size"] >= ICL_RISE:
                 events.append(_birth(r, "in-context learning: the second copy of repeated random tokens gets "
-                                        "cheaper than the first", "in-context loss drop (nats)", "recall.csv",
+                                        "cheaper than the first", "in-context loss drop (nats)", R.RECALL_FILE,
                                      what_id="icl"))
     steps = series.step.to_numpy()
     for c in series.columns:
@@ -488,7 +488,7 @@ def build(series: pd.DataFrame, recall: pd.DataFrame | None = None, llc: pd.Data
     frame["kind"] = pd.Categorical(frame.kind, categories=KINDS)
     frame = frame.sort_values(["step", "kind", "what"], kind="stable").reset_index(drop=True)
     frame["kind"] = frame.kind.astype(str)
-    return frame[list(R.TIMELINE_COLUMNS)]
+    return frame[list(R.TIMELINE_COLUMNS)].astype({"step": int, "value": float})
 
 
 def _dense(series, recall) -> dict:
@@ -548,9 +548,10 @@ def cached(run, quick: bool | None = None) -> pd.DataFrame | None:
     if key != _fingerprint(run, settings):
         return None
     try:
-        return pd.read_csv(path, keep_default_na=False, na_values={"value": [""]})
+        frame = pd.read_csv(path, keep_default_na=False, na_values={"value": [""]})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return None
+    return frame.astype({"step": int, "value": float, "kind": str, "what": str, "evidence": str})
 
 
 def cached_series(run) -> pd.DataFrame | None:
@@ -565,6 +566,15 @@ def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
+        return None
+
+
+def read_recall(run) -> pd.DataFrame | None:
+    """The run's recall.csv (memory-chat runs: guppy.analysis.memory_recall.RecallMonitor), or None."""
+    path = run.path / R.RECALL_FILE
+    try:
+        return pd.read_csv(path) if path.exists() else None
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return None
 
 
@@ -592,14 +602,12 @@ def timeline(run, settings: TimelineSettings = TimelineSettings(), llc=None, for
     """The run's timeline: from the cache when it is still true of the run, else measured and
     cached (timeline.csv, timeline_series.csv, timeline.json). `llc` (an `LLCSettings`) first
     estimates the LLC of every checkpoint not yet in llc.csv with those settings."""
-    from guppy.analysis.memory_recall import read_recall
-
     if llc is not None:
         update_llc(run, llc, write)
     if not force and (hit := cached(run, settings.quick)) is not None:
         return hit
     series = measure(run, settings, progress)
-    frame = build(series, read_recall(run.path), read_llc(run), settings)
+    frame = build(series, read_recall(run), read_llc(run), settings)
     if write:
         try:
             atomic_write(run.path / R.TIMELINE_SERIES_FILE, lambda tmp: series.to_csv(tmp, index=False, float_format="%.6g"))

@@ -1,12 +1,16 @@
-"""Whether this CPU runs bf16 fast enough to use it: measured, once per process.
+"""The CPU's two settings: whether it runs bf16 fast enough to use it (measured, once per process),
+and how many threads torch uses.
 
     if cpu_bf16_speedup() >= BF16_CPU_MIN_SPEEDUP: ...   # the Trainer's "auto" precision, the timeline's ablations
+    with torch_threads(1): ...                            # the probes' and commands' --threads
 """
 
 from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -29,3 +33,18 @@ def cpu_bf16_speedup() -> float:
             times.append(time.perf_counter() - t)
         return min(times)
     return best(torch.float32) / best(torch.bfloat16)
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch on `threads` threads inside the block; the previous count is restored after.
+
+    One thread is often the faster choice here: the models are small, and each parallel region
+    on a busy 2-core machine waits for a descheduled second thread (benchmarks/bench_hooks.py and
+    the probes' --threads flag measure it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -389,6 +389,10 @@ class Run:
         return pd.DataFrame({"kind": w.kind, "topic": w.topic, "length": w.lengths, "period": w.period,
                              "text": w.text, "stored": np.isin(np.arange(len(w.kind)), w.subset)})
 
+    def eval_data(self):
+        """(persona, held-out chats) the run was trained against, regenerated from its data config."""
+        return load_eval_data(self.path)
+
     # ---- the timeline: what developed, and when (guppy.analysis.timeline, guppy-timeline) -------------
 
     def timeline(self, compute: bool = True, quick: bool = False, llc=None) -> pd.DataFrame:
