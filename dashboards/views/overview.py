@@ -59,7 +59,7 @@ def curves(runs: list[RunHandle]) -> go.Figure:
                           row=j // 3 + 1, col=j % 3 + 1)
         held = m[["step", "eval_loss"]].dropna() if "eval_loss" in m else m.iloc[:0]
         if len(held) > 1:  # the held-out curve beside the training curve, where it was measured at every snapshot
-            fig.add_trace(go.Scatter(x=held.step, y=held.eval_loss.astype(np.float32), name=f"{r.name} held-out",
+            fig.add_trace(go.Scatter(x=held.step, y=held.eval_loss.astype(np.float32), name=r.name,
                                      legendgroup=r.name, showlegend=False, mode="lines+markers",
                                      line=dict(color=COLOURS[i % len(COLOURS)], dash="dot"),
                                      hovertemplate=f"{r.name}<br>step %{{x}}<br>held-out loss %{{y:.4g}}<extra></extra>"),
