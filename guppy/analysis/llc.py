@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from unittest import mock
 
 import numpy as np
@@ -121,7 +121,3 @@ def llc_series(run, steps, settings: LLCSettings = LLCSettings(), done: pd.DataF
         if progress:
             progress(i + 1, len(steps))
     return pd.DataFrame(rows, columns=["step", "llc", "llc_std", "init_loss", "final_loss", "settings"])
-
-
-def settings_dict(settings: LLCSettings) -> dict:
-    return asdict(settings)

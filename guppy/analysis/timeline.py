@@ -80,12 +80,10 @@ def _rows_at(table: pd.DataFrame | None, column: str, steps) -> np.ndarray:
 
 def _snapshot_signals(run, step: int) -> dict[str, float]:
     row: dict[str, float] = {}
-    with_keys = ((R.LOSS_MEAN, "loss"),)
-    for key, name in with_keys:
-        try:
-            row[name] = float(run.read(key, step))
-        except Exception:  # a dataset the snapshot could not measure: absent, not zero
-            pass
+    try:
+        row["loss"] = float(run.read(R.LOSS_MEAN, step))
+    except Exception:  # a dataset the snapshot could not measure: absent, not zero
+        pass
     try:
         by_pos = np.asarray(run.read(R.LOSS_BY_POSITION, step), dtype=float)
         row |= {f"pos_loss.{i}": v for i, v in enumerate(by_pos)}
@@ -122,7 +120,7 @@ def _outputs(model, watch) -> np.ndarray:
 
 
 @torch.no_grad()
-def _checkpoint_signals(run, step: int, ablation, probe) -> tuple[dict[str, float], np.ndarray]:
+def _checkpoint_signals(run, step: int, batch, probe) -> tuple[dict[str, float], np.ndarray]:
     from guppy.analysis.heldout import each_site_losses
     from guppy.analysis.linear_probe import features, probe_layers
     from guppy.model.ablate import ablation_sites
@@ -131,7 +129,6 @@ def _checkpoint_signals(run, step: int, ablation, probe) -> tuple[dict[str, floa
 
     model = run.model(step).float().eval()
     row: dict[str, float] = {}
-    batch, _ = ablation
     # the ablations are most of the cost (one forward per head and MLP): bf16 where this CPU runs it fast
     fast = torch.bfloat16 if cpu_bf16_speedup() >= BF16_CPU_MIN_SPEEDUP else torch.float32
     with torch.autocast("cpu", dtype=fast, enabled=fast != torch.float32):
@@ -175,14 +172,14 @@ def measure(run, settings: TimelineSettings = TimelineSettings(), progress=None)
     steps = list(run.snapshot_files)
     have_weights = set(run.checkpoint_steps) if not settings.quick else set()
     rows, outputs = [], {}
-    ablation = probe = None
+    batch = probe = None
     if have_weights & set(steps):
-        ablation = (heldout_batch(run, settings.ablation_chats), None)
+        batch = heldout_batch(run, settings.ablation_chats)
         probe = _probe_data(run, settings.probe_chats, settings.seed)
     for i, step in enumerate(steps):
         row = {"step": step, **_snapshot_signals(run, step)}
         if step in have_weights:
-            extra, outputs[step] = _checkpoint_signals(run, step, ablation, probe)
+            extra, outputs[step] = _checkpoint_signals(run, step, batch, probe)
             row |= extra
         rows.append(row)
         if progress:
@@ -235,10 +232,6 @@ def rise(steps: np.ndarray, values: np.ndarray, down: bool = False) -> dict | No
     at = lambda f: int(steps[np.argmax(s >= lo + f * (hi - lo))])  # noqa: E731
     return {"step": at(0.5), "before": sign * float(lo), "peak": sign * float(hi), "after": float(values[-1]),
             "rise_from": at(0.1), "rise_to": at(0.9), "size": float(hi - lo)}
-
-
-def _fmt(v: float, kind: str) -> str:
-    return f"{v:.0%}" if kind == "share" else f"{v:.2f}"
 
 
 def _head_series(series: pd.DataFrame, recall: pd.DataFrame | None) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
@@ -554,12 +547,17 @@ def cached(run, quick: bool | None = None) -> pd.DataFrame | None:
     return frame.astype({"step": int, "value": float, "kind": str, "what": str, "evidence": str})
 
 
-def cached_series(run) -> pd.DataFrame | None:
-    path = run.path / R.TIMELINE_SERIES_FILE
+def _read_table(run, name: str) -> pd.DataFrame | None:
+    """One of the run folder's CSV tables, or None when absent (not computed yet) or unreadable."""
+    path = run.path / name
     try:
         return pd.read_csv(path) if path.exists() else None
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return None
+
+
+def cached_series(run) -> pd.DataFrame | None:
+    return _read_table(run, R.TIMELINE_SERIES_FILE)
 
 
 def _read_json(path: Path):
@@ -571,19 +569,11 @@ def _read_json(path: Path):
 
 def read_recall(run) -> pd.DataFrame | None:
     """The run's recall.csv (memory-chat runs: guppy.analysis.memory_recall.RecallMonitor), or None."""
-    path = run.path / R.RECALL_FILE
-    try:
-        return pd.read_csv(path) if path.exists() else None
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        return None
+    return _read_table(run, R.RECALL_FILE)
 
 
 def read_llc(run) -> pd.DataFrame | None:
-    path = run.path / R.LLC_FILE
-    try:
-        return pd.read_csv(path) if path.exists() else None
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        return None
+    return _read_table(run, R.LLC_FILE)
 
 
 def update_llc(run, llc, write: bool = True) -> pd.DataFrame:
