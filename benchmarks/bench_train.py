@@ -4,17 +4,20 @@
 
 Reference loop (what nanoGPT and the public fish do on a CPU): fp32, random batches padded to
 the longest chat, torch's default AdamW (foreach). guppy's loop (the Trainer's step): the same
-random draws of chats (a step's chats are one random draw: guppy.train.trainer), the Trainer's
-precision (`pick_precision("auto")`: bf16 autocast on a GPU, and on a CPU only where its bf16
-matmul is measured >= 1.5x its fp32), fused AdamW. More rows run guppy's loop in the other
-precision, and on length-bucketed batches (chats of one length together: the Trainer's order
-before its steps were random draws, kept here to measure what the draws cost in padding). All
+random draws of chats (a step's chats are one random draw: guppy.train.trainer), cut as the
+Trainer cuts them into the forward passes that cost least (`guppy.data.dataset.step_passes`), the
+Trainer's precision (`pick_precision("auto")`: bf16 autocast on a GPU, and on a CPU only where its
+bf16 matmul is measured >= 1.5x its fp32), fused AdamW. More rows run guppy's loop in the other
+precision, on each draw in one pass (padded to its longest chat, as the reference), and on
+length-bucketed batches (chats of one length together: the Trainer's order before its steps were
+random draws, kept to measure what the draws cost in padding). All
 train on every target token, the same model, from the same initial weights.
 Throughput counts non-padding target tokens per second. MFU compares the model FLOPs
-(6 x matmul parameters per token, plus attention) to bf16 and fp32 peaks measured here over the
-step's own matrix products (every linear map's forward and both backward products at the
-step's sizes, the best of several runs of each, and a large square product): a peak the step
-cannot beat, so an MFU above 100% would be a bug of this script, not a fast CPU.
+(6 x matmul parameters per token, plus attention) to the peak of the loop's own precision (bf16
+or fp32), measured here over the step's own matrix products (every linear map's forward and both
+backward products at the step's sizes, the best of several runs of each, and a large square
+product): a peak the step cannot beat, so an MFU above 100% would be a bug of this script, not a
+fast CPU.
 
 Health: a third loop is guppy's step with the Trainer's Watchdog (guppy.health.watchdog: health
 signals every --log-every steps, the per-parameter ring buffer and finiteness check every
@@ -41,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import load_note  # noqa: E402  (benchmarks/machine.py)
 
 from guppy.config import model_config  # noqa: E402
-from guppy.data.dataset import DataConfig, collate, load_dataset, padding_fraction, random_batches  # noqa: E402
+from guppy.data.dataset import DataConfig, collate, load_dataset, padding_fraction, random_batches, step_passes  # noqa: E402
 from guppy.health.watchdog import Watchdog  # noqa: E402
 from guppy.model.transformer import GuppyLM  # noqa: E402
 from guppy.train.trainer import BF16_CPU_MIN_SPEEDUP, TrainConfig, build_optimizer, cpu_bf16_speedup, pick_precision, target_loss  # noqa: E402
@@ -142,16 +145,21 @@ class Watched:
         self.seconds += time.perf_counter() - t
 
 
-def train_step(model, opt, loss_fn, data, idx, pad_id, dtype, watch: Watched | None = None) -> int:
-    """One optimizer step on the chats `idx` (loss on every real token); returns the non-padding
-    target tokens it saw."""
-    inputs, targets, mask = collate(data.train, idx, pad_id, model.cfg.n_ctx, reply_only=False)
+def train_step(model, opt, loss_fn, data, passes, pad_id, dtype, watch: Watched | None = None) -> int:
+    """One optimizer step on the chats `passes` (one array of chat indices: one forward pass; a
+    list of them: a pass each, the step's loss the mean over all their targets), loss on every
+    real token; returns the non-padding target tokens it saw."""
+    passes = passes if isinstance(passes, list) else [passes]
     device = next(model.parameters()).device
-    x, y, m = (torch.from_numpy(a).to(device) for a in (inputs, targets, mask))
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        loss = loss_fn(model, x, y, m)
-    loss.backward()
-    value = loss.item()  # as the Trainer reads it (and the Watchdog's spike check needs it)
+    batches = [tuple(torch.from_numpy(a).to(device) for a in collate(data.train, idx, pad_id, model.cfg.n_ctx,
+                                                                       reply_only=False)) for idx in passes]
+    total = sum(int(m.sum()) for _, _, m in batches)
+    value = 0.0
+    for x, y, m in batches:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = loss_fn(model, x, y, m) * (int(m.sum()) / total)
+        loss.backward()
+        value += loss.item()  # as the Trainer reads it (and the Watchdog's spike check needs it)
     if watch:
         watch.after_backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -159,7 +167,7 @@ def train_step(model, opt, loss_fn, data, idx, pad_id, dtype, watch: Watched | N
     opt.zero_grad(set_to_none=True)
     if watch:
         watch.after_step(value)
-    return int((y != pad_id).sum())
+    return total
 
 
 def run_loops(loops: dict, steps: int, warmup: int = 2) -> dict[str, tuple[float, float]]:
@@ -218,6 +226,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     lengths = data.train.lengths
     draws = random_batches(len(lengths), args.batch_size, rng)  # the Trainer's steps, and the reference's
+    capped = np.minimum(lengths, cfg.n_ctx + 1)  # as collate cuts them
+    cut = [step_passes(idx, capped, args.batch_size) for idx in draws[:args.steps + 8]]  # the Trainer's passes
     bucketed = length_bucketed(lengths, args.batch_size, rng)
     fast_dtype = pick_precision("auto", device)
     other_dtype = torch.float32 if fast_dtype != torch.float32 else torch.bfloat16
@@ -225,7 +235,7 @@ def main() -> None:
     torch.manual_seed(0)
     ref = GuppyLM(cfg).to(device)
     copies = {}
-    for name in ("ours", "other", "health", "bucketed"):
+    for name in ("ours", "other", "health", "bucketed", "whole"):
         copies[name] = GuppyLM(cfg).to(device)
         copies[name].load_state_dict(ref.state_dict())
     watch = Watched(copies["health"], args.steps + 2, args.log_every)
@@ -233,11 +243,11 @@ def main() -> None:
     # the reference loop: fp32, pad-to-longest random batches, loss on every token, plain AdamW
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=tcfg.lr, betas=(0.9, 0.95), weight_decay=tcfg.weight_decay)
     loops = {"ref": (ref, ref_opt, plain_loss, draws, torch.float32, data, pad),
-             "ours": (copies["ours"], build_optimizer(copies["ours"], tcfg), guppy_loss, draws, fast_dtype, data, pad),
-             "other": (copies["other"], build_optimizer(copies["other"], tcfg), guppy_loss, draws, other_dtype, data,
-                       pad),
-             "health": (copies["health"], build_optimizer(copies["health"], tcfg), guppy_loss, draws, fast_dtype,
+             "ours": (copies["ours"], build_optimizer(copies["ours"], tcfg), guppy_loss, cut, fast_dtype, data, pad),
+             "other": (copies["other"], build_optimizer(copies["other"], tcfg), guppy_loss, cut, other_dtype, data, pad),
+             "health": (copies["health"], build_optimizer(copies["health"], tcfg), guppy_loss, cut, fast_dtype,
                         data, pad, watch),
+             "whole": (copies["whole"], build_optimizer(copies["whole"], tcfg), guppy_loss, draws, fast_dtype, data, pad),
              "bucketed": (copies["bucketed"], build_optimizer(copies["bucketed"], tcfg), guppy_loss, bucketed,
                           fast_dtype, data, pad)}
     timed = run_loops(loops, args.steps)
@@ -245,9 +255,9 @@ def main() -> None:
     shares = where_time_goes(loops["ours"])
 
     timed_draws = draws[:args.steps + 2]
-    capped = np.minimum(lengths, cfg.n_ctx + 1) - 1  # inputs (and targets) per chat
-    rows = int(np.median([len(b) * capped[b].max() for b in timed_draws]))
-    targets = int(np.median([capped[b].sum() for b in timed_draws]))
+    inputs = capped - 1  # inputs (and targets) per chat
+    rows = int(np.median([len(b) * inputs[b].max() for b in timed_draws]))
+    targets = int(np.median([inputs[b].sum() for b in timed_draws]))
     products = step_products(cfg, rows, targets, device)
     (peak_bf16, where_bf16), (peak_fp32, where_fp32) = (matmul_peak(d, products, device)
                                                         for d in (torch.bfloat16, torch.float32))
@@ -256,17 +266,24 @@ def main() -> None:
     print(f"preset {args.preset}: {sum(p.numel() for p in ref.parameters()):,} parameters, dropout {cfg.dropout}, "
           f"batch {args.batch_size}, "
           f"{args.steps} timed steps, {threads}")
-    print(f"{'loop':<44}{'s/step':>8}{'tokens/s':>11}{'MFU bf16':>10}{'MFU fp32':>10}")
-    table = (("reference (fp32, pad-to-longest)", *timed["ref"]),
-             (f"guppy ({str(fast_dtype)[6:]}, random draws; the Trainer's)", *timed["ours"]),
-             (f"guppy ({str(other_dtype)[6:]}, random draws)", *timed["other"]),
-             (f"guppy ({str(fast_dtype)[6:]}, length-bucketed: before)", *timed["bucketed"]))
-    for name, tps, step in table:
-        print(f"{name:<44}{step:>8.3f}{tps:>11,.0f}{tps * fpt / peak_bf16:>10.1%}{tps * fpt / peak_fp32:>10.1%}")
+    # MFU against the peak of the precision the loop runs in (an fp32 loop against a CPU's bf16
+    # peak, where bf16 is emulated, would read far above 100% and mean nothing)
+    peaks = {torch.bfloat16: peak_bf16, torch.float32: peak_fp32}
+    print(f"{'loop':<50}{'s/step':>8}{'tokens/s':>11}{'MFU':>8}")
+    table = (("reference (fp32, pad-to-longest)", torch.float32, *timed["ref"]),
+             (f"guppy ({str(fast_dtype)[6:]}, random draws cut; the Trainer's)", fast_dtype, *timed["ours"]),
+             (f"guppy ({str(other_dtype)[6:]}, random draws cut)", other_dtype, *timed["other"]),
+             (f"guppy ({str(fast_dtype)[6:]}, random draws, one pass)", fast_dtype, *timed["whole"]),
+             (f"guppy ({str(fast_dtype)[6:]}, length-bucketed: before)", fast_dtype, *timed["bucketed"]))
+    for name, dtype, tps, step in table:
+        print(f"{name:<50}{step:>8.3f}{tps:>11,.0f}{tps * fpt / peaks[dtype]:>8.1%}")
     print(f"speedup (tokens/s): {our_tps / ref_tps:.2f}x   (target >= 2x)")
-    print(f"padding of the timed batches: random draws {padding_fraction(capped, timed_draws):.1%}, length-bucketed "
-          f"{padding_fraction(capped, bucketed[:args.steps + 2]):.1%}; the draws' tokens/s "
-          f"{our_tps / timed['bucketed'][0]:.2f}x the bucketed batches'")
+    passes = [p for c in cut[:args.steps + 2] for p in c]
+    print(f"padding of the timed steps: random draws in one pass {padding_fraction(inputs, timed_draws):.1%}, cut into "
+          f"the Trainer's passes {padding_fraction(inputs, passes):.1%} ({len(passes) / len(timed_draws):.1f} passes a "
+          f"step), length-bucketed {padding_fraction(inputs, bucketed[:args.steps + 2]):.1%}; the Trainer's tokens/s "
+          f"{our_tps / timed['whole'][0]:.2f}x one pass's, {our_tps / timed['bucketed'][0]:.2f}x the bucketed "
+          f"batches'")
     if device.type == "cpu":
         print(f"bf16 / fp32 matmul speed measured by the Trainer's precision choice: {cpu_bf16_speedup():.2f}x "
               f"(bf16 autocast from {BF16_CPU_MIN_SPEEDUP}x)")

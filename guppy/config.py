@@ -163,8 +163,9 @@ class TrainConfig:
     vocab_size: int = _f(0, "BPE tokenizer target vocabulary; 0 = the preset's d_vocab")
     epochs: float = _f(1.0, "passes over the train split (ignored when --steps is given)")
     steps: int = _f(0, "optimizer steps to run; 0 = derive from --epochs")
-    batch_size: int = _f(64, "chats per micro-batch")
-    grad_accum: int = _f(1, "micro-batches per optimizer step")
+    batch_size: int = _f(64, "chats per micro-batch: the most one forward pass holds (a step's chats "
+                                "are cut where padding would cost more than another pass)")
+    grad_accum: int = _f(1, "micro-batches per optimizer step: a step is batch_size x grad_accum chats")
     lr: float = _f(3e-3, "peak learning rate")
     warmup_steps: int = _f(50, "linear warmup steps before the cosine decay")
     min_lr: float = _f(3e-4, "learning rate at the end of the cosine decay")

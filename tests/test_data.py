@@ -1,5 +1,6 @@
 """Chats: deterministic, balanced, clean text, leak-free splits; token arrays, cache, batching."""
 
+import itertools
 import re
 import shutil
 import time
@@ -19,6 +20,7 @@ from guppy.data.dataset import (
     padding_fraction,
     random_batches,
     sorted_parts,
+    step_passes,
 )
 from guppy.data.persona import list_personas, load_persona
 
@@ -146,6 +148,35 @@ def test_steps_are_random_draws_cut_into_sorted_parts_that_pad_less(fish):
     assert means.std() < 1.5 * lengths.std() / np.sqrt(64)
     flat = [p for cut in parts for p in cut]
     assert padding_fraction(lengths, flat) < 0.6 * padding_fraction(lengths, steps)
+
+
+def cut_cost(lengths, passes, pass_tokens):
+    return sum(len(p) * int(lengths[p].max()) + pass_tokens for p in passes)
+
+
+def test_a_step_is_cut_into_the_forward_passes_that_cost_least(fish):
+    """The Trainer's cut of a step: its chats, no other, shortest first, no pass above max_rows, and
+    no cut cheaper: not one pass, not any even cut into sorted parts, not an exhaustive search."""
+    lengths = fish.train.lengths
+    rng = np.random.default_rng(1)
+    for idx in random_batches(len(lengths), 64, rng)[:20]:
+        for max_rows, pass_tokens in ((64, 128), (16, 128), (64, 0), (64, 10**6)):
+            passes = step_passes(idx, lengths, max_rows, pass_tokens)
+            assert sorted(np.concatenate(passes).tolist()) == sorted(idx.tolist())
+            assert all(0 < len(p) <= max_rows for p in passes)
+            assert all(lengths[a].max() <= lengths[b].min() for a, b in zip(passes, passes[1:]))
+            cost = cut_cost(lengths, passes, pass_tokens)
+            for k in range(-(-len(idx) // max_rows), 9):
+                assert cost <= cut_cost(lengths, sorted_parts(idx, lengths, k), pass_tokens)
+        assert len(step_passes(idx, lengths, 64, 10**6)) == 1  # a pass dearer than any padding: one pass
+        assert padding_fraction(lengths, step_passes(idx, lengths, 64, 0)) == 0.0  # passes free: no padding
+    # exhaustive on a small step: every way to cut 8 sorted chats
+    small = np.array([5, 0, 7, 3, 1, 6, 2, 4])
+    toy = np.array([3, 50, 4, 9, 10, 40, 41, 12])
+    best = min(cut_cost(toy, [small[np.argsort(toy[small], kind="stable")][a:b] for a, b in zip((0,) + c, c + (8,))], 20)
+               for r in range(8) for c in itertools.combinations(range(1, 8), r))
+    assert cut_cost(toy, step_passes(small, toy, 8, 20), 20) == best
+    assert step_passes(np.array([], np.int64), toy, 8) == []
 
 
 def test_collate_masks_reply_and_end_only():

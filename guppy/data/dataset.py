@@ -468,6 +468,41 @@ def sorted_parts(idx: np.ndarray, lengths: np.ndarray, parts: int) -> list[np.nd
     return np.array_split(ordered, min(parts, len(ordered)))
 
 
+# What one more forward and backward pass costs beyond its tokens, in padded tokens: measured on the
+# 2-core AMD EPYC (fp32), a step of 32 chats of the induction recipe (55% padding in one pass) took
+# 245-260 ms in one pass, 138-176 ms in 3 sorted passes and 142-161 ms cut by this cost (5 passes,
+# 11% padding); a step of 64 reference chats 1,649 ms in one pass, 1,324 ms cut (3 passes, 8%)
+PASS_TOKENS = 128
+
+
+def step_passes(idx: np.ndarray, lengths: np.ndarray, max_rows: int, pass_tokens: int = PASS_TOKENS) -> list[np.ndarray]:
+    """The chats `idx` of one optimizer step as the forward passes that cost least: sorted by
+    length and cut where padding costs more than another pass (`pass_tokens`), each pass at most
+    `max_rows` chats (the micro-batch the run asked for: a bound on memory). A pass costs its rows
+    times its longest chat, plus `pass_tokens`; the cut is the exact minimum (dynamic programming
+    over the sorted lengths). The step's gradient is the same sum however it is cut, so the cut
+    changes speed, not what is learned (to float rounding)."""
+    ordered = idx[np.argsort(lengths[idx], kind="stable")]
+    n = len(ordered)
+    if n == 0:
+        return []
+    longest = lengths[ordered].astype(np.int64)
+    cost = np.full(n + 1, np.inf)
+    cost[0] = 0.0
+    start = np.zeros(n + 1, np.int64)
+    for j in range(1, n + 1):  # cost[j]: the cheapest cut of the j shortest chats
+        i = np.arange(max(0, j - max_rows), j)
+        c = cost[i] + (j - i) * longest[j - 1] + pass_tokens
+        k = int(np.argmin(c))
+        cost[j], start[j] = c[k], i[k]
+    bounds, j = [n], n
+    while j > 0:
+        j = int(start[j])
+        bounds.append(j)
+    bounds.reverse()
+    return [ordered[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def padding_fraction(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
     """Share of a padded batch's positions that are padding, over all batches."""
     padded = sum(len(b) * int(lengths[b].max()) for b in batches)

@@ -14,8 +14,9 @@ divided by the target tokens of the whole global batch, so steps, schedule and g
 those of one process. Rank 0 alone evaluates, checkpoints, records and writes the run folder.
 
 Data order: an optimizer step takes batch_size x grad_accum chats drawn at random (a fresh
-permutation each pass), sorted by length inside the step and cut into grad_accum micro-batches
-that pad only to their own longest chat. So --batch-size 64 --grad-accum 1 and 16 x 4 see the same
+permutation each pass), sorted by length inside the step and cut into the forward passes that cost
+least (`guppy.data.dataset.step_passes`: padding against one more pass, each pass at most batch_size
+chats, so at least grad_accum of them). So --batch-size 64 --grad-accum 1 and 16 x 4 see the same
 chats in the same steps and end at the same weights (to float rounding; tested). What may change
 the model while it trains (--ablate, --freeze) is `guppy.train.interventions`.
 """
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from guppy.config import PRESET_RECIPES, TrainConfig, model_config
-from guppy.data.dataset import Dataset, collate, count_targets, data_config, load_dataset, random_batches, sorted_parts
+from guppy.data.dataset import Dataset, collate, count_targets, data_config, load_dataset, random_batches, step_passes
 from guppy.health.forensics import Diverged  # noqa: F401 (re-exported: the loop raises it)
 from guppy.health.watchdog import Watchdog, resume_config
 from guppy.model.precision import BF16_CPU_MIN_SPEEDUP, cpu_bf16_speedup  # noqa: F401 (re-exported)
@@ -123,6 +124,7 @@ class Trainer:
             torch.manual_seed(cfg.seed + 7919 * self.ranks.rank)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.pass_lengths = np.minimum(dataset.train.lengths, mcfg.n_ctx + 1)  # as collate cuts them
         self.steps_per_epoch = len(self._epoch_steps(0))
         self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.steps_per_epoch)
         # loop position: everything needed to continue exactly where a stop left off
@@ -140,13 +142,13 @@ class Trainer:
         return random_batches(len(self.data.train), self.cfg.batch_size * self.cfg.grad_accum, rng)
 
     def _steps(self):
-        """Yield each step's chats as its micro-batches (sorted by length inside the step, so
-        each pads little), from the current position on, crossing epochs."""
+        """Yield each step's chats as its forward passes (sorted by length inside the step and cut
+        where padding would cost more than a pass), from the current position on, crossing epochs."""
         while True:
             steps = self._epoch_steps(self.epoch)
             while self.epoch_step < len(steps):
                 self.epoch_step += 1
-                yield sorted_parts(steps[self.epoch_step - 1], self.data.train.lengths, self.cfg.grad_accum)
+                yield step_passes(steps[self.epoch_step - 1], self.pass_lengths, self.cfg.batch_size)
             self.epoch, self.epoch_step = self.epoch + 1, 0
 
     def _collate_share(self, idx: np.ndarray):
