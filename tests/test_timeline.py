@@ -126,6 +126,26 @@ def test_llc_through_devinterp_is_finite_and_leaves_the_weights(tiny_recorded_ru
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_llc_loss_runs_only_to_the_batch_longest_chat_with_the_same_losses(tiny_recorded_run):
+    """devinterp pads every batch to the longest held-out chat; the loss cuts it to the batch's own
+    longest and must give what the whole padded forward gives."""
+    import torch
+
+    from guppy.analysis.heldout import heldout_batch
+    from guppy.analysis.llc import _loss_fn
+    from guppy.record.head_scores import mean_loss_per_row
+
+    run = guppy.open_run(tiny_recorded_run)
+    model, batch = run.model(), heldout_batch(run, 16)
+    short = batch.tokens[batch.lengths.argsort()[:8]]  # the shortest chats, padded to the longest of all 16
+    assert int((short != batch.pad_id).sum(1).max()) < short.shape[1]  # the cut has something to cut
+    with torch.no_grad():
+        cut = _loss_fn(batch.pad_id)(model, short)
+        whole = mean_loss_per_row(model(short), short, short[:, 1:] != batch.pad_id)
+    assert cut.shape == (8, short.shape[1] - 1)
+    torch.testing.assert_close(cut[:, 0], whole, rtol=1e-5, atol=1e-6)
+
+
 def timeline_cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "guppy.analysis.timeline_cli", *map(str, args)],
                           capture_output=True, text=True, cwd=ROOT)

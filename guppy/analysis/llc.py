@@ -55,8 +55,12 @@ def _loss_fn(pad_id: int):
     """devinterp's per-token loss (B, T-1), each row holding its mean over its non-pad targets."""
 
     def loss(model, input_ids: torch.Tensor) -> torch.Tensor:
-        mask = input_ids[:, 1:] != pad_id
-        per_row = M.mean_loss_per_row(model(input_ids), input_ids, mask)  # (B,)
+        # devinterp hands every batch padded to the longest held-out chat; the chats are padded at
+        # their end and the model is causal, so the forward runs only to this batch's longest chat
+        # (the same losses, at a fraction of the positions: most chats are short)
+        longest = max(2, int((input_ids != pad_id).sum(1).max()))
+        ids = input_ids[:, :longest]
+        per_row = M.mean_loss_per_row(model(ids), ids, ids[:, 1:] != pad_id)  # (B,)
         return per_row[:, None].expand(-1, input_ids.shape[1] - 1)
 
     return loss
