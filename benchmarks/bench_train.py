@@ -47,7 +47,15 @@ from guppy.config import model_config  # noqa: E402
 from guppy.data.dataset import DataConfig, collate, load_dataset, padding_fraction, random_batches, step_passes  # noqa: E402
 from guppy.health.watchdog import Watchdog  # noqa: E402
 from guppy.model.transformer import GuppyLM  # noqa: E402
-from guppy.train.trainer import BF16_CPU_MIN_SPEEDUP, TrainConfig, build_optimizer, cpu_bf16_speedup, pick_precision, target_loss  # noqa: E402
+from guppy.train.trainer import (  # noqa: E402
+    BF16_CPU_MIN_SPEEDUP,
+    TrainConfig,
+    build_optimizer,
+    clip_by_norms,
+    cpu_bf16_speedup,
+    pick_precision,
+    target_loss,
+)
 
 
 def sync(device: torch.device) -> None:
@@ -132,10 +140,11 @@ class Watched:
         self.dog.on_train_start(self.view)
         self.seconds = 0.0  # inside the Watchdog's calls (its forward hooks excepted)
 
-    def after_backward(self) -> None:
+    def after_backward(self) -> torch.Tensor:
         t = time.perf_counter()
-        self.dog.on_after_backward(self.view)
+        norms = self.dog.on_after_backward(self.view)
         self.seconds += time.perf_counter() - t
+        return norms
 
     def after_step(self, loss: float) -> None:
         t = time.perf_counter()
@@ -160,9 +169,10 @@ def train_step(model, opt, loss_fn, data, passes, pad_id, dtype, watch: Watched 
             loss = loss_fn(model, x, y, m) * (int(m.sum()) / total)
         loss.backward()
         value += loss.item()  # as the Trainer reads it (and the Watchdog's spike check needs it)
-    if watch:
-        watch.after_backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    if watch:  # as the Trainer: it clips by the norms the Watchdog took
+        clip_by_norms(list(model.parameters()), watch.after_backward(), 1.0)
+    else:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
     if watch:

@@ -75,6 +75,10 @@ def test_the_knockout_figure_and_numbers_come_from_the_runs_recall_tables(tmp_pa
         for h in range(4):
             table[f"prev_token.L0H{h}"] = np.full(len(steps), 0.1 + 0.1 * h)
             table[f"chat_induction.L1H{h}"] = np.full(len(steps), 0.05 * h)
+        if not ablate:  # a table with the standard probe's columns, and one without (older runs)
+            for h in range(4):
+                table[f"induction.L1H{h}"] = np.where(steps >= 600, 0.2 * h, 0.0)
+            table["icl_drop"] = steps / 250
         pd.DataFrame(table).to_csv(tmp_path / name / "recall.csv", index=False)
     out = tmp_path / "ko.png"
     assert knockout.main(["--runs", str(tmp_path / "intact"), str(tmp_path / "ko"), "--out", str(out)]) == 0
@@ -84,3 +88,6 @@ def test_the_knockout_figure_and_numbers_come_from_the_runs_recall_tables(tmp_pa
     assert "ko: L0H3 knocked out at steps 500: -> recall 0.0%" in said and "(never 20%)" in said
     assert "previous-token head L0H2 0.30, knocked-out L0H3 0.40" in said and "copy head L1H3 0.15" in said
     assert "previous-token head L0H3 0.40; best" in said  # in the intact run
+    assert ("best layer-1 induction head on repeated random tokens L1H3 0.60 (a head first above 0.5 at step 600); "
+            "in-context loss drop 4.00 nats") in said
+    assert said.count("induction head on repeated") == 1  # the knocked-out run's table has no such columns

@@ -260,3 +260,28 @@ def test_make_reference_is_the_guppy_preset_on_its_recipe(tmp_path):
     run = guppy.open_run(tmp_path / "ref")
     assert run.config.lr == 1e-3 and run.model_config.n_layers == 6 and run.model_config.dropout == 0
     assert len(run.snapshots) >= 2
+
+
+@pytest.mark.parametrize("clip", [0.0, 1e-3, 1.0, 1e6])
+def test_clipping_by_the_watchdogs_norms_is_torchs_clipping(clip):
+    """The Trainer clips by the per-parameter norms the Watchdog took: the same total and the same
+    gradients as torch.nn.utils.clip_grad_norm_, under the clip and over it."""
+    from guppy.config import model_preset
+    from guppy.health.forensics import StepRing
+    from guppy.train.trainer import clip_by_norms
+
+    torch.manual_seed(0)
+    ours, theirs = (GuppyLM(model_preset("tiny")) for _ in range(2))
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randint(0, 500, (4, 16))
+    for m in (ours, theirs):
+        m(x).logsumexp(-1).mean().backward()
+    ring = StepRing(list(ours.named_parameters()))
+    total = clip_by_norms(list(ours.parameters()), ring.record_grads(1), clip)
+    expected = float(torch.nn.utils.clip_grad_norm_(theirs.parameters(), clip if clip > 0 else float("inf")))
+    assert total == pytest.approx(expected, rel=1e-5) and total > 1e-3
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-8)
+    if 0 < clip < expected:  # clipped: the total is now the clip
+        assert float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in ours.parameters()]))) == \
+            pytest.approx(clip, rel=1e-4)

@@ -87,7 +87,9 @@ class Watchdog:
         if is_logged(trainer.step + 1, trainer.total_steps, trainer.cfg.log_every):
             self.forward.start()
 
-    def on_after_backward(self, trainer) -> None:
+    def on_after_backward(self, trainer) -> torch.Tensor:
+        """Records this step's gradient norms (P,) and returns them: the Trainer clips by them
+        (`guppy.train.trainer.clip_by_norms`) rather than take every norm again."""
         grads = self.ring.record_grads(trainer.step + 1)
         self.forward.stop()
         # fp16's GradScaler skips a step with inf gradients and lowers its scale: that is no break
@@ -95,6 +97,7 @@ class Watchdog:
             bad = int((~torch.isfinite(grads)).sum())
             self.cause = f"gradient non-finite in {bad} of {len(grads)} parameters"
             raise Diverged(f"gradient became non-finite at step {trainer.step + 1}")
+        return grads
 
     def on_step_end(self, trainer) -> None:
         self.ring.record_update()

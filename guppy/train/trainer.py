@@ -100,6 +100,18 @@ def target_loss(model: torch.nn.Module, inputs, targets, mask, reduction: str = 
     return F.cross_entropy(logits.float(), targets[mask], reduction=reduction)
 
 
+def clip_by_norms(params: list[torch.Tensor], norms: torch.Tensor, clip: float) -> float:
+    """`torch.nn.utils.clip_grad_norm_` from the per-parameter gradient norms the Watchdog took
+    already (one pass over the gradients fewer), scaling them only when the total is over `clip`
+    (torch's multiplies every gradient on every step, by 1 when under): the total norm, as torch's
+    returns it. `clip` <= 0: no clipping. A non-finite total is left to the caller (the GradScaler
+    skips that step; without one the Watchdog has raised already)."""
+    total = float(torch.linalg.vector_norm(norms.float()))
+    if 0 < clip < total and math.isfinite(total):
+        torch._foreach_mul_([p.grad for p in params if p.grad is not None], clip / (total + 1e-6))
+    return total
+
+
 class Trainer:
     """Runs one TrainConfig into one run folder; `fit()` returns the final status."""
 
@@ -264,9 +276,8 @@ class Trainer:
                 self.interventions.after_backward(self.optimizer)  # an ablated site gets no gradient
                 for cb in self.callbacks:
                     cb.on_after_backward(self.view())
-                self.watchdog.on_after_backward(self)
-                clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+                norms = self.watchdog.on_after_backward(self)  # every parameter's gradient norm
+                grad_norm = clip_by_norms(list(model.parameters()), norms, cfg.grad_clip)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
