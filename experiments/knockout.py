@@ -109,12 +109,14 @@ def draw(runs: list[dict], out: Path) -> Path:
         if r["steps"] and r["steps"].split(":")[0]:
             for ax in axes:
                 ax.axvline(int(r["steps"].split(":")[0]), color=colour, lw=0.8, ls=":")
-    axes[0].set(title="recall of held-out items (share of chats)", xlabel="step", ylim=(0, 1))
-    axes[1].set(title="layer-0 heads' previous-token score (knocked out: dashed)", xlabel="step")
-    axes[2].set(title="best layer-1 head: induction score on repeated\nrandom tokens (solid), copy score in memory chats (dotted)",
+    axes[0].set(title="recall of held-out items\n(share of chats)", xlabel="step", ylim=(0, 1))
+    axes[1].set(title="layer-0 heads' previous-token score\n(the knocked-out head: dashed)", xlabel="step")
+    axes[2].set(title="best layer-1 head: induction score on repeated random\ntokens (solid), copy score in memory chats (dotted)",
                 xlabel="step")
     axes[3].set(title="in-context loss drop on repeated random tokens\n(first copy - second copy, nats)", xlabel="step")
     axes[0].legend(fontsize=7, loc="upper left")
+    for ax in axes:
+        ax.title.set_fontsize(9)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
     plt.close(fig)
