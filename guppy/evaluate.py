@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from guppy.model.generate import generate
+from guppy.model.generate import greedy_batch
 
 MAX_WORDS = 40
 CHECKS = ("ended", "lowercase", "short", "on_topic")
@@ -63,9 +63,10 @@ def persona_eval(model, tokenizer, persona, chats, per_topic: int = 3, max_new_t
     model.eval()
     rows = []
     chats = [c for c in chats if c.topic in persona.topics]  # memory chats are scored by guppy.analysis.memory_recall
-    for topic, prompt in eval_prompts(chats, per_topic):
-        new = generate(model, tokenizer.encode_prompt(prompt), max_new_tokens=max_new_tokens,
-                       temperature=0.0, stop_token=tokenizer.end_id)
+    asked = eval_prompts(chats, per_topic)
+    replies = greedy_batch(model, [tokenizer.encode_prompt(prompt) for _, prompt in asked],
+                           max_new_tokens=max_new_tokens, stop_token=tokenizer.end_id)
+    for (topic, prompt), new in zip(asked, replies):
         ended = bool(new) and new[-1] == tokenizer.end_id
         reply = tokenizer.decode(new).strip()
         rows.append({"topic": topic, "prompt": prompt, "reply": reply}

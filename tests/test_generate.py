@@ -56,3 +56,23 @@ def test_long_prompt_keeps_its_end_with_a_warning_and_runs_past_the_context(tiny
         long = generate(tiny_model, [5], max_new_tokens=100, temperature=0)  # fills 64 positions and slides
     assert len(long) == 100
     assert long == generate(tiny_model, [5], max_new_tokens=100, temperature=0, use_kv_cache=False)
+
+
+def test_greedy_batch_gives_each_prompt_what_generate_gives_it():
+    """Prompts of one length decoded together, others alone, one too long for the context through
+    generate's sliding window: every reply as generate(temperature=0) gives it, stop token included."""
+    import torch
+
+    from guppy.config import model_preset
+    from guppy.model.generate import generate, greedy_batch
+    from guppy.model.transformer import GuppyLM
+
+    torch.manual_seed(0)
+    model = GuppyLM(model_preset("tiny")).eval()
+    prompts = [[1, 5, 9], [2, 7, 3], [4], [8, 8, 8, 8, 8], list(range(10, 70)), [3, 1, 4]]
+    stop = int(model(torch.tensor([[1, 5, 9]]))[0, -1].argmax())  # the first prompt stops at once
+    got = greedy_batch(model, prompts, max_new_tokens=12, stop_token=stop)
+    want = [generate(model, p, max_new_tokens=12, temperature=0.0, stop_token=stop) for p in prompts]
+    assert got == want and got[0] == [stop] and max(map(len, got)) == 12
+    with pytest.raises(ValueError, match="at least one prompt token"):
+        greedy_batch(model, [[1], []])
