@@ -80,7 +80,8 @@ class ForwardSignals:
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k.detach().float()) / math.sqrt(q.shape[-1])  # (B, H, T, T)
         T = scores.shape[-1]
         future = torch.ones(T, T, dtype=torch.bool, device=scores.device).triu(1)
-        top = scores.abs().masked_fill_(future, 0).amax()
+        scores.masked_fill_(future, 0)  # in place, and max |s| as max(max s, -min s): no copy of the scores
+        top = torch.maximum(scores.amax(), -scores.amin())
         self.logit_max[layer] = torch.maximum(self.logit_max[layer].to(top.device), top)
 
     @torch.no_grad()
