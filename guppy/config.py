@@ -180,8 +180,9 @@ class TrainConfig:
     eval_every: int = _f(0, "also evaluate every N steps; 0 = at each epoch end and at the end only")
     eval_chats: int = _f(600, "held-out chats used for the eval loss")
     eval_prompts: int = _f(1, "held-out prompts per topic for the persona eval during training; 0 = skip")
-    eval_at_snapshots: int = _f(200, "with --record, also evaluate at every snapshot step on this many held-out "
-                                     "chats (and the persona eval), so the held-out curve has a point at each; 0 = off")
+    eval_at_snapshots: int = _f(100, "with --record, also evaluate at every snapshot step on this many held-out "
+                                     "chats (and the persona eval on 20 of the topics), so the held-out curve has a "
+                                     "point at each; 0 = off")
     log_every: int = _f(10, "write a metrics row (and a health.csv row) every N steps")
     spike_factor: float = _f(4.0, "a step whose loss is above this x the median of the last 50 steps is a spike: "
                                   "noted in run.json and, when recording, snapshotted; 0 = off")

@@ -58,12 +58,19 @@ def judge(reply: str, ended: bool, keywords) -> dict:
 
 
 @torch.no_grad()
-def persona_eval(model, tokenizer, persona, chats, per_topic: int = 3, max_new_tokens: int = 48) -> EvalResult:
+def persona_eval(model, tokenizer, persona, chats, per_topic: int = 3, max_new_tokens: int = 48,
+                 topics: int | None = None) -> EvalResult:
+    """Greedy replies to held-out prompts, `per_topic` of each topic, judged; `topics` asks only that
+    many topics, spread evenly over the sorted list (the same ones every time)."""
     was_training = model.training
     model.eval()
     rows = []
     chats = [c for c in chats if c.topic in persona.topics]  # memory chats are scored by guppy.analysis.memory_recall
     asked = eval_prompts(chats, per_topic)
+    if topics is not None:
+        names = sorted({t for t, _ in asked})
+        keep = {names[round(i * len(names) / topics)] for i in range(min(topics, len(names)))}
+        asked = [(t, p) for t, p in asked if t in keep]
     replies = greedy_batch(model, [tokenizer.encode_prompt(prompt) for _, prompt in asked],
                            max_new_tokens=max_new_tokens, stop_token=tokenizer.end_id)
     for (topic, prompt), new in zip(asked, replies):

@@ -108,3 +108,8 @@ def test_persona_eval_covers_every_topic_with_heldout_prompts(tiny_run):
     assert len(result.rows) == len({(c.topic, c.prompt) for c in chats if c.heldout_prompt})
     data = load_dataset(data_config(read_train_config(tiny_run)))
     assert not {r["prompt"] for r in result.rows} & {c.prompt for c in data.chats.train}
+    # the eval at snapshots asks a few topics spread over all, the same ones each time, as the full eval
+    few = persona_eval(model, tok, persona, chats, per_topic=2, max_new_tokens=24, topics=2)
+    names = sorted(persona.topics)
+    assert sorted(few.per_topic()) == [names[0], names[round(len(names) / 2)]]
+    assert [r for r in result.rows if r["topic"] in few.per_topic()] == few.rows
