@@ -245,9 +245,7 @@ class Trainer:
             self.watchdog.on_train_start(self)
             snapshot_evals, self.snapshot_eval_s = self._snapshot_evals(), 0.0
             if main and self.step == 0 and 0 in snapshot_evals:  # a resumed run has its rows already
-                t_eval = time.perf_counter()
-                self.evaluate(chats=cfg.eval_at_snapshots, topics=SNAPSHOT_PERSONA_TOPICS)
-                self.snapshot_eval_s += time.perf_counter() - t_eval
+                self._snapshot_eval()
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
                 position = (self.epoch, self.epoch_step)  # restored if this step is interrupted
@@ -315,9 +313,7 @@ class Trainer:
                     self.evaluate()
                     self.save_checkpoint()
                 elif main and self.step in snapshot_evals:  # the held-out curve, a point per snapshot
-                    t_eval = time.perf_counter()
-                    self.evaluate(chats=cfg.eval_at_snapshots, topics=SNAPSHOT_PERSONA_TOPICS)
-                    self.snapshot_eval_s += time.perf_counter() - t_eval
+                    self._snapshot_eval()
         except Diverged:
             status = "diverged"
             self.optimizer.zero_grad(set_to_none=True)
@@ -366,6 +362,12 @@ class Trainer:
         from guppy.record.recorder import snapshot_schedule
 
         return snapshot_schedule(self.total_steps, cfg.record_every, cfg.record_log_spaced)
+
+    def _snapshot_eval(self) -> None:
+        """The small eval at a snapshot step (eval_at_snapshots chats, SNAPSHOT_PERSONA_TOPICS topics), timed."""
+        t = time.perf_counter()
+        self.evaluate(chats=self.cfg.eval_at_snapshots, topics=SNAPSHOT_PERSONA_TOPICS)
+        self.snapshot_eval_s += time.perf_counter() - t
 
     @torch.no_grad()
     def evaluate(self, chats: int | None = None, topics: int | None = None) -> dict:
